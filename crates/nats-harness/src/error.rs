@@ -195,6 +195,17 @@ pub enum HarnessError {
         len: usize,
     },
 
+    /// [`crate::eventually`] ran out of time.
+    #[error("timed out after {waited:?} waiting for {what}; last error: {last_error}")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// How long it was retried.
+        waited: Duration,
+        /// The error of the last attempt.
+        last_error: String,
+    },
+
     /// The builder was given settings that cannot work together.
     #[error("invalid nats-server settings: {0}")]
     InvalidSettings(String),

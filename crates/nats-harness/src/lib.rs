@@ -56,6 +56,7 @@ mod error;
 mod ports;
 mod probe;
 mod server;
+mod wait;
 
 pub use binary::{
     BIN_ENV, MINIMUM_VERSION, ServerBinary, Version, check_version, find_nats_server_in,
@@ -65,3 +66,4 @@ pub use builder::{DEFAULT_READY_TIMEOUT, ServerBuilder};
 pub use cluster::{LEADER_TIMEOUT, NatsCluster};
 pub use error::{DiscoveryError, HarnessError, INSTALL_HINT};
 pub use server::{NatsServer, STOP_TIMEOUT};
+pub use wait::eventually;
