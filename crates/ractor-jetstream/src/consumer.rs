@@ -1,0 +1,569 @@
+//! The consumer children: one actor per durable consumer.
+//!
+//! A child binds to its durable consumer on the server by name (creating it
+//! from its spec when it is missing), forwards each message to the target
+//! actor as a [`Delivery`], and applies the target's decisions on the
+//! server. There are two kinds:
+//!
+//! - [`PullConsumer`](crate::PullConsumer) does nothing until it gets a
+//!   [`ConsumerMsg::Fetch`]. It then asks the server for at most `batch`
+//!   messages, forwards each as it arrives, waits until every one is settled,
+//!   and replies with a [`FetchOutcome`]. A caller that fetches again only
+//!   after the reply never has more than `batch` deliveries at its target:
+//!   that is the backpressure pull exists for. Concurrent fetches to one
+//!   child are served in the order they arrive, one at a time.
+//! - [`PushConsumer`](crate::PushConsumer) pumps the consumer's push
+//!   subscription (with the server's flow control and idle heartbeats), and
+//!   keeps at most `max_in_flight` unsettled deliveries at the target.
+//!
+//! The data path runs in one task that the child owns (the worker); the
+//! actor itself answers control messages ([`ConsumerMsg::Stats`],
+//! [`ConsumerMsg::Drain`], ...) while a fetch is in progress. When the
+//! child stops or crashes, the worker is aborted, and whatever it had in
+//! flight is nak'ed at once, so the server delivers it again right away
+//! instead of after `ack_wait`. A caller whose fetch was cut off gets
+//! [`Error::FetchInterrupted`].
+
+pub(crate) mod inflight;
+pub mod pull;
+pub mod push;
+
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::FutureExt;
+use ractor::{ActorProcessingErr, ActorRef, DerivedActorRef, RpcReplyPort};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::delivery::Delivery;
+use crate::ensure::ensure_consumer;
+use crate::error::{Error, show_duration};
+use crate::spec::{ConsumerMode, ConsumerSpec, DEFAULT_FETCH_EXPIRES};
+use inflight::Settled;
+
+/// Messages of a consumer child ([`PullConsumer`](crate::PullConsumer) or
+/// [`PushConsumer`](crate::PushConsumer)).
+pub enum ConsumerMsg {
+    /// Pull only: fetch at most `batch` messages, waiting at most `expires`
+    /// (default 5 s) for the first one, forward them, wait for every
+    /// decision, and reply. A push child answers [`Error::WrongMode`].
+    ///
+    /// Bad requests (`batch == 0`, `batch` above the consumer's
+    /// `max_batch`, `expires` zero or above its `max_expires`) are answered
+    /// with [`Error::Invalid`] and fetch nothing.
+    Fetch {
+        /// At most this many messages.
+        batch: usize,
+        /// How long the server may wait for messages (default 5 s).
+        expires: Option<Duration>,
+        /// Where the outcome goes.
+        reply: RpcReplyPort<Result<FetchOutcome, Error>>,
+    },
+    /// The child's counters.
+    Stats(RpcReplyPort<ConsumerStats>),
+    /// Stop taking new messages, wait up to `timeout` for the decisions on
+    /// what is in flight, nak the rest, reply, and stop.
+    Drain {
+        /// How long to wait for outstanding decisions.
+        timeout: Duration,
+        /// Where the report goes.
+        reply: RpcReplyPort<DrainReport>,
+    },
+    /// Send future deliveries to this target instead (for example after the
+    /// target actor was restarted).
+    SetTarget(DerivedActorRef<Delivery>),
+    /// Sent by the child's own worker task when it ends. It cannot be built
+    /// outside this crate.
+    WorkerExited(WorkerExit),
+}
+
+impl fmt::Debug for ConsumerMsg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Fetch { batch, expires, .. } => f
+                .debug_struct("Fetch")
+                .field("batch", batch)
+                .field("expires", expires)
+                .finish(),
+            Self::Stats(_) => f.write_str("Stats"),
+            Self::Drain { timeout, .. } => f.debug_struct("Drain").field("timeout", timeout).finish(),
+            Self::SetTarget(_) => f.write_str("SetTarget"),
+            Self::WorkerExited(exit) => f.debug_tuple("WorkerExited").field(exit).finish(),
+        }
+    }
+}
+
+/// How a child's worker task ended.
+#[derive(Debug)]
+pub struct WorkerExit {
+    failure: Option<String>,
+}
+
+/// The reply to a fetch.
+///
+/// `delivered == acked + naked + termed + abandoned + timed_out`: every
+/// delivered message was settled before the reply was sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FetchOutcome {
+    /// Messages forwarded to the target.
+    pub delivered: usize,
+    /// Of those, acknowledged.
+    pub acked: usize,
+    /// Of those, nak'ed by the target (delivered again).
+    pub naked: usize,
+    /// Of those, terminated by the target (never delivered again).
+    pub termed: usize,
+    /// Of those, dropped by the target without a decision (nak'ed).
+    pub abandoned: usize,
+    /// Of those, not decided within the decision timeout (nak'ed).
+    pub timed_out: usize,
+    /// The fetch ended because `expires` passed before `batch` messages
+    /// came. With `delivered == 0` this is the clean empty outcome.
+    pub expired: bool,
+}
+
+impl FetchOutcome {
+    pub(crate) fn record(&mut self, settled: Settled) {
+        match settled {
+            Settled::Acked => self.acked += 1,
+            Settled::Naked => self.naked += 1,
+            Settled::Termed => self.termed += 1,
+            Settled::Abandoned => self.abandoned += 1,
+            Settled::TimedOut => self.timed_out += 1,
+        }
+    }
+
+    /// Whether nothing was delivered.
+    pub fn is_empty(&self) -> bool {
+        self.delivered == 0
+    }
+}
+
+/// What a drain settled and what it nak'ed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Deliveries whose decision came within the drain timeout.
+    pub settled: usize,
+    /// Deliveries nak'ed because no decision came in time, plus messages
+    /// that arrived during the drain and were never forwarded.
+    pub naked: usize,
+}
+
+impl DrainReport {
+    /// Adds another child's report.
+    pub fn merge(&mut self, other: DrainReport) {
+        self.settled += other.settled;
+        self.naked += other.naked;
+    }
+}
+
+/// A child's counters since it started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerStats {
+    /// The stream.
+    pub stream: String,
+    /// The durable consumer.
+    pub durable: String,
+    /// Push or pull.
+    pub mode: ConsumerMode,
+    /// Messages forwarded to the target.
+    pub delivered: u64,
+    /// Acknowledged.
+    pub acked: u64,
+    /// Nak'ed by the target.
+    pub naked: u64,
+    /// Terminated by the target.
+    pub termed: u64,
+    /// Dropped without a decision, or nak'ed by a drain.
+    pub abandoned: u64,
+    /// Not decided within the decision timeout.
+    pub timed_out: u64,
+    /// Forwarded and not yet settled.
+    pub in_flight: u64,
+    /// Fetches served (pull).
+    pub fetches: u64,
+    /// Fetches that ended by expiry with nothing delivered (pull).
+    pub empty_fetches: u64,
+    /// Push subscriptions rebuilt after missed heartbeats.
+    pub resubscribes: u64,
+}
+
+/// Lock-free counters shared by a child and its worker.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub delivered: AtomicU64,
+    pub acked: AtomicU64,
+    pub naked: AtomicU64,
+    pub termed: AtomicU64,
+    pub abandoned: AtomicU64,
+    pub timed_out: AtomicU64,
+    pub fetches: AtomicU64,
+    pub empty_fetches: AtomicU64,
+    pub resubscribes: AtomicU64,
+}
+
+impl Counters {
+    pub fn record(&self, settled: Settled) {
+        let counter = match settled {
+            Settled::Acked => &self.acked,
+            Settled::Naked => &self.naked,
+            Settled::Termed => &self.termed,
+            Settled::Abandoned => &self.abandoned,
+            Settled::TimedOut => &self.timed_out,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self, spec: &ConsumerSpec) -> ConsumerStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let delivered = get(&self.delivered);
+        let settled = get(&self.acked) + get(&self.naked) + get(&self.termed) + get(&self.abandoned) + get(&self.timed_out);
+        ConsumerStats {
+            stream: spec.stream.clone(),
+            durable: spec.durable.clone(),
+            mode: spec.mode,
+            delivered,
+            acked: get(&self.acked),
+            naked: get(&self.naked),
+            termed: get(&self.termed),
+            abandoned: get(&self.abandoned),
+            timed_out: get(&self.timed_out),
+            in_flight: delivered.saturating_sub(settled),
+            fetches: get(&self.fetches),
+            empty_fetches: get(&self.empty_fetches),
+            resubscribes: get(&self.resubscribes),
+        }
+    }
+}
+
+/// What a consumer child is started with.
+#[derive(Clone)]
+pub struct ConsumerArgs {
+    /// The JetStream context to bind through.
+    pub js: jetstream::Context,
+    /// The durable consumer.
+    pub spec: ConsumerSpec,
+    /// Where deliveries go.
+    pub target: DerivedActorRef<Delivery>,
+}
+
+impl fmt::Debug for ConsumerArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsumerArgs").field("spec", &self.spec).finish_non_exhaustive()
+    }
+}
+
+/// A fetch waiting to be served. Dropped unanswered (the child stopped or
+/// crashed), it answers [`Error::FetchInterrupted`] by itself.
+pub(crate) struct FetchRequest {
+    pub batch: usize,
+    pub expires: Duration,
+    reply: Option<RpcReplyPort<Result<FetchOutcome, Error>>>,
+    durable: Arc<str>,
+}
+
+impl FetchRequest {
+    pub fn answer(mut self, result: Result<FetchOutcome, Error>) {
+        if let Some(port) = self.reply.take() {
+            // The caller may have given up waiting; nothing to do then.
+            let _ = port.send(result);
+        }
+    }
+}
+
+impl Drop for FetchRequest {
+    fn drop(&mut self) {
+        if let Some(port) = self.reply.take() {
+            let _ = port.send(Err(Error::FetchInterrupted {
+                durable: self.durable.to_string(),
+                reason: "the consumer child stopped or crashed; what was in flight was nak'ed".into(),
+            }));
+        }
+    }
+}
+
+/// Control messages from a child to its worker.
+pub(crate) enum WorkerCtl {
+    Drain {
+        timeout: Duration,
+        reply: RpcReplyPort<DrainReport>,
+    },
+    SetTarget(DerivedActorRef<Delivery>),
+}
+
+/// Everything a worker needs, fixed at bind time.
+pub(crate) struct WorkerCtx {
+    pub js: jetstream::Context,
+    pub spec: ConsumerSpec,
+    pub info: jetstream::consumer::Info,
+    pub stream: Arc<str>,
+    pub durable: Arc<str>,
+    pub counters: Arc<Counters>,
+}
+
+/// The channels a worker listens on.
+pub(crate) struct WorkerInbox {
+    pub fetches: mpsc::UnboundedReceiver<FetchRequest>,
+    pub control: mpsc::UnboundedReceiver<WorkerCtl>,
+    pub target: DerivedActorRef<Delivery>,
+}
+
+/// The child's handle on its worker task: aborts it when dropped.
+struct WorkerHandle {
+    task: JoinHandle<()>,
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The state of a consumer child.
+pub struct ConsumerState {
+    spec: ConsumerSpec,
+    durable: Arc<str>,
+    counters: Arc<Counters>,
+    fetches: mpsc::UnboundedSender<FetchRequest>,
+    control: mpsc::UnboundedSender<WorkerCtl>,
+    max_batch: i64,
+    max_expires: Duration,
+    draining: bool,
+    _worker: WorkerHandle,
+}
+
+impl fmt::Debug for ConsumerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsumerState")
+            .field("durable", &self.durable)
+            .field("mode", &self.spec.mode)
+            .field("draining", &self.draining)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Binds the durable consumer and starts the worker (shared `pre_start`).
+pub(crate) async fn start_child<F, Fut>(
+    myself: ActorRef<ConsumerMsg>,
+    args: ConsumerArgs,
+    mode: ConsumerMode,
+    run: F,
+) -> Result<ConsumerState, ActorProcessingErr>
+where
+    F: FnOnce(WorkerCtx, WorkerInbox) -> Fut,
+    Fut: Future<Output = Result<(), Error>> + Send + 'static,
+{
+    let ConsumerArgs { js, spec, target } = args;
+    if spec.mode != mode {
+        return Err(Box::new(Error::WrongMode {
+            durable: spec.durable.clone(),
+            expected: mode,
+            actual: spec.mode,
+        }));
+    }
+    let (info, action) = ensure_consumer(&js, &spec).await?;
+    tracing::debug!(stream = %spec.stream, durable = %spec.durable, ?action, "consumer child bound");
+    let counters = Arc::new(Counters::default());
+    let durable: Arc<str> = Arc::from(spec.durable.as_str());
+    let (fetch_tx, fetch_rx) = mpsc::unbounded_channel();
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let max_batch = info.config.max_batch;
+    let max_expires = info.config.max_expires;
+    let ctx = WorkerCtx {
+        js,
+        spec: spec.clone(),
+        info,
+        stream: Arc::from(spec.stream.as_str()),
+        durable: durable.clone(),
+        counters: counters.clone(),
+    };
+    let inbox = WorkerInbox {
+        fetches: fetch_rx,
+        control: control_rx,
+        target,
+    };
+    let work = run(ctx, inbox);
+    let task = tokio::spawn(async move {
+        let failure = match AssertUnwindSafe(work).catch_unwind().await {
+            Ok(Ok(())) => None,
+            Ok(Err(err)) => Some(err.to_string()),
+            Err(panic) => Some(panic_message(panic.as_ref())),
+        };
+        // The actor may be gone already; then there is nobody to tell.
+        let _ = myself.cast(ConsumerMsg::WorkerExited(WorkerExit { failure }));
+    });
+    Ok(ConsumerState {
+        spec,
+        durable,
+        counters,
+        fetches: fetch_tx,
+        control: control_tx,
+        max_batch,
+        max_expires,
+        draining: false,
+        _worker: WorkerHandle { task },
+    })
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        format!("worker panicked: {s}")
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        format!("worker panicked: {s}")
+    } else {
+        "worker panicked".to_string()
+    }
+}
+
+/// Handles one message (shared `handle`).
+pub(crate) fn handle_child_msg(
+    myself: &ActorRef<ConsumerMsg>,
+    message: ConsumerMsg,
+    state: &mut ConsumerState,
+) -> Result<(), ActorProcessingErr> {
+    match message {
+        ConsumerMsg::Fetch { batch, expires, reply } => {
+            if state.spec.mode != ConsumerMode::Pull {
+                let _ = reply.send(Err(Error::WrongMode {
+                    durable: state.spec.durable.clone(),
+                    expected: ConsumerMode::Pull,
+                    actual: state.spec.mode,
+                }));
+                return Ok(());
+            }
+            if state.draining {
+                let _ = reply.send(Err(Error::Draining {
+                    durable: state.spec.durable.clone(),
+                }));
+                return Ok(());
+            }
+            let expires = match validate_fetch(batch, expires, state.max_batch, state.max_expires) {
+                Ok(expires) => expires,
+                Err(err) => {
+                    let _ = reply.send(Err(err));
+                    return Ok(());
+                }
+            };
+            let request = FetchRequest {
+                batch,
+                expires,
+                reply: Some(reply),
+                durable: state.durable.clone(),
+            };
+            // When the worker is gone, the request answers for itself.
+            let _ = state.fetches.send(request);
+        }
+        ConsumerMsg::Stats(reply) => {
+            let _ = reply.send(state.counters.snapshot(&state.spec));
+        }
+        ConsumerMsg::Drain { timeout, reply } => {
+            state.draining = true;
+            if let Err(mpsc::error::SendError(WorkerCtl::Drain { reply, .. })) =
+                state.control.send(WorkerCtl::Drain { timeout, reply })
+            {
+                let _ = reply.send(DrainReport::default());
+            }
+        }
+        ConsumerMsg::SetTarget(target) => {
+            let _ = state.control.send(WorkerCtl::SetTarget(target));
+        }
+        ConsumerMsg::WorkerExited(WorkerExit { failure }) => match failure {
+            Some(failure) => {
+                tracing::warn!(durable = %state.durable, %failure, "consumer worker failed");
+                return Err(failure.into());
+            }
+            None => {
+                tracing::debug!(durable = %state.durable, "consumer worker finished; stopping");
+                myself.stop(Some("drained".into()));
+            }
+        },
+    }
+    Ok(())
+}
+
+/// Checks a fetch request against the consumer's limits; returns the
+/// `expires` to use.
+pub(crate) fn validate_fetch(
+    batch: usize,
+    expires: Option<Duration>,
+    max_batch: i64,
+    max_expires: Duration,
+) -> Result<Duration, Error> {
+    if batch == 0 {
+        return Err(Error::invalid("batch", 0, "a fetch must ask for at least one message"));
+    }
+    if max_batch > 0 && batch as u64 > max_batch as u64 {
+        return Err(Error::invalid(
+            "batch",
+            batch,
+            format!("above the consumer's max_batch ({max_batch})"),
+        ));
+    }
+    let expires = expires.unwrap_or(DEFAULT_FETCH_EXPIRES);
+    if expires < Duration::from_millis(1) {
+        return Err(Error::invalid("expires", show_duration(expires), "must be at least 1ms"));
+    }
+    if !max_expires.is_zero() && expires > max_expires {
+        return Err(Error::invalid(
+            "expires",
+            show_duration(expires),
+            format!("above the consumer's max_expires ({})", show_duration(max_expires)),
+        ));
+    }
+    Ok(expires)
+}
+
+/// Serves the control channel during a drain: waits up to `timeout` for the
+/// decisions on what is in flight, then nak's the rest.
+pub(crate) async fn drain_in_flight(
+    in_flight: &mut inflight::InFlight,
+    timeout: Duration,
+    mut report: DrainReport,
+) -> DrainReport {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while in_flight.live() > 0 {
+        tokio::select! {
+            settlement = in_flight.next_verdict() => {
+                if in_flight.apply(settlement).await.is_some() {
+                    report.settled += 1;
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    report.naked += in_flight.nak_all().await;
+    in_flight.flush(Duration::from_secs(2)).await;
+    report
+}
+
+/// Sleeps until `deadline`, or forever when there is none.
+pub(crate) async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetch_validation() {
+        let max = Duration::from_secs(10);
+        assert!(validate_fetch(0, None, 0, Duration::ZERO).is_err());
+        assert_eq!(validate_fetch(1, None, 0, Duration::ZERO).ok(), Some(DEFAULT_FETCH_EXPIRES));
+        let err = validate_fetch(11, None, 10, max).expect_err("above max_batch");
+        assert!(err.validation().is_some_and(|e| e.has_field("batch")), "{err}");
+        let err = validate_fetch(1, Some(Duration::ZERO), 10, max).expect_err("zero expires");
+        assert!(err.validation().is_some_and(|e| e.has_field("expires")), "{err}");
+        let err = validate_fetch(1, Some(Duration::from_secs(11)), 10, max).expect_err("above max_expires");
+        assert!(err.to_string().contains("max_expires"), "{err}");
+        assert!(validate_fetch(10, Some(max), 10, max).is_ok());
+    }
+}

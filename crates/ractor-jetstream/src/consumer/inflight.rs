@@ -1,0 +1,398 @@
+//! The deliveries a child has forwarded and not yet settled.
+//!
+//! [`InFlight`] is the one place that knows which messages are out at the
+//! target. It hands each [`Delivery`] a token, applies the target's verdicts
+//! on the server (publishing `+ACK`, `-NAK`, `+TERM` or `+WPI` to the
+//! message's reply subject; publishes are queued, never flushed one by one),
+//! nak's what is not decided within the decision timeout, and, when it is
+//! dropped (the child stopped, crashed or was aborted), nak's everything it
+//! still holds, so that the server delivers it again at once instead of
+//! after `ack_wait`.
+//!
+//! Slots are reused; a token carries the slot's generation, so a late
+//! verdict for a delivery that already timed out cannot settle the slot's
+//! next occupant.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::Subject;
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+use ractor::DerivedActorRef;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::Counters;
+use crate::delivery::{AckMeta, Decision, Delivery, Settlement, Token, Verdict};
+
+/// What became of one delivery, for the tally of a fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settled {
+    Acked,
+    Naked,
+    Termed,
+    Abandoned,
+    TimedOut,
+}
+
+/// Why a message could not be forwarded.
+#[derive(Debug)]
+pub(crate) enum ForwardError {
+    /// The message has no `$JS.ACK` reply subject; it was skipped.
+    NotJetStream,
+    /// The target actor is gone; the message was nak'ed.
+    TargetGone,
+}
+
+struct Entry {
+    reply: Subject,
+    stream_sequence: u64,
+    deadline: Instant,
+}
+
+#[derive(Default)]
+struct Slot {
+    generation: u32,
+    entry: Option<Entry>,
+}
+
+pub(crate) struct InFlight {
+    client: async_nats::Client,
+    stream: Arc<str>,
+    consumer: Arc<str>,
+    settle_tx: mpsc::UnboundedSender<Settlement>,
+    settle_rx: mpsc::UnboundedReceiver<Settlement>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    live: usize,
+    deadlines: VecDeque<(Instant, Token)>,
+    decision_timeout: Duration,
+    counters: Arc<Counters>,
+}
+
+fn token(index: u32, generation: u32) -> Token {
+    (u64::from(generation) << 32) | u64::from(index)
+}
+
+fn split(token: Token) -> (usize, u32) {
+    ((token & 0xffff_ffff) as usize, (token >> 32) as u32)
+}
+
+const ACK: &[u8] = b"+ACK";
+const NAK: &[u8] = b"-NAK";
+const TERM: &[u8] = b"+TERM";
+const PROGRESS: &[u8] = b"+WPI";
+
+/// The payload that applies a decision on the server.
+fn decision_payload(decision: &Decision) -> Bytes {
+    match decision {
+        Decision::Ack => Bytes::from_static(ACK),
+        Decision::Nak(None) => Bytes::from_static(NAK),
+        Decision::Nak(Some(delay)) => format!("-NAK {{\"delay\":{}}}", delay.as_nanos()).into(),
+        Decision::Term(None) => Bytes::from_static(TERM),
+        Decision::Term(Some(reason)) => format!("+TERM {}", reason.replace(['\r', '\n'], " ")).into(),
+    }
+}
+
+impl InFlight {
+    pub fn new(
+        client: async_nats::Client,
+        stream: Arc<str>,
+        consumer: Arc<str>,
+        decision_timeout: Duration,
+        counters: Arc<Counters>,
+    ) -> Self {
+        let (settle_tx, settle_rx) = mpsc::unbounded_channel();
+        Self {
+            client,
+            stream,
+            consumer,
+            settle_tx,
+            settle_rx,
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            deadlines: VecDeque::new(),
+            decision_timeout,
+            counters,
+        }
+    }
+
+    /// How many deliveries are out and unsettled.
+    pub fn live(&self) -> usize {
+        self.live
+    }
+
+    /// Forwards one message to the target, tracking it until it is settled.
+    pub fn forward(
+        &mut self,
+        message: async_nats::Message,
+        target: &DerivedActorRef<Delivery>,
+    ) -> Result<u64, ForwardError> {
+        let Some(reply) = message.reply.clone() else {
+            return Err(ForwardError::NotJetStream);
+        };
+        let Some(meta) = AckMeta::parse(reply.as_str()) else {
+            return Err(ForwardError::NotJetStream);
+        };
+        let stream_sequence = meta.stream_sequence;
+        let info = meta.into_info(self.stream.clone(), self.consumer.clone());
+        let deadline = Instant::now() + self.decision_timeout;
+        let index = match self.free.pop() {
+            Some(index) => index,
+            None => {
+                self.slots.push(Slot::default());
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slot = &mut self.slots[index as usize];
+        slot.entry = Some(Entry {
+            reply,
+            stream_sequence,
+            deadline,
+        });
+        let token = token(index, slot.generation);
+        self.live += 1;
+        self.deadlines.push_back((deadline, token));
+        self.counters.delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let span = tracing::debug_span!(
+            "delivery",
+            stream = %self.stream,
+            durable = %self.consumer,
+            stream_sequence,
+            delivered = info.delivered,
+        );
+        let delivery = Delivery::new(message, info, token, self.settle_tx.clone(), span);
+        match target.send_message(delivery) {
+            Ok(()) => Ok(stream_sequence),
+            // The returned delivery is dropped here, which queues its
+            // abandonment; the nak goes out when the verdict is applied.
+            Err(_) => Err(ForwardError::TargetGone),
+        }
+    }
+
+    /// Waits for the next verdict. Never ends: the registry holds a sender.
+    pub async fn next_verdict(&mut self) -> Settlement {
+        match self.settle_rx.recv().await {
+            Some(settlement) => settlement,
+            // Unreachable while `self.settle_tx` lives; wait forever rather
+            // than spin.
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Applies one verdict on the server. Returns what became of the
+    /// delivery, or `None` for a stale token or an in-progress extension.
+    pub async fn apply(&mut self, settlement: Settlement) -> Option<Settled> {
+        let (index, generation) = split(settlement.token);
+        let slot = self.slots.get_mut(index)?;
+        if slot.generation != generation || slot.entry.is_none() {
+            return None;
+        }
+        let abandoned = matches!(settlement.verdict, Verdict::Abandoned);
+        let decision = match settlement.verdict {
+            Verdict::Progress => {
+                let entry = slot.entry.as_mut()?;
+                entry.deadline = Instant::now() + self.decision_timeout;
+                self.deadlines.push_back((entry.deadline, settlement.token));
+                let reply = entry.reply.clone();
+                self.publish(reply, Bytes::from_static(PROGRESS)).await;
+                return None;
+            }
+            Verdict::Decided(decision) => decision,
+            Verdict::Abandoned => Decision::Nak(None),
+        };
+        let entry = self.release(index)?;
+        let settled = match (&decision, abandoned) {
+            (_, true) => Settled::Abandoned,
+            (Decision::Ack, _) => Settled::Acked,
+            (Decision::Nak(_), _) => Settled::Naked,
+            (Decision::Term(_), _) => Settled::Termed,
+        };
+        tracing::trace!(stream_sequence = entry.stream_sequence, ?settled, "settled");
+        self.publish(entry.reply, decision_payload(&decision)).await;
+        self.counters.record(settled);
+        Some(settled)
+    }
+
+    fn release(&mut self, index: usize) -> Option<Entry> {
+        let slot = self.slots.get_mut(index)?;
+        let entry = slot.entry.take()?;
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free.push(index as u32);
+        self.live -= 1;
+        Some(entry)
+    }
+
+    /// When the oldest unsettled delivery runs out of time, if any is out.
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(&(deadline, token)) = self.deadlines.front() {
+            if self.is_current(token, deadline) {
+                return Some(deadline);
+            }
+            self.deadlines.pop_front();
+        }
+        None
+    }
+
+    fn is_current(&self, token: Token, deadline: Instant) -> bool {
+        let (index, generation) = split(token);
+        self.slots.get(index).is_some_and(|slot| {
+            slot.generation == generation && slot.entry.as_ref().is_some_and(|e| e.deadline == deadline)
+        })
+    }
+
+    /// Nak's every delivery whose decision timeout has passed. Returns how
+    /// many.
+    pub async fn expire_due(&mut self, now: Instant) -> usize {
+        let mut expired = 0;
+        while let Some(deadline) = self.next_deadline() {
+            if deadline > now {
+                break;
+            }
+            let Some((_, token)) = self.deadlines.pop_front() else {
+                break;
+            };
+            let (index, _) = split(token);
+            if let Some(entry) = self.release(index) {
+                tracing::debug!(
+                    stream = %self.stream,
+                    durable = %self.consumer,
+                    stream_sequence = entry.stream_sequence,
+                    "no decision within the decision timeout; nak'ed"
+                );
+                self.publish(entry.reply, Bytes::from_static(NAK)).await;
+                self.counters.record(Settled::TimedOut);
+                expired += 1;
+            }
+        }
+        expired
+    }
+
+    /// Nak's every delivery still out (used by drain). Returns how many.
+    pub async fn nak_all(&mut self) -> usize {
+        let mut naked = 0;
+        for index in 0..self.slots.len() {
+            if let Some(entry) = self.release(index) {
+                self.publish(entry.reply, Bytes::from_static(NAK)).await;
+                self.counters.record(Settled::Abandoned);
+                naked += 1;
+            }
+        }
+        self.deadlines.clear();
+        naked
+    }
+
+    /// Stops a subscription and nak's whatever it still delivers, without
+    /// forwarding it (used by drain). Bounded: gives up after two seconds.
+    /// Returns how many messages were nak'ed.
+    pub async fn drain_subscription(&self, subscription: &mut async_nats::Subscriber) -> usize {
+        if subscription.drain().await.is_err() {
+            return 0;
+        }
+        let mut naked = 0;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while let Ok(Some(message)) = tokio::time::timeout_at(deadline, subscription.next()).await {
+            if let Some(reply) = message.reply.clone()
+                && message.status.is_none()
+                && reply.as_str().starts_with("$JS.ACK.")
+            {
+                self.publish(reply, Bytes::from_static(NAK)).await;
+                naked += 1;
+            }
+        }
+        naked
+    }
+
+    async fn publish(&self, subject: Subject, payload: Bytes) {
+        if let Err(err) = self.client.publish(subject, payload).await {
+            // The connection is closed: the server will redeliver after
+            // ack_wait. Nothing else can be done from here.
+            tracing::warn!(stream = %self.stream, durable = %self.consumer, error = %err, "could not send a decision");
+        }
+    }
+
+    /// Flushes the connection, so that the decisions applied so far have
+    /// reached the server. Bounded by `timeout`.
+    pub async fn flush(&self, timeout: Duration) {
+        if tokio::time::timeout(timeout, self.client.flush()).await.is_err() {
+            tracing::debug!(stream = %self.stream, durable = %self.consumer, "flush timed out");
+        }
+    }
+}
+
+/// Queues a publish without waiting: succeeds when the client's outbound
+/// queue has room, which is the case unless the connection is saturated.
+fn publish_now(client: &async_nats::Client, subject: Subject, payload: Bytes) -> bool {
+    tokio::task::unconstrained(client.publish(subject, payload))
+        .now_or_never()
+        .is_some_and(|r| r.is_ok())
+}
+
+impl Drop for InFlight {
+    /// The drop guard: whatever is still out is settled now. Verdicts that
+    /// already arrived are applied; everything else is nak'ed, so that it
+    /// comes back at once rather than after `ack_wait`.
+    fn drop(&mut self) {
+        let mut pending: Vec<(Subject, Bytes)> = Vec::new();
+        while let Ok(settlement) = self.settle_rx.try_recv() {
+            let (index, generation) = split(settlement.token);
+            let current = self
+                .slots
+                .get(index)
+                .is_some_and(|s| s.generation == generation && s.entry.is_some());
+            if !current {
+                continue;
+            }
+            let decision = match settlement.verdict {
+                Verdict::Decided(decision) => decision,
+                Verdict::Abandoned => Decision::Nak(None),
+                Verdict::Progress => continue,
+            };
+            if let Some(entry) = self.release(index) {
+                pending.push((entry.reply, decision_payload(&decision)));
+            }
+        }
+        for index in 0..self.slots.len() {
+            if let Some(entry) = self.release(index) {
+                pending.push((entry.reply, Bytes::from_static(NAK)));
+            }
+        }
+        if pending.is_empty() {
+            return;
+        }
+        tracing::debug!(
+            stream = %self.stream,
+            durable = %self.consumer,
+            count = pending.len(),
+            "settling in-flight deliveries of a stopped consumer child"
+        );
+        let mut rest = Vec::new();
+        for (subject, payload) in pending {
+            if !publish_now(&self.client, subject.clone(), payload.clone()) {
+                rest.push((subject, payload));
+            }
+        }
+        if rest.is_empty() {
+            return;
+        }
+        // The client's queue is full. Hand the remainder to a short task
+        // that exists only to queue these publishes; it ends as soon as
+        // they are queued.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let client = self.client.clone();
+            handle.spawn(async move {
+                for (subject, payload) in rest {
+                    let _ = client.publish(subject, payload).await;
+                }
+            });
+        } else {
+            tracing::warn!(
+                count = rest.len(),
+                "no runtime to settle in-flight deliveries; they return after ack_wait"
+            );
+        }
+    }
+}

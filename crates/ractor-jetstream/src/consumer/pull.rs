@@ -1,0 +1,270 @@
+//! The pull child: fetches only when asked.
+//!
+//! Each [`ConsumerMsg::Fetch`] becomes one pull request to the server for at
+//! most `batch` messages. The server answers with whatever is available, up
+//! to `batch`; when nothing is, it waits up to `expires` and then reports
+//! the expiry, which becomes the clean empty [`FetchOutcome`] (`delivered ==
+//! 0`, `expired == true`). Messages are forwarded as they arrive, without
+//! waiting for one decision before forwarding the next; the reply is sent
+//! once every forwarded message is settled on the server.
+//!
+//! Fetches are served one at a time, in the order they reach the child.
+//!
+//! ```no_run
+//! use ractor::{Actor, call_t};
+//! use ractor_jetstream::{ConsumerArgs, ConsumerMsg, ConsumerSpec, PullConsumer};
+//! # async fn run(js: async_nats::jetstream::Context, target: ractor::DerivedActorRef<ractor_jetstream::Delivery>) -> Result<(), Box<dyn std::error::Error>> {
+//! let args = ConsumerArgs { js, spec: ConsumerSpec::pull("ORDERS", "billing", "worker"), target };
+//! let (child, _) = Actor::spawn(None, PullConsumer, args).await?;
+//! let outcome = call_t!(child, |reply| ConsumerMsg::Fetch { batch: 100, expires: None, reply }, 10_000)??;
+//! println!("{} delivered, {} acked", outcome.delivered, outcome.acked);
+//! # Ok(()) }
+//! ```
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_nats::StatusCode;
+use async_nats::jetstream::consumer::{self, FromConsumer, pull};
+use futures::StreamExt;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::time::Instant;
+
+use super::inflight::{ForwardError, InFlight};
+use super::{
+    ConsumerArgs, ConsumerMsg, ConsumerState, DrainReport, FetchOutcome, FetchRequest, WorkerCtl, WorkerCtx,
+    WorkerInbox, drain_in_flight, handle_child_msg, sleep_until_opt, start_child,
+};
+use crate::error::{Error, ServerErrorKind};
+use crate::spec::ConsumerMode;
+
+/// The pull consumer child. Its messages are [`ConsumerMsg`]; see the
+/// [module docs](self).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PullConsumer;
+
+impl Actor for PullConsumer {
+    type Msg = ConsumerMsg;
+    type State = ConsumerState;
+    type Arguments = ConsumerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: ConsumerArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        start_child(myself, args, ConsumerMode::Pull, run).await
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        handle_child_msg(&myself, message, state)
+    }
+}
+
+/// How long past `expires` the child waits for the server's end-of-request
+/// status before it considers the request lost.
+const EXPIRY_GRACE: Duration = Duration::from_secs(2);
+
+/// The pull worker: serves fetches until drained or aborted.
+async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox) -> Result<(), Error> {
+    let config = pull::Config::try_from_consumer_config(ctx.info.config.clone()).map_err(|err| {
+        Error::server(
+            format!("bind consumer {}/{}", ctx.stream, ctx.durable),
+            ServerErrorKind::Other,
+            err,
+        )
+    })?;
+    let consumer = consumer::Consumer::new(config, ctx.info.clone(), ctx.js.clone());
+    let mut in_flight = InFlight::new(
+        ctx.js.client(),
+        ctx.stream.clone(),
+        ctx.durable.clone(),
+        ctx.spec.effective_decision_timeout(),
+        ctx.counters.clone(),
+    );
+    let mut fetcher = Fetcher {
+        ctx: &ctx,
+        consumer: &consumer,
+        in_flight: &mut in_flight,
+    };
+    loop {
+        tokio::select! {
+            biased;
+            control = inbox.control.recv() => match control {
+                Some(WorkerCtl::SetTarget(target)) => inbox.target = target,
+                Some(WorkerCtl::Drain { timeout, reply }) => {
+                    let report = drain_in_flight(fetcher.in_flight, timeout, DrainReport::default()).await;
+                    let _ = reply.send(report);
+                    return Ok(());
+                }
+                None => return Ok(()),
+            },
+            request = inbox.fetches.recv() => match request {
+                Some(request) => {
+                    if let Some(drain) = fetcher.fetch(request, &mut inbox).await? {
+                        return drain;
+                    }
+                }
+                None => return Ok(()),
+            },
+            // Verdicts that arrive between fetches are stale (their
+            // deliveries timed out); applying them is a no-op.
+            settlement = fetcher.in_flight.next_verdict() => {
+                fetcher.in_flight.apply(settlement).await;
+            }
+        }
+    }
+}
+
+struct Fetcher<'a> {
+    ctx: &'a WorkerCtx,
+    consumer: &'a consumer::Consumer<pull::Config>,
+    in_flight: &'a mut InFlight,
+}
+
+/// How a pull request ended on the server's side.
+enum RequestEnd {
+    /// Still open: more messages may come.
+    Open,
+    /// Done (batch complete, no more messages, or expired).
+    Done { expired: bool },
+}
+
+impl Fetcher<'_> {
+    /// Serves one fetch. Returns `Some(result)` when a drain arrived during
+    /// the fetch and the worker must end with that result.
+    async fn fetch(
+        &mut self,
+        request: FetchRequest,
+        inbox: &mut WorkerInbox,
+    ) -> Result<Option<Result<(), Error>>, Error> {
+        let ctx = self.ctx;
+        ctx.counters.fetches.fetch_add(1, Ordering::Relaxed);
+        let client = ctx.js.client();
+        let inbox_subject = client.new_inbox();
+        let op = || format!("fetch from {}/{}", ctx.stream, ctx.durable);
+        let mut subscription = match client.subscribe(inbox_subject.clone()).await {
+            Ok(subscription) => subscription,
+            Err(err) => {
+                request.answer(Err(Error::server(op(), ServerErrorKind::Connection, err)));
+                return Ok(None);
+            }
+        };
+        let batch_request = pull::BatchConfig {
+            batch: request.batch,
+            expires: Some(request.expires),
+            no_wait: true,
+            ..Default::default()
+        };
+        if let Err(err) = self.consumer.request_batch(batch_request, inbox_subject.into()).await {
+            request.answer(Err(Error::server(op(), ServerErrorKind::Connection, err)));
+            return Ok(None);
+        }
+        let give_up = Instant::now() + request.expires + EXPIRY_GRACE;
+        let mut outcome = FetchOutcome::default();
+        let mut end = RequestEnd::Open;
+        let mut failure: Option<Error> = None;
+        loop {
+            let open = matches!(end, RequestEnd::Open);
+            if !open && self.in_flight.live() == 0 {
+                break;
+            }
+            let decision_deadline = self.in_flight.next_deadline();
+            tokio::select! {
+                biased;
+                control = inbox.control.recv() => match control {
+                    Some(WorkerCtl::SetTarget(target)) => inbox.target = target,
+                    Some(WorkerCtl::Drain { timeout, reply }) => {
+                        // Stop taking messages: whatever the server still
+                        // sends for this request is nak'ed, not forwarded.
+                        let mut report = DrainReport::default();
+                        if open {
+                            report.naked += self.in_flight.drain_subscription(&mut subscription).await;
+                        }
+                        let report = drain_in_flight(self.in_flight, timeout, report).await;
+                        let _ = reply.send(report);
+                        request.answer(Err(Error::Draining { durable: ctx.durable.to_string() }));
+                        return Ok(Some(Ok(())));
+                    }
+                    None => return Ok(Some(Ok(()))),
+                },
+                settlement = self.in_flight.next_verdict() => {
+                    if let Some(settled) = self.in_flight.apply(settlement).await {
+                        outcome.record(settled);
+                    }
+                }
+                message = subscription.next(), if open => {
+                    let Some(message) = message else {
+                        end = RequestEnd::Done { expired: false };
+                        continue;
+                    };
+                    match message.status {
+                        None | Some(StatusCode::OK) => {
+                            match self.in_flight.forward(message, &inbox.target) {
+                                Ok(_) => outcome.delivered += 1,
+                                Err(ForwardError::TargetGone) => {
+                                    outcome.delivered += 1;
+                                    failure.get_or_insert(Error::Unavailable {
+                                        durable: ctx.durable.to_string(),
+                                        reason: "the target actor is not running".into(),
+                                    });
+                                }
+                                Err(ForwardError::NotJetStream) => {
+                                    tracing::warn!(durable = %ctx.durable, "ignored a message without JetStream metadata");
+                                }
+                            }
+                            if outcome.delivered >= request.batch {
+                                end = RequestEnd::Done { expired: false };
+                            }
+                        }
+                        Some(StatusCode::TIMEOUT) => end = RequestEnd::Done { expired: true },
+                        Some(StatusCode::NOT_FOUND) => end = RequestEnd::Done { expired: false },
+                        Some(StatusCode::IDLE_HEARTBEAT) => {}
+                        Some(status) => {
+                            let description = message.description.unwrap_or_default();
+                            end = RequestEnd::Done { expired: false };
+                            let kind = if description.to_ascii_lowercase().contains("consumer deleted") {
+                                ServerErrorKind::ConsumerNotFound
+                            } else {
+                                ServerErrorKind::Other
+                            };
+                            tracing::debug!(durable = %ctx.durable, %status, %description, "pull request ended by the server");
+                            if kind == ServerErrorKind::ConsumerNotFound {
+                                failure.get_or_insert(Error::server(op(), kind, format!("{status} {description}")));
+                            }
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(give_up), if open => {
+                    tracing::debug!(durable = %ctx.durable, "no end-of-request from the server; treating the fetch as expired");
+                    end = RequestEnd::Done { expired: true };
+                }
+                _ = sleep_until_opt(decision_deadline), if decision_deadline.is_some() => {
+                    outcome.timed_out += self.in_flight.expire_due(Instant::now()).await;
+                }
+            }
+        }
+        if let RequestEnd::Done { expired } = end {
+            outcome.expired = expired;
+        }
+        if outcome.delivered == 0 && outcome.expired {
+            ctx.counters.empty_fetches.fetch_add(1, Ordering::Relaxed);
+        }
+        drop(subscription);
+        match failure {
+            Some(err) => {
+                request.answer(Err(err.clone()));
+                Err(err)
+            }
+            None => {
+                request.answer(Ok(outcome));
+                Ok(None)
+            }
+        }
+    }
+}

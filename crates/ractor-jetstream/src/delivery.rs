@@ -1,0 +1,368 @@
+//! What a target actor receives, and how it answers.
+//!
+//! Each JetStream message reaches the target as one [`Delivery`]: the
+//! subject, payload and headers, plus [`DeliveryInfo`], the server's metadata
+//! (stream and consumer sequence, delivery count, pending count, publish
+//! time). The target settles it with exactly one decision:
+//!
+//! | call | on the server | comes back? |
+//! |---|---|---|
+//! | [`Delivery::ack`] | `+ACK` | never |
+//! | [`Delivery::nak`] | `-NAK`, with an optional delay | yes, delivery count + 1 |
+//! | [`Delivery::term`] | `+TERM`, with a reason | never |
+//! | dropped unsettled | `-NAK` (counted as abandoned) | yes |
+//!
+//! [`Delivery::in_progress`] does not settle: it asks the server for another
+//! `ack_wait` and restarts the child's decision timeout.
+//!
+//! The decision travels back to the consumer child, which applies it on the
+//! server. A target whose actor's message type is its own enum takes
+//! deliveries through a [`ractor::DerivedActorRef<Delivery>`]:
+//!
+//! ```
+//! use ractor_jetstream::Delivery;
+//!
+//! enum WorkerMsg {
+//!     Job(Delivery),
+//!     Shutdown,
+//! }
+//!
+//! impl From<Delivery> for WorkerMsg {
+//!     fn from(delivery: Delivery) -> Self {
+//!         WorkerMsg::Job(delivery)
+//!     }
+//! }
+//!
+//! impl TryFrom<WorkerMsg> for Delivery {
+//!     type Error = WorkerMsg;
+//!     fn try_from(msg: WorkerMsg) -> Result<Self, WorkerMsg> {
+//!         match msg {
+//!             WorkerMsg::Job(delivery) => Ok(delivery),
+//!             other => Err(other),
+//!         }
+//!     }
+//! }
+//! // `worker_ref.get_derived::<Delivery>()` is then the consumer's target.
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::error::{Error, FieldError, ValidationErrors};
+
+/// The server's metadata about one delivery, read from the message's
+/// `$JS.ACK` reply subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryInfo {
+    /// The stream the message is stored in.
+    pub stream: Arc<str>,
+    /// The durable consumer that delivered it.
+    pub consumer: Arc<str>,
+    /// The message's sequence in the stream.
+    pub stream_sequence: u64,
+    /// The delivery's sequence in the consumer (grows with redeliveries).
+    pub consumer_sequence: u64,
+    /// How many times this message has been delivered, this time included.
+    pub delivered: u64,
+    /// How many messages the server still had pending for the consumer.
+    pub pending: u64,
+    /// When the message was published to the stream.
+    pub published: SystemTime,
+}
+
+impl DeliveryInfo {
+    /// Parses the metadata from a `$JS.ACK.…` reply subject, in either the
+    /// 9-token form or the 11-or-more-token form with domain and account
+    /// hash.
+    ///
+    /// ```
+    /// use ractor_jetstream::DeliveryInfo;
+    ///
+    /// let info = DeliveryInfo::from_reply_subject("$JS.ACK.ORDERS.billing.2.41.57.1700000000000000000.9")?;
+    /// assert_eq!((info.stream_sequence, info.delivered, info.pending), (41, 2, 9));
+    /// # Ok::<(), ractor_jetstream::Error>(())
+    /// ```
+    pub fn from_reply_subject(reply: &str) -> Result<Self, Error> {
+        let meta = AckMeta::parse(reply).ok_or_else(|| {
+            Error::Invalid(ValidationErrors::single(FieldError::new(
+                "reply_subject",
+                format!("{reply:?}"),
+                "not a JetStream $JS.ACK subject with numeric metadata",
+            )))
+        })?;
+        Ok(meta.into_info(Arc::from(meta.stream), Arc::from(meta.consumer)))
+    }
+}
+
+/// The metadata of a `$JS.ACK` subject, borrowed from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AckMeta<'a> {
+    pub stream: &'a str,
+    pub consumer: &'a str,
+    pub delivered: u64,
+    pub stream_sequence: u64,
+    pub consumer_sequence: u64,
+    pub published_nanos: u64,
+    pub pending: u64,
+}
+
+impl<'a> AckMeta<'a> {
+    /// Parses `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`
+    /// or `$JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>[.<token>…]`.
+    pub fn parse(reply: &'a str) -> Option<Self> {
+        let rest = reply.strip_prefix("$JS.ACK.")?;
+        let mut tokens: [&str; 9] = [""; 9];
+        let mut count = 0;
+        for token in rest.split('.') {
+            if count < tokens.len() {
+                tokens[count] = token;
+            }
+            count += 1;
+        }
+        let fields: &[&str] = match count {
+            7 => &tokens[..7],
+            n if n >= 9 => &tokens[2..9],
+            _ => return None,
+        };
+        let number = |s: &str| -> Option<u64> {
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            s.parse().ok()
+        };
+        let (stream, consumer) = (fields[0], fields[1]);
+        if stream.is_empty() || consumer.is_empty() {
+            return None;
+        }
+        Some(Self {
+            stream,
+            consumer,
+            delivered: number(fields[2])?,
+            stream_sequence: number(fields[3])?,
+            consumer_sequence: number(fields[4])?,
+            published_nanos: number(fields[5])?,
+            pending: number(fields[6])?,
+        })
+    }
+
+    pub fn into_info(self, stream: Arc<str>, consumer: Arc<str>) -> DeliveryInfo {
+        DeliveryInfo {
+            stream,
+            consumer,
+            stream_sequence: self.stream_sequence,
+            consumer_sequence: self.consumer_sequence,
+            delivered: self.delivered,
+            pending: self.pending,
+            published: UNIX_EPOCH + Duration::from_nanos(self.published_nanos),
+        }
+    }
+}
+
+/// A decision on a delivery, as the child applies it on the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Processed: never delivered again.
+    Ack,
+    /// Not processed now: delivered again, after the delay when one is
+    /// given.
+    Nak(Option<Duration>),
+    /// Never to be processed: not delivered again. The reason is passed to
+    /// the server's advisory.
+    Term(Option<String>),
+}
+
+/// What travels from a [`Delivery`] back to its child.
+#[derive(Debug)]
+pub(crate) enum Verdict {
+    /// A final decision from the target.
+    Decided(Decision),
+    /// The target asked for more time.
+    Progress,
+    /// The delivery was dropped without a decision.
+    Abandoned,
+}
+
+/// Identifies one delivery within its child (slot and generation).
+pub(crate) type Token = u64;
+
+/// One verdict on one delivery.
+#[derive(Debug)]
+pub(crate) struct Settlement {
+    pub token: Token,
+    pub verdict: Verdict,
+}
+
+/// The sending half of a child's settlement channel.
+pub(crate) type SettleSender = mpsc::UnboundedSender<Settlement>;
+
+/// One JetStream message, on its way to a target actor, waiting for a
+/// decision.
+///
+/// Settle it with [`ack`](Self::ack), [`nak`](Self::nak) or
+/// [`term`](Self::term); each takes the delivery by value, so there is
+/// exactly one decision. Dropping it unsettled nak's it. When the consumer
+/// child is gone by the time the decision is made, the message has already
+/// been nak'ed by the child and will be delivered again; the decision is
+/// then ignored.
+pub struct Delivery {
+    message: async_nats::Message,
+    info: DeliveryInfo,
+    token: Token,
+    settle: Option<SettleSender>,
+    span: tracing::Span,
+}
+
+impl Delivery {
+    pub(crate) fn new(
+        message: async_nats::Message,
+        info: DeliveryInfo,
+        token: Token,
+        settle: SettleSender,
+        span: tracing::Span,
+    ) -> Self {
+        Self {
+            message,
+            info,
+            token,
+            settle: Some(settle),
+            span,
+        }
+    }
+
+    /// The subject the message was published to.
+    pub fn subject(&self) -> &str {
+        self.message.subject.as_str()
+    }
+
+    /// The payload, without a copy.
+    pub fn payload(&self) -> &Bytes {
+        &self.message.payload
+    }
+
+    /// The message's headers, if it has any.
+    pub fn headers(&self) -> Option<&HeaderMap> {
+        self.message.headers.as_ref()
+    }
+
+    /// The server's metadata about this delivery.
+    pub fn info(&self) -> &DeliveryInfo {
+        &self.info
+    }
+
+    /// The stream sequence of the message (shorthand for
+    /// `info().stream_sequence`).
+    pub fn stream_sequence(&self) -> u64 {
+        self.info.stream_sequence
+    }
+
+    /// The underlying async-nats message.
+    pub fn message(&self) -> &async_nats::Message {
+        &self.message
+    }
+
+    /// The tracing span of this delivery (stream, durable, stream sequence).
+    /// Enter it while processing to tie the target's logs to the message.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// Processed: acknowledge it; it is never delivered again.
+    pub fn ack(self) {
+        self.decide(Decision::Ack);
+    }
+
+    /// Not processed now: it is delivered again, after `delay` when given.
+    pub fn nak(self, delay: Option<Duration>) {
+        self.decide(Decision::Nak(delay));
+    }
+
+    /// Never to be processed: terminate it, with a reason for the server's
+    /// advisory. It is not delivered again.
+    pub fn term(self, reason: impl Into<String>) {
+        let reason = reason.into();
+        self.decide(Decision::Term((!reason.is_empty()).then_some(reason)));
+    }
+
+    /// Settles with a [`Decision`] value.
+    pub fn decide(mut self, decision: Decision) {
+        self.send(Verdict::Decided(decision));
+    }
+
+    /// Still working on it: the server waits another `ack_wait`, and the
+    /// child's decision timeout starts over. Does not settle the delivery.
+    pub fn in_progress(&self) {
+        if let Some(tx) = &self.settle {
+            // A closed channel means the child is gone; nothing to extend.
+            let _ = tx.send(Settlement {
+                token: self.token,
+                verdict: Verdict::Progress,
+            });
+        }
+    }
+
+    fn send(&mut self, verdict: Verdict) {
+        if let Some(tx) = self.settle.take() {
+            // A closed channel means the child is gone and has nak'ed this
+            // delivery already; it will come again.
+            let _ = tx.send(Settlement {
+                token: self.token,
+                verdict,
+            });
+        }
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        self.send(Verdict::Abandoned);
+    }
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("subject", &self.subject())
+            .field("payload_len", &self.message.payload.len())
+            .field("info", &self.info)
+            .field("settled", &self.settle.is_none())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_both_ack_subject_forms() {
+        let v1 = AckMeta::parse("$JS.ACK.S.d.3.100.7.1700000000000000001.42").expect("v1");
+        assert_eq!((v1.stream, v1.consumer), ("S", "d"));
+        assert_eq!((v1.delivered, v1.stream_sequence, v1.consumer_sequence, v1.pending), (3, 100, 7, 42));
+        let v2 = AckMeta::parse("$JS.ACK._.hash.S.d.1.2.3.1700000000000000001.0").expect("v2");
+        assert_eq!((v2.stream, v2.stream_sequence), ("S", 2));
+        let v2t = AckMeta::parse("$JS.ACK.dom.hash.S.d.1.2.3.1700000000000000001.0.tok.more").expect("v2 tokens");
+        assert_eq!(v2t.consumer, "d");
+    }
+
+    #[test]
+    fn rejects_malformed_ack_subjects() {
+        for bad in [
+            "",
+            "$JS.ACK",
+            "$JS.ACK.S.d.3.100.7.170",
+            "$JS.ACK.S.d.x.100.7.1.2",
+            "$JS.ACK.S.d.-1.100.7.1.2",
+            "$JS.ACK..d.1.1.1.1.1",
+            "_INBOX.abc",
+            "$JS.ACK.S.d.1.1.1.1.99999999999999999999999",
+        ] {
+            assert!(AckMeta::parse(bad).is_none(), "{bad:?}");
+            assert!(DeliveryInfo::from_reply_subject(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,380 @@
+//! Making streams and durable consumers exist on the server, and mapping
+//! the server's errors.
+//!
+//! Streams: a missing stream is created; an existing one is reused when it
+//! matches, updated when the difference is one the server allows in place,
+//! and otherwise left alone with an [`Error::StreamConflict`] naming the
+//! fields. A user's stream is never deleted or replaced.
+//!
+//! Consumers: a missing durable is created from its spec; an existing one is
+//! bound by name, after checking its mode (push or pull). Fields the spec
+//! sets that differ are updated when the server allows it. A bound
+//! consumer keeps its position: its start position is never reset.
+//!
+//! All JetStream API calls go through [`api_request`], so every failure is
+//! classified the same way into a [`ServerErrorKind`].
+
+use async_nats::jetstream::{self, consumer, stream};
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::error::{Error, ServerErrorKind, show_duration};
+use crate::spec::{ConsumerMode, ConsumerSpec, StreamSpec};
+
+/// What [`ensure_stream`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamAction {
+    /// The stream did not exist and was created.
+    Created,
+    /// The stream existed and these fields were updated in place.
+    Updated(Vec<String>),
+    /// The stream existed and matched the spec.
+    Unchanged,
+}
+
+/// What [`ensure_consumer`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsumerAction {
+    /// The consumer did not exist and was created.
+    Created,
+    /// The consumer existed and these fields were updated in place.
+    Updated(Vec<String>),
+    /// The consumer existed and was bound as it is.
+    Bound,
+}
+
+// Server error codes (see nats-server's `server/errors.json`) that the
+// client library does not name.
+const CONSUMER_ALREADY_EXISTS: u64 = 10148;
+const CONSUMER_DOES_NOT_EXIST: u64 = 10149;
+
+/// Sends one JetStream API request (`subject` without the `$JS.API.`
+/// prefix) and classifies any failure. `op` describes the operation for the
+/// error message.
+pub(crate) async fn api_request<T, V>(
+    js: &jetstream::Context,
+    op: &str,
+    subject: String,
+    payload: &T,
+) -> Result<V, Error>
+where
+    T: ?Sized + Serialize,
+    V: DeserializeOwned,
+{
+    let response: jetstream::response::Response<V> = js
+        .request(subject, payload)
+        .await
+        .map_err(|err| request_error(op, &err))?;
+    match response {
+        jetstream::response::Response::Ok(value) => Ok(value),
+        jetstream::response::Response::Err { error } => Err(api_error(op, &error)),
+    }
+}
+
+/// Classifies a failed request (the server never answered).
+pub(crate) fn request_error(op: &str, err: &jetstream::context::RequestError) -> Error {
+    use jetstream::context::RequestErrorKind as K;
+    let kind = match err.kind() {
+        K::NoResponders => ServerErrorKind::NoResponders,
+        K::TimedOut => ServerErrorKind::Timeout,
+        K::InvalidSubject => ServerErrorKind::BadRequest,
+        K::Other => ServerErrorKind::Other,
+    };
+    Error::server(op, kind, err)
+}
+
+/// Classifies an error answer from the JetStream API.
+pub(crate) fn api_error(op: &str, err: &jetstream::Error) -> Error {
+    use jetstream::ErrorCode as C;
+    let code = err.error_code();
+    let kind = match code {
+        C::JETSTREAM_NOT_ENABLED | C::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT => {
+            ServerErrorKind::JetStreamNotEnabled
+        }
+        C::STREAM_NOT_FOUND => ServerErrorKind::StreamNotFound,
+        C::CONSUMER_NOT_FOUND => ServerErrorKind::ConsumerNotFound,
+        C::CONSUMER_NAME_EXIST => ServerErrorKind::ConsumerNameTaken,
+        C::ACCOUNT_RESOURCES_EXCEEDED
+        | C::MAXIMUM_CONSUMERS_LIMIT
+        | C::MAXIMUM_STREAMS_LIMIT
+        | C::STORAGE_RESOURCES_EXCEEDED
+        | C::MEMORY_RESOURCES_EXCEEDED
+        | C::INSUFFICIENT_RESOURCES
+        | C::STREAM_LIMITS => ServerErrorKind::LimitsExceeded,
+        jetstream::ErrorCode(CONSUMER_ALREADY_EXISTS) => ServerErrorKind::ConsumerNameTaken,
+        jetstream::ErrorCode(CONSUMER_DOES_NOT_EXIST) => ServerErrorKind::ConsumerNotFound,
+        _ if err.code() == 400 => ServerErrorKind::BadRequest,
+        _ if err.code() == 404 => ServerErrorKind::Other,
+        _ => ServerErrorKind::Other,
+    };
+    Error::server(op, kind, err)
+}
+
+/// The stream's info, or `None` when it does not exist.
+pub(crate) async fn stream_info(js: &jetstream::Context, name: &str) -> Result<Option<stream::Info>, Error> {
+    let op = format!("stream info {name}");
+    match api_request(js, &op, format!("STREAM.INFO.{name}"), &serde_json::json!({})).await {
+        Ok(info) => Ok(Some(info)),
+        Err(err) if err.server_kind() == Some(ServerErrorKind::StreamNotFound) => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+/// Creates the stream, reuses it, or updates it in place; see the module
+/// docs.
+pub async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result<StreamAction, Error> {
+    spec.validate()?;
+    let name = &spec.name;
+    let Some(existing) = stream_info(js, name).await? else {
+        let op = format!("create stream {name}");
+        let _: stream::Info = api_request(js, &op, format!("STREAM.CREATE.{name}"), &spec.to_config()).await?;
+        tracing::info!(stream = %name, "created stream");
+        return Ok(StreamAction::Created);
+    };
+    let diff = spec.diff(&existing.config);
+    if !diff.immutable.is_empty() {
+        return Err(Error::StreamConflict {
+            stream: name.clone(),
+            fields: diff.immutable,
+            detail: "these fields cannot be changed on an existing stream; the stream was left as it is".into(),
+        });
+    }
+    if diff.mutable.is_empty() {
+        return Ok(StreamAction::Unchanged);
+    }
+    let mut config = existing.config.clone();
+    spec.apply_to(&mut config);
+    let op = format!("update stream {name}");
+    match api_request::<_, stream::Info>(js, &op, format!("STREAM.UPDATE.{name}"), &config).await {
+        Ok(_) => {
+            tracing::info!(stream = %name, fields = ?diff.mutable, "updated stream");
+            Ok(StreamAction::Updated(diff.mutable))
+        }
+        Err(Error::Server {
+            kind: ServerErrorKind::BadRequest | ServerErrorKind::Other,
+            detail,
+            ..
+        }) => Err(Error::StreamConflict {
+            stream: name.clone(),
+            fields: diff.mutable,
+            detail: format!("the server refused the update: {detail}"),
+        }),
+        Err(err) => Err(err),
+    }
+}
+
+/// The consumer's info, or `None` when it does not exist.
+pub(crate) async fn consumer_info(
+    js: &jetstream::Context,
+    stream: &str,
+    durable: &str,
+) -> Result<Option<consumer::Info>, Error> {
+    let op = format!("consumer info {stream}/{durable}");
+    match api_request(js, &op, format!("CONSUMER.INFO.{stream}.{durable}"), &serde_json::json!({})).await {
+        Ok(info) => Ok(Some(info)),
+        Err(err) if err.server_kind() == Some(ServerErrorKind::ConsumerNotFound) => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+#[derive(Serialize)]
+struct CreateConsumer<'a> {
+    stream_name: &'a str,
+    config: &'a consumer::Config,
+    action: &'a str,
+}
+
+async fn put_consumer(
+    js: &jetstream::Context,
+    op: &str,
+    stream: &str,
+    config: &consumer::Config,
+    action: &str,
+) -> Result<consumer::Info, Error> {
+    let name = config.durable_name.as_deref().unwrap_or_default();
+    let request = CreateConsumer {
+        stream_name: stream,
+        config,
+        action,
+    };
+    api_request(js, op, format!("CONSUMER.CREATE.{stream}.{name}"), &request).await
+}
+
+/// The mode a consumer has on the server.
+pub(crate) fn server_mode(config: &consumer::Config) -> ConsumerMode {
+    if config.deliver_subject.is_some() {
+        ConsumerMode::Push
+    } else {
+        ConsumerMode::Pull
+    }
+}
+
+/// Creates the durable consumer, or binds to the existing one by name; see
+/// the module docs. Returns the consumer's info as the server has it.
+pub async fn ensure_consumer(
+    js: &jetstream::Context,
+    spec: &ConsumerSpec,
+) -> Result<(consumer::Info, ConsumerAction), Error> {
+    spec.validate()?;
+    let (stream, durable) = (spec.stream.as_str(), spec.durable.as_str());
+    match consumer_info(js, stream, durable).await? {
+        None => {
+            let deliver = (spec.mode == ConsumerMode::Push && spec.deliver_subject.is_none())
+                .then(|| js.client().new_inbox());
+            let config = spec.to_config(deliver);
+            let op = format!("create consumer {stream}/{durable}");
+            let info = put_consumer(js, &op, stream, &config, "create").await.map_err(|err| match err {
+                Error::Server {
+                    kind: ServerErrorKind::ConsumerNameTaken,
+                    detail,
+                    ..
+                } => Error::ConsumerConflict {
+                    stream: stream.into(),
+                    durable: durable.into(),
+                    fields: vec!["(created concurrently)".into()],
+                    detail,
+                },
+                other => other,
+            })?;
+            tracing::info!(stream, durable, mode = %spec.mode, "created durable consumer");
+            Ok((info, ConsumerAction::Created))
+        }
+        Some(info) => {
+            let actual = server_mode(&info.config);
+            if actual != spec.mode {
+                return Err(Error::ModeMismatch {
+                    stream: stream.into(),
+                    durable: durable.into(),
+                    expected: spec.mode,
+                    actual,
+                });
+            }
+            let (config, fields) = reconcile(spec, &info.config)?;
+            if fields.is_empty() {
+                return Ok((info, ConsumerAction::Bound));
+            }
+            let op = format!("update consumer {stream}/{durable}");
+            match put_consumer(js, &op, stream, &config, "update").await {
+                Ok(info) => {
+                    tracing::info!(stream, durable, ?fields, "updated durable consumer");
+                    Ok((info, ConsumerAction::Updated(fields)))
+                }
+                Err(Error::Server {
+                    kind: ServerErrorKind::BadRequest | ServerErrorKind::Other | ServerErrorKind::ConsumerNameTaken,
+                    detail,
+                    ..
+                }) => Err(Error::ConsumerConflict {
+                    stream: stream.into(),
+                    durable: durable.into(),
+                    fields,
+                    detail: format!("the server refused the update: {detail}"),
+                }),
+                Err(err) => Err(err),
+            }
+        }
+    }
+}
+
+/// The server's config with the spec's settings applied, and the names of
+/// the fields that changed. Fields that can never change on a consumer are
+/// a conflict.
+fn reconcile(spec: &ConsumerSpec, existing: &consumer::Config) -> Result<(consumer::Config, Vec<String>), Error> {
+    let desired = spec.to_config(existing.deliver_subject.clone());
+    let mut config = existing.clone();
+    let mut changed = Vec::new();
+    let conflict = |fields: Vec<String>, detail: String| Error::ConsumerConflict {
+        stream: spec.stream.clone(),
+        durable: spec.durable.clone(),
+        fields,
+        detail,
+    };
+    if existing.ack_policy != consumer::AckPolicy::Explicit {
+        return Err(conflict(
+            vec!["ack_policy".into()],
+            format!(
+                "the consumer acks with {:?}, but this library needs explicit acks; create another durable",
+                existing.ack_policy
+            ),
+        ));
+    }
+    if spec.deliver_subject.is_some() && desired.deliver_subject != existing.deliver_subject {
+        return Err(conflict(
+            vec!["deliver_subject".into()],
+            format!(
+                "the server has {:?}, the spec asks for {:?}",
+                existing.deliver_subject, desired.deliver_subject
+            ),
+        ));
+    }
+    if desired.deliver_group != existing.deliver_group {
+        return Err(conflict(
+            vec!["deliver_group".into()],
+            format!(
+                "the server has {:?}, the spec asks for {:?}",
+                existing.deliver_group, desired.deliver_group
+            ),
+        ));
+    }
+    let mut set = |name: &str, differs: bool| {
+        if differs {
+            changed.push(name.to_string());
+        }
+        differs
+    };
+    let filters = |c: &consumer::Config| -> Vec<String> {
+        let mut all = c.filter_subjects.clone();
+        if !c.filter_subject.is_empty() {
+            all.push(c.filter_subject.clone());
+        }
+        all.sort();
+        all
+    };
+    if set("filter_subjects", filters(&desired) != filters(existing)) {
+        config.filter_subject = desired.filter_subject.clone();
+        config.filter_subjects = desired.filter_subjects.clone();
+    }
+    if spec.ack_wait.is_some() && set("ack_wait", desired.ack_wait != existing.ack_wait) {
+        config.ack_wait = desired.ack_wait;
+    }
+    let max_deliver = |v: i64| if v <= 0 { -1 } else { v };
+    if spec.max_deliver.is_some()
+        && set("max_deliver", max_deliver(desired.max_deliver) != max_deliver(existing.max_deliver))
+    {
+        config.max_deliver = desired.max_deliver;
+    }
+    if spec.max_ack_pending.is_some() && set("max_ack_pending", desired.max_ack_pending != existing.max_ack_pending) {
+        config.max_ack_pending = desired.max_ack_pending;
+    }
+    if !spec.backoff.is_empty() && set("backoff", desired.backoff != existing.backoff) {
+        config.backoff = desired.backoff.clone();
+    }
+    if spec.max_batch.is_some() && set("max_batch", desired.max_batch != existing.max_batch) {
+        config.max_batch = desired.max_batch;
+    }
+    if spec.max_expires.is_some() && set("max_expires", desired.max_expires != existing.max_expires) {
+        config.max_expires = desired.max_expires;
+    }
+    if spec.description.is_some() && set("description", desired.description != existing.description) {
+        config.description = desired.description.clone();
+    }
+    if spec.mode == ConsumerMode::Push {
+        // The push child relies on flow control and heartbeats.
+        if set("flow_control", !existing.flow_control) {
+            config.flow_control = true;
+        }
+        let heartbeat_differs = if spec.idle_heartbeat.is_some() {
+            desired.idle_heartbeat != existing.idle_heartbeat
+        } else {
+            existing.idle_heartbeat.is_zero()
+        };
+        if set("idle_heartbeat", heartbeat_differs) {
+            config.idle_heartbeat = desired.idle_heartbeat;
+        }
+    }
+    tracing::debug!(
+        durable = %spec.durable,
+        ack_wait = %show_duration(config.ack_wait),
+        ?changed,
+        "reconciled consumer config"
+    );
+    Ok((config, changed))
+}
