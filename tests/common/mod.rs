@@ -1,0 +1,374 @@
+//! Shared helpers for the integration tests: a real server per test, a
+//! recording target actor whose decisions each test chooses, and waits with
+//! deadlines.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use nats_harness::NatsServer;
+use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef};
+use ractor_jetstream::{ConsumerMsg, Delivery, FetchOutcome, SupervisorMsg};
+
+/// Generous bound for anything that should happen "soon".
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Turns on log output for a test when `RUST_LOG` is set.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// One fresh JetStream server and a connection to it.
+pub struct Env {
+    pub server: NatsServer,
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+}
+
+pub async fn env() -> Env {
+    init_tracing();
+    let server = NatsServer::start().await.expect("start nats-server");
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    Env { server, client, js }
+}
+
+/// Creates a plain file-storage stream directly (not through the library).
+pub async fn create_stream(js: &jetstream::Context, name: &str, subjects: &[&str]) {
+    js.create_stream(jetstream::stream::Config {
+        name: name.into(),
+        subjects: subjects.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    })
+    .await
+    .expect("create stream");
+}
+
+/// Publishes one message per subject and waits for each to be stored.
+/// Returns the stream sequences.
+pub async fn publish(js: &jetstream::Context, subjects: impl IntoIterator<Item = String>) -> Vec<u64> {
+    let mut acks = Vec::new();
+    for (i, subject) in subjects.into_iter().enumerate() {
+        let ack = js
+            .publish(subject, format!("payload-{i}").into())
+            .await
+            .expect("publish");
+        acks.push(ack);
+    }
+    let mut seqs = Vec::new();
+    for ack in acks {
+        seqs.push(ack.await.expect("publish ack").sequence);
+    }
+    seqs
+}
+
+/// Publishes `n` messages to `subject`.
+pub async fn publish_n(js: &jetstream::Context, subject: &str, n: usize) -> Vec<u64> {
+    publish(js, (0..n).map(|_| subject.to_string())).await
+}
+
+/// The server's view of a consumer.
+pub async fn consumer_info(js: &jetstream::Context, stream: &str, durable: &str) -> consumer::Info {
+    let stream = js.get_stream(stream).await.expect("get stream");
+    stream.consumer_info(durable).await.expect("consumer info")
+}
+
+/// Polls the consumer info until `check` holds, or panics after
+/// [`PATIENCE`] with the last info.
+pub async fn wait_for_consumer(
+    js: &jetstream::Context,
+    stream: &str,
+    durable: &str,
+    what: &str,
+    check: impl Fn(&consumer::Info) -> bool,
+) -> consumer::Info {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let info = consumer_info(js, stream, durable).await;
+        if check(&info) {
+            return info;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "timed out waiting for {what}: ack_floor.stream={} num_ack_pending={} num_pending={} num_redelivered={}",
+                info.ack_floor.stream_sequence, info.num_ack_pending, info.num_pending, info.num_redelivered
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Polls `check` until it holds, or panics after `timeout` naming `what`.
+pub async fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check() {
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Fetches through a child.
+pub async fn fetch(child: &ActorRef<ConsumerMsg>, batch: usize, expires: Duration) -> Result<FetchOutcome, ractor_jetstream::Error> {
+    child
+        .call(
+            |reply| ConsumerMsg::Fetch {
+                batch,
+                expires: Some(expires),
+                reply,
+            },
+            Some(expires + PATIENCE),
+        )
+        .await
+        .expect("fetch call")
+        .success_or_panic()
+}
+
+/// Fetches through the supervisor.
+pub async fn fetch_via(
+    supervisor: &ActorRef<SupervisorMsg>,
+    durable: &str,
+    batch: usize,
+    expires: Duration,
+) -> Result<FetchOutcome, ractor_jetstream::Error> {
+    supervisor
+        .call(
+            |reply| SupervisorMsg::Fetch {
+                durable: durable.into(),
+                batch,
+                expires: Some(expires),
+                reply,
+            },
+            Some(expires + PATIENCE),
+        )
+        .await
+        .expect("fetch call")
+        .success_or_panic()
+}
+
+pub trait CallResultExt<T> {
+    fn success_or_panic(self) -> T;
+}
+
+impl<T> CallResultExt<T> for ractor::rpc::CallResult<T> {
+    fn success_or_panic(self) -> T {
+        match self {
+            ractor::rpc::CallResult::Success(v) => v,
+            ractor::rpc::CallResult::Timeout => panic!("call timed out"),
+            ractor::rpc::CallResult::SenderError => panic!("reply port dropped"),
+        }
+    }
+}
+
+/// What the recording target does with one delivery.
+#[derive(Debug, Clone)]
+pub enum Action {
+    Ack,
+    Nak(Option<Duration>),
+    Term,
+    /// Drop it without a decision.
+    Drop,
+    /// Keep it and never decide (the decision timeout must fire).
+    Hold,
+    /// Panic in the target's handler.
+    Panic,
+}
+
+/// One delivery as the target saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub subject: String,
+    pub stream_sequence: u64,
+    pub delivered: u64,
+    pub at: std::time::Instant,
+}
+
+#[derive(Debug, Default)]
+pub struct RecordInner {
+    pub seen: Vec<Seen>,
+    /// Deliveries received and not yet settled by the target.
+    pub outstanding: usize,
+    pub max_outstanding: usize,
+}
+
+/// What the recording target saw, readable from the test.
+#[derive(Debug, Default, Clone)]
+pub struct Record(pub Arc<Mutex<RecordInner>>);
+
+impl Record {
+    pub fn with<R>(&self, f: impl FnOnce(&RecordInner) -> R) -> R {
+        f(&self.0.lock().expect("record lock"))
+    }
+
+    pub fn count(&self) -> usize {
+        self.with(|r| r.seen.len())
+    }
+
+    /// Stream sequences seen, in arrival order.
+    pub fn sequences(&self) -> Vec<u64> {
+        self.with(|r| r.seen.iter().map(|s| s.stream_sequence).collect())
+    }
+
+    /// Stream sequences seen at least once.
+    pub fn distinct(&self) -> BTreeSet<u64> {
+        self.sequences().into_iter().collect()
+    }
+
+    /// How often each stream sequence was seen.
+    pub fn times_seen(&self) -> BTreeMap<u64, usize> {
+        let mut map = BTreeMap::new();
+        for seq in self.sequences() {
+            *map.entry(seq).or_default() += 1;
+        }
+        map
+    }
+
+    pub fn max_outstanding(&self) -> usize {
+        self.with(|r| r.max_outstanding)
+    }
+}
+
+pub type Decide = Arc<dyn Fn(&Delivery) -> Action + Send + Sync>;
+
+/// The recording target's messages: its own enum, reached through a
+/// `DerivedActorRef<Delivery>` like a user's actor.
+pub enum TargetMsg {
+    Delivery(Delivery),
+    /// Settle everything held back by `batch_ack`.
+    Flush,
+}
+
+impl From<Delivery> for TargetMsg {
+    fn from(d: Delivery) -> Self {
+        TargetMsg::Delivery(d)
+    }
+}
+
+impl TryFrom<TargetMsg> for Delivery {
+    type Error = TargetMsg;
+    fn try_from(msg: TargetMsg) -> Result<Self, TargetMsg> {
+        match msg {
+            TargetMsg::Delivery(d) => Ok(d),
+            other => Err(other),
+        }
+    }
+}
+
+pub struct RecordingTarget;
+
+pub struct TargetArgs {
+    pub decide: Decide,
+    pub record: Record,
+    /// Hold acked deliveries and settle them all this long after the first
+    /// one was held (to keep a window full and measure it).
+    pub batch_ack: Option<Duration>,
+}
+
+pub struct TargetState {
+    decide: Decide,
+    record: Record,
+    batch_ack: Option<Duration>,
+    held: Vec<Delivery>,
+    never: Vec<Delivery>,
+}
+
+impl Actor for RecordingTarget {
+    type Msg = TargetMsg;
+    type State = TargetState;
+    type Arguments = TargetArgs;
+
+    async fn pre_start(&self, _myself: ActorRef<TargetMsg>, args: TargetArgs) -> Result<TargetState, ActorProcessingErr> {
+        Ok(TargetState {
+            decide: args.decide,
+            record: args.record,
+            batch_ack: args.batch_ack,
+            held: Vec::new(),
+            never: Vec::new(),
+        })
+    }
+
+    async fn handle(&self, myself: ActorRef<TargetMsg>, msg: TargetMsg, state: &mut TargetState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            TargetMsg::Delivery(delivery) => {
+                {
+                    let mut r = state.record.0.lock().expect("record lock");
+                    r.seen.push(Seen {
+                        subject: delivery.subject().to_string(),
+                        stream_sequence: delivery.info().stream_sequence,
+                        delivered: delivery.info().delivered,
+                        at: std::time::Instant::now(),
+                    });
+                    r.outstanding += 1;
+                    r.max_outstanding = r.max_outstanding.max(r.outstanding);
+                }
+                let action = (state.decide)(&delivery);
+                let settled = !matches!(action, Action::Hold | Action::Panic) && !(matches!(action, Action::Ack) && state.batch_ack.is_some());
+                if settled {
+                    state.record.0.lock().expect("record lock").outstanding -= 1;
+                }
+                match action {
+                    Action::Ack => match state.batch_ack {
+                        Some(after) => {
+                            if state.held.is_empty() {
+                                myself.send_after(after, || TargetMsg::Flush);
+                            }
+                            state.held.push(delivery);
+                        }
+                        None => delivery.ack(),
+                    },
+                    Action::Nak(delay) => delivery.nak(delay),
+                    Action::Term => delivery.term("test terminated it"),
+                    Action::Drop => drop(delivery),
+                    Action::Hold => state.never.push(delivery),
+                    Action::Panic => panic!("target panics on stream sequence {}", delivery.info().stream_sequence),
+                }
+            }
+            TargetMsg::Flush => {
+                let held = std::mem::take(&mut state.held);
+                state.record.0.lock().expect("record lock").outstanding -= held.len();
+                for delivery in held {
+                    delivery.ack();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Spawns a recording target with a decision function.
+pub async fn spawn_target(
+    decide: impl Fn(&Delivery) -> Action + Send + Sync + 'static,
+) -> (ActorRef<TargetMsg>, DerivedActorRef<Delivery>, Record) {
+    spawn_target_with(Arc::new(decide), None).await
+}
+
+pub async fn spawn_target_with(
+    decide: Decide,
+    batch_ack: Option<Duration>,
+) -> (ActorRef<TargetMsg>, DerivedActorRef<Delivery>, Record) {
+    let record = Record::default();
+    let (actor, _) = Actor::spawn(
+        None,
+        RecordingTarget,
+        TargetArgs {
+            decide,
+            record: record.clone(),
+            batch_ack,
+        },
+    )
+    .await
+    .expect("spawn target");
+    let derived = actor.get_derived();
+    (actor, derived, record)
+}
+
+/// A target that acks everything.
+pub async fn acking_target() -> (ActorRef<TargetMsg>, DerivedActorRef<Delivery>, Record) {
+    spawn_target(|_| Action::Ack).await
+}
