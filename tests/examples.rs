@@ -1,0 +1,203 @@
+//! The example binaries, run as a user would run them, against a server the
+//! test starts (through `NATS_URL`).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::*;
+
+/// The compiled example, building it first when `cargo test` was asked
+/// for only some targets.
+fn example_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("examples").join(name);
+    if !bin.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--example", name])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building example {name} failed");
+    }
+    bin
+}
+
+/// Runs an example to completion; returns its stdout, panicking with its
+/// stderr when it fails.
+fn run_example(name: &str, url: &str, args: &[String]) -> String {
+    let output = Command::new(example_bin(name))
+        .args(args)
+        .env("NATS_URL", url)
+        .output()
+        .expect("run example");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(output.status.success(), "{name} failed: {stderr}\n{stdout}");
+    stdout
+}
+
+fn last_line_fields(stdout: &str, prefix: &str) -> BTreeMap<String, u64> {
+    let line = stdout.lines().last().unwrap_or_default();
+    let rest = line
+        .strip_prefix(prefix)
+        .unwrap_or_else(|| panic!("last line {line:?} lacks {prefix:?}"));
+    rest.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                v.parse()
+                    .unwrap_or_else(|_| panic!("{k}={v} is not a number")),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn pull_worker_records_each_message_once_and_a_second_run_idles() {
+    let env = env().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let record = dir.path().join("record.txt");
+    let record_arg = record.to_str().expect("utf-8 path").to_string();
+    let args: Vec<String> = [
+        "--stream",
+        "ORDERS",
+        "--subjects",
+        "orders.>",
+        "--durable",
+        "workers",
+        "--batch",
+        "100",
+        "--expires-ms",
+        "300",
+        "--idle-exit-ms",
+        "600",
+        "--record",
+        &record_arg,
+        "--nak-every",
+        "7",
+    ]
+    .map(String::from)
+    .to_vec();
+    let second_args = args.clone();
+    example_bin("pull_worker");
+    // The first run creates the stream; publish after it exists.
+    let first_run_url = env.server.url();
+    let publisher = {
+        let js = env.js.clone();
+        tokio::spawn(async move {
+            wait_for_stream(&js, "ORDERS").await;
+            publish_n(&js, "orders.new", 250).await
+        })
+    };
+    let stdout =
+        tokio::task::spawn_blocking(move || run_example("pull_worker", &first_run_url, &args))
+            .await
+            .expect("join");
+    let seqs = publisher.await.expect("publisher");
+    assert_eq!(seqs, (1..=250).collect::<Vec<_>>());
+    let fields = last_line_fields(&stdout, "pull_worker: ");
+    assert_eq!(fields["acked"], 250, "{stdout}");
+    assert_eq!(fields["naked"], 250 / 7, "{stdout}");
+    let lines: Vec<u64> = std::fs::read_to_string(&record)
+        .expect("record")
+        .lines()
+        .map(|l| l.parse().expect("a sequence per line"))
+        .collect();
+    let mut sorted = lines.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        (1..=250).collect::<Vec<_>>(),
+        "each sequence recorded exactly once"
+    );
+    wait_for_consumer(&env.js, "ORDERS", "workers", "all acked", |i| {
+        i.ack_floor.stream_sequence == 250 && i.num_ack_pending == 0 && i.num_pending == 0
+    })
+    .await;
+
+    // A second run finds nothing new and ends by idling.
+    let url = env.server.url();
+    let stdout =
+        tokio::task::spawn_blocking(move || run_example("pull_worker", &url, &second_args))
+            .await
+            .expect("join");
+    let fields = last_line_fields(&stdout, "pull_worker: ");
+    assert_eq!((fields["delivered"], fields["acked"]), (0, 0), "{stdout}");
+    assert!(fields["empty_fetches"] >= 1);
+    let after = std::fs::read_to_string(&record)
+        .expect("record")
+        .lines()
+        .count();
+    assert_eq!(after, 250, "the second run recorded nothing");
+}
+
+#[tokio::test]
+async fn pull_worker_rejects_bad_arguments_and_an_unreachable_server_in_one_line() {
+    let bin = example_bin("pull_worker");
+    let bad = Command::new(&bin)
+        .args([
+            "--stream",
+            "BAD.NAME",
+            "--subjects",
+            "x.>",
+            "--durable",
+            "d",
+            "--batch",
+            "10",
+            "--expires-ms",
+            "100",
+        ])
+        .env("NATS_URL", "nats://127.0.0.1:1")
+        .output()
+        .expect("run");
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("streams[0].name"), "{stderr}");
+
+    let zero = Command::new(&bin)
+        .args(["--batch", "0"])
+        .output()
+        .expect("run");
+    assert!(!zero.status.success());
+    assert!(String::from_utf8_lossy(&zero.stderr).contains("--batch"));
+
+    let started = std::time::Instant::now();
+    let unreachable = Command::new(&bin)
+        .args([
+            "--stream",
+            "S",
+            "--subjects",
+            "x.>",
+            "--durable",
+            "d",
+            "--batch",
+            "10",
+            "--expires-ms",
+            "100",
+        ])
+        .env("NATS_URL", "nats://127.0.0.1:1")
+        .output()
+        .expect("run");
+    assert!(!unreachable.status.success());
+    let stderr = String::from_utf8_lossy(&unreachable.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+async fn wait_for_stream(js: &async_nats::jetstream::Context, name: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while let Err(err) = js.get_stream(name).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stream {name} never appeared: {err}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
