@@ -10,7 +10,11 @@ use common::*;
 use ractor::{Actor, ActorRef};
 use ractor_jetstream::{ConsumerArgs, ConsumerMsg, ConsumerSpec, Error, PullConsumer};
 
-async fn spawn_pull(env: &Env, spec: ConsumerSpec, target: ractor::DerivedActorRef<ractor_jetstream::Delivery>) -> ActorRef<ConsumerMsg> {
+async fn spawn_pull(
+    env: &Env,
+    spec: ConsumerSpec,
+    target: ractor::DerivedActorRef<ractor_jetstream::Delivery>,
+) -> ActorRef<ConsumerMsg> {
     let (child, _) = Actor::spawn(
         None,
         PullConsumer,
@@ -26,16 +30,24 @@ async fn spawn_pull(env: &Env, spec: ConsumerSpec, target: ractor::DerivedActorR
 }
 
 /// Fetches until a fetch expires empty; returns the outcomes.
-async fn fetch_all(child: &ActorRef<ConsumerMsg>, batch: usize) -> Vec<ractor_jetstream::FetchOutcome> {
+async fn fetch_all(
+    child: &ActorRef<ConsumerMsg>,
+    batch: usize,
+) -> Vec<ractor_jetstream::FetchOutcome> {
     let mut outcomes = Vec::new();
     loop {
-        let outcome = fetch(child, batch, Duration::from_millis(300)).await.expect("fetch");
+        let outcome = fetch(child, batch, Duration::from_millis(300))
+            .await
+            .expect("fetch");
         assert_eq!(
             outcome.delivered,
             outcome.acked + outcome.naked + outcome.termed + outcome.abandoned + outcome.timed_out,
             "every delivery is settled before the reply: {outcome:?}"
         );
-        assert!(outcome.delivered <= batch, "{outcome:?} exceeds batch {batch}");
+        assert!(
+            outcome.delivered <= batch,
+            "{outcome:?} exceeds batch {batch}"
+        );
         let done = outcome.delivered == 0;
         outcomes.push(outcome);
         if done {
@@ -62,11 +74,22 @@ async fn pulling_n_forwards_exactly_n_below_at_and_above_batch() {
         let outcomes = fetch_all(&child, batch).await;
         let delivered: Vec<usize> = outcomes.iter().map(|o| o.delivered).collect();
         assert_eq!(delivered, sizes, "{durable}: fetch sizes");
-        assert!(outcomes.last().is_some_and(|o| o.expired), "{durable}: the last fetch expires empty");
-        assert!(outcomes[..outcomes.len() - 1].iter().all(|o| o.acked == o.delivered));
+        assert!(
+            outcomes.last().is_some_and(|o| o.expired),
+            "{durable}: the last fetch expires empty"
+        );
+        assert!(
+            outcomes[..outcomes.len() - 1]
+                .iter()
+                .all(|o| o.acked == o.delivered)
+        );
         // Exactly the stream's sequences, each once.
         let seen = record.sequences();
-        assert_eq!(seen, (1..=250).collect::<Vec<_>>(), "{durable}: forwarded in order, none twice");
+        assert_eq!(
+            seen,
+            (1..=250).collect::<Vec<_>>(),
+            "{durable}: forwarded in order, none twice"
+        );
         let info = wait_for_consumer(&env.js, "EXACT", durable, "all acked", |i| {
             i.ack_floor.stream_sequence == 250 && i.num_ack_pending == 0
         })
@@ -84,15 +107,27 @@ async fn expiry_with_nothing_available_is_a_clean_empty_outcome() {
     let child = spawn_pull(&env, ConsumerSpec::pull("EMPTY", "idle", "t"), target).await;
     for expires in [Duration::from_millis(200), Duration::from_millis(700)] {
         let started = Instant::now();
-        let outcome = fetch(&child, 10, expires).await.expect("an empty fetch is not an error");
+        let outcome = fetch(&child, 10, expires)
+            .await
+            .expect("an empty fetch is not an error");
         let took = started.elapsed();
         assert_eq!(outcome.delivered, 0);
         assert!(outcome.expired, "{outcome:?}");
-        assert!(took >= expires.mul_f64(0.9), "returned after {took:?}, before expires {expires:?}");
-        assert!(took < expires + Duration::from_millis(1500), "returned after {took:?}, expires {expires:?}");
+        assert!(
+            took >= expires.mul_f64(0.9),
+            "returned after {took:?}, before expires {expires:?}"
+        );
+        assert!(
+            took < expires + Duration::from_millis(1500),
+            "returned after {took:?}, expires {expires:?}"
+        );
     }
     assert_eq!(record.count(), 0);
-    let stats = child.call(ConsumerMsg::Stats, None).await.expect("stats").success_or_panic();
+    let stats = child
+        .call(ConsumerMsg::Stats, None)
+        .await
+        .expect("stats")
+        .success_or_panic();
     assert_eq!((stats.fetches, stats.empty_fetches), (2, 2));
 }
 
@@ -105,7 +140,9 @@ async fn a_later_fetch_resumes_from_the_durable_offset_across_fetches_and_a_rest
     let spec = ConsumerSpec::pull("RESUME", "r", "t");
     let child = spawn_pull(&env, spec.clone(), target.clone()).await;
 
-    let first = fetch(&child, 10, Duration::from_secs(1)).await.expect("fetch");
+    let first = fetch(&child, 10, Duration::from_secs(1))
+        .await
+        .expect("fetch");
     assert_eq!((first.delivered, first.acked), (10, 10));
     assert_eq!(record.sequences(), (1..=10).collect::<Vec<_>>());
     wait_for_consumer(&env.js, "RESUME", "r", "ack floor 10", |i| {
@@ -113,7 +150,9 @@ async fn a_later_fetch_resumes_from_the_durable_offset_across_fetches_and_a_rest
     })
     .await;
 
-    let second = fetch(&child, 10, Duration::from_secs(1)).await.expect("fetch");
+    let second = fetch(&child, 10, Duration::from_secs(1))
+        .await
+        .expect("fetch");
     assert_eq!(second.delivered, 10);
     assert_eq!(record.sequences(), (1..=20).collect::<Vec<_>>());
 
@@ -121,7 +160,9 @@ async fn a_later_fetch_resumes_from_the_durable_offset_across_fetches_and_a_rest
     child.kill();
     child.wait(Some(PATIENCE)).await.expect("child stops");
     let child = spawn_pull(&env, spec, target).await;
-    let third = fetch(&child, 100, Duration::from_secs(1)).await.expect("fetch");
+    let third = fetch(&child, 100, Duration::from_secs(1))
+        .await
+        .expect("fetch");
     assert_eq!(third.delivered, 10);
     assert_eq!(record.sequences(), (1..=30).collect::<Vec<_>>());
     let info = wait_for_consumer(&env.js, "RESUME", "r", "ack floor 30", |i| {
@@ -138,30 +179,56 @@ async fn nak_is_delivered_again_with_count_two_and_after_the_delay() {
     publish_n(&env.js, "nak.x", 2).await;
     let delay = Duration::from_millis(800);
     // Seq 1 is nak'ed at once; seq 2 with a delay. Second deliveries are acked.
-    let (_t, target, record) = spawn_target(move |d| match (d.info().stream_sequence, d.info().delivered) {
-        (1, 1) => Action::Nak(None),
-        (2, 1) => Action::Nak(Some(delay)),
-        _ => Action::Ack,
-    })
-    .await;
+    let (_t, target, record) =
+        spawn_target(
+            move |d| match (d.info().stream_sequence, d.info().delivered) {
+                (1, 1) => Action::Nak(None),
+                (2, 1) => Action::Nak(Some(delay)),
+                _ => Action::Ack,
+            },
+        )
+        .await;
     let child = spawn_pull(&env, ConsumerSpec::pull("NAK", "n", "t"), target).await;
-    let first = fetch(&child, 2, Duration::from_secs(1)).await.expect("fetch");
+    let first = fetch(&child, 2, Duration::from_secs(1))
+        .await
+        .expect("fetch");
     assert_eq!((first.delivered, first.naked), (2, 2));
     let deadline = Instant::now() + PATIENCE;
     while record.with(|r| r.seen.iter().filter(|s| s.delivered == 2).count()) < 2 {
-        assert!(Instant::now() < deadline, "nak'ed messages did not come back");
-        fetch(&child, 2, Duration::from_millis(300)).await.expect("fetch");
+        assert!(
+            Instant::now() < deadline,
+            "nak'ed messages did not come back"
+        );
+        fetch(&child, 2, Duration::from_millis(300))
+            .await
+            .expect("fetch");
     }
     let seen = record.with(|r| r.seen.clone());
-    let first_of = |seq| seen.iter().find(|s| s.stream_sequence == seq && s.delivered == 1).expect("first").at;
-    let again_of = |seq| seen.iter().find(|s| s.stream_sequence == seq && s.delivered == 2).expect("again").at;
+    let first_of = |seq| {
+        seen.iter()
+            .find(|s| s.stream_sequence == seq && s.delivered == 1)
+            .expect("first")
+            .at
+    };
+    let again_of = |seq| {
+        seen.iter()
+            .find(|s| s.stream_sequence == seq && s.delivered == 2)
+            .expect("again")
+            .at
+    };
     assert!(
         again_of(2).duration_since(first_of(2)) >= delay,
         "a delayed nak came back after {:?}, before its {delay:?} delay",
         again_of(2).duration_since(first_of(2))
     );
-    assert_eq!(record.times_seen().values().copied().collect::<Vec<_>>(), vec![2, 2]);
-    wait_for_consumer(&env.js, "NAK", "n", "both acked", |i| i.ack_floor.stream_sequence == 2 && i.num_ack_pending == 0).await;
+    assert_eq!(
+        record.times_seen().values().copied().collect::<Vec<_>>(),
+        vec![2, 2]
+    );
+    wait_for_consumer(&env.js, "NAK", "n", "both acked", |i| {
+        i.ack_floor.stream_sequence == 2 && i.num_ack_pending == 0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -170,20 +237,37 @@ async fn term_is_never_delivered_again_and_a_dropped_delivery_is() {
     create_stream(&env.js, "TERM", &["term.>"]).await;
     publish_n(&env.js, "term.x", 3).await;
     // 1 is termed, 2 is dropped once, 3 is acked.
-    let (_t, target, record) = spawn_target(|d| match (d.info().stream_sequence, d.info().delivered) {
-        (1, _) => Action::Term,
-        (2, 1) => Action::Drop,
-        _ => Action::Ack,
-    })
-    .await;
+    let (_t, target, record) =
+        spawn_target(|d| match (d.info().stream_sequence, d.info().delivered) {
+            (1, _) => Action::Term,
+            (2, 1) => Action::Drop,
+            _ => Action::Ack,
+        })
+        .await;
     let child = spawn_pull(&env, ConsumerSpec::pull("TERM", "t", "t"), target).await;
-    let first = fetch(&child, 3, Duration::from_secs(1)).await.expect("fetch");
-    assert_eq!((first.delivered, first.termed, first.abandoned, first.acked), (3, 1, 1, 1));
-    let second = fetch(&child, 3, Duration::from_secs(1)).await.expect("fetch");
-    assert_eq!((second.delivered, second.acked), (1, 1), "only the dropped one comes back: {second:?}");
-    let empty = fetch(&child, 3, Duration::from_millis(300)).await.expect("fetch");
+    let first = fetch(&child, 3, Duration::from_secs(1))
+        .await
+        .expect("fetch");
+    assert_eq!(
+        (first.delivered, first.termed, first.abandoned, first.acked),
+        (3, 1, 1, 1)
+    );
+    let second = fetch(&child, 3, Duration::from_secs(1))
+        .await
+        .expect("fetch");
+    assert_eq!(
+        (second.delivered, second.acked),
+        (1, 1),
+        "only the dropped one comes back: {second:?}"
+    );
+    let empty = fetch(&child, 3, Duration::from_millis(300))
+        .await
+        .expect("fetch");
     assert!(empty.is_empty() && empty.expired);
-    assert_eq!(record.times_seen(), [(1, 1), (2, 2), (3, 1)].into_iter().collect());
+    assert_eq!(
+        record.times_seen(),
+        [(1, 1), (2, 2), (3, 1)].into_iter().collect()
+    );
     let info = wait_for_consumer(&env.js, "TERM", "t", "all settled", |i| {
         i.ack_floor.stream_sequence == 3 && i.num_ack_pending == 0
     })
@@ -196,11 +280,12 @@ async fn no_decision_within_the_timeout_is_nakd_and_delivered_again() {
     let env = env().await;
     create_stream(&env.js, "SLOW", &["slow.>"]).await;
     publish_n(&env.js, "slow.x", 2).await;
-    let (_t, target, record) = spawn_target(|d| match (d.info().stream_sequence, d.info().delivered) {
-        (1, 1) => Action::Hold,
-        _ => Action::Ack,
-    })
-    .await;
+    let (_t, target, record) =
+        spawn_target(|d| match (d.info().stream_sequence, d.info().delivered) {
+            (1, 1) => Action::Hold,
+            _ => Action::Ack,
+        })
+        .await;
     let spec = ConsumerSpec {
         ack_wait: Some(Duration::from_secs(30)),
         decision_timeout: Some(Duration::from_millis(300)),
@@ -208,16 +293,33 @@ async fn no_decision_within_the_timeout_is_nakd_and_delivered_again() {
     };
     let child = spawn_pull(&env, spec, target).await;
     let started = Instant::now();
-    let first = fetch(&child, 2, Duration::from_secs(1)).await.expect("fetch");
-    assert_eq!((first.delivered, first.acked, first.timed_out), (2, 1, 1), "{first:?}");
+    let first = fetch(&child, 2, Duration::from_secs(1))
+        .await
+        .expect("fetch");
+    assert_eq!(
+        (first.delivered, first.acked, first.timed_out),
+        (2, 1, 1),
+        "{first:?}"
+    );
     assert!(started.elapsed() >= Duration::from_millis(300));
     // It comes back long before ack_wait (30 s).
-    let second = fetch(&child, 2, Duration::from_secs(2)).await.expect("fetch");
+    let second = fetch(&child, 2, Duration::from_secs(2))
+        .await
+        .expect("fetch");
     assert_eq!((second.delivered, second.acked), (1, 1));
     assert!(started.elapsed() < Duration::from_secs(10));
-    let again = record.with(|r| r.seen.iter().filter(|s| s.stream_sequence == 1).map(|s| s.delivered).collect::<Vec<_>>());
+    let again = record.with(|r| {
+        r.seen
+            .iter()
+            .filter(|s| s.stream_sequence == 1)
+            .map(|s| s.delivered)
+            .collect::<Vec<_>>()
+    });
     assert_eq!(again, vec![1, 2]);
-    wait_for_consumer(&env.js, "SLOW", "s", "both acked", |i| i.ack_floor.stream_sequence == 2 && i.num_ack_pending == 0).await;
+    wait_for_consumer(&env.js, "SLOW", "s", "both acked", |i| {
+        i.ack_floor.stream_sequence == 2 && i.num_ack_pending == 0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -234,13 +336,27 @@ async fn bad_requests_get_their_error_and_nothing_moves() {
     let child = spawn_pull(&env, spec, target.clone()).await;
     let invalid_field = |result: Result<_, Error>| -> String {
         let err = result.expect_err("a bad request is an error");
-        let fields = err.validation().unwrap_or_else(|| panic!("expected a validation error, got {err}"));
+        let fields = err
+            .validation()
+            .unwrap_or_else(|| panic!("expected a validation error, got {err}"));
         fields.errors()[0].field.clone()
     };
-    assert_eq!(invalid_field(fetch(&child, 0, Duration::from_millis(500)).await), "batch");
-    assert_eq!(invalid_field(fetch(&child, 11, Duration::from_millis(500)).await), "batch");
-    assert_eq!(invalid_field(fetch(&child, 1, Duration::ZERO).await), "expires");
-    assert_eq!(invalid_field(fetch(&child, 1, Duration::from_secs(2)).await), "expires");
+    assert_eq!(
+        invalid_field(fetch(&child, 0, Duration::from_millis(500)).await),
+        "batch"
+    );
+    assert_eq!(
+        invalid_field(fetch(&child, 11, Duration::from_millis(500)).await),
+        "batch"
+    );
+    assert_eq!(
+        invalid_field(fetch(&child, 1, Duration::ZERO).await),
+        "expires"
+    );
+    assert_eq!(
+        invalid_field(fetch(&child, 1, Duration::from_secs(2)).await),
+        "expires"
+    );
 
     // A push child answers a fetch with WrongMode.
     create_stream(&env.js, "PUSHBAD", &["pushbad.>"]).await;
@@ -263,9 +379,18 @@ async fn bad_requests_get_their_error_and_nothing_moves() {
     // Nothing was delivered; everything is still pending on the server.
     assert_eq!(record.count(), 0);
     let info = consumer_info(&env.js, "BAD", "b").await;
-    assert_eq!((info.delivered.stream_sequence, info.num_ack_pending, info.num_pending), (0, 0, 5));
+    assert_eq!(
+        (
+            info.delivered.stream_sequence,
+            info.num_ack_pending,
+            info.num_pending
+        ),
+        (0, 0, 5)
+    );
     // And the child still works.
-    let ok = fetch(&child, 10, Duration::from_millis(500)).await.expect("fetch");
+    let ok = fetch(&child, 10, Duration::from_millis(500))
+        .await
+        .expect("fetch");
     assert_eq!(ok.delivered, 5);
     assert_eq!(record.distinct(), (1..=5).collect::<BTreeSet<_>>());
 }

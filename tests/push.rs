@@ -21,7 +21,8 @@ async fn push_forwards_everything_in_order_within_the_window() {
     // The target holds what it acks and settles it all 20 ms later, so the
     // window fills up; if the child ever forwarded more than `window`
     // unsettled deliveries, the target would hold more.
-    let (_t, target, record) = spawn_target_with(Arc::new(|_| Action::Ack), Some(Duration::from_millis(20))).await;
+    let (_t, target, record) =
+        spawn_target_with(Arc::new(|_| Action::Ack), Some(Duration::from_millis(20))).await;
     let spec = ConsumerSpec {
         max_in_flight: Some(window),
         ..ConsumerSpec::push("PUSH", "p", "t")
@@ -37,25 +38,53 @@ async fn push_forwards_everything_in_order_within_the_window() {
     )
     .await
     .expect("spawn push child");
-    wait_until("all messages reach the target", PATIENCE, || record.count() >= total).await;
+    wait_until("all messages reach the target", PATIENCE, || {
+        record.count() >= total
+    })
+    .await;
     let info = wait_for_consumer(&env.js, "PUSH", "p", "all acked", |i| {
         i.ack_floor.stream_sequence == total as u64 && i.num_ack_pending == 0
     })
     .await;
     assert_eq!(info.num_redelivered, 0);
-    assert_eq!(record.sequences(), (1..=total as u64).collect::<Vec<_>>(), "in order, each once");
-    assert_eq!(record.max_outstanding(), window, "the target held exactly the window at most");
+    assert_eq!(
+        record.sequences(),
+        (1..=total as u64).collect::<Vec<_>>(),
+        "in order, each once"
+    );
+    assert_eq!(
+        record.max_outstanding(),
+        window,
+        "the target held exactly the window at most"
+    );
     // Order per subject is the publish order.
     let seen = record.with(|r| r.seen.clone());
     for subject in ["push.0", "push.1", "push.2"] {
-        let seqs: Vec<u64> = seen.iter().filter(|s| s.subject == subject).map(|s| s.stream_sequence).collect();
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{subject} out of order");
+        let seqs: Vec<u64> = seen
+            .iter()
+            .filter(|s| s.subject == subject)
+            .map(|s| s.stream_sequence)
+            .collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "{subject} out of order"
+        );
         assert_eq!(seqs.len(), total / 3);
     }
-    let stats = child.call(ConsumerMsg::Stats, None).await.expect("stats").success_or_panic();
-    assert_eq!((stats.delivered, stats.acked, stats.in_flight), (total as u64, total as u64, 0));
+    let stats = child
+        .call(ConsumerMsg::Stats, None)
+        .await
+        .expect("stats")
+        .success_or_panic();
+    assert_eq!(
+        (stats.delivered, stats.acked, stats.in_flight),
+        (total as u64, total as u64, 0)
+    );
     let consumer = consumer_info(&env.js, "PUSH", "p").await;
-    assert!(consumer.config.deliver_subject.is_some(), "a push consumer has a deliver subject");
+    assert!(
+        consumer.config.deliver_subject.is_some(),
+        "a push consumer has a deliver subject"
+    );
     assert!(consumer.config.flow_control && !consumer.config.idle_heartbeat.is_zero());
 }
 
@@ -63,10 +92,22 @@ async fn push_forwards_everything_in_order_within_the_window() {
 async fn push_and_pull_on_one_stream_each_get_their_own_subjects() {
     let env = env().await;
     create_stream(&env.js, "BOTH", &["both.>"]).await;
-    let subjects: Vec<String> = (0..40).map(|i| if i % 2 == 0 { "both.push".into() } else { "both.pull".into() }).collect();
+    let subjects: Vec<String> = (0..40)
+        .map(|i| {
+            if i % 2 == 0 {
+                "both.push".into()
+            } else {
+                "both.pull".into()
+            }
+        })
+        .collect();
     let seqs = publish(&env.js, subjects.clone()).await;
     let expect = |which: &str| -> Vec<u64> {
-        seqs.iter().zip(&subjects).filter(|(_, s)| s.ends_with(which)).map(|(q, _)| *q).collect()
+        seqs.iter()
+            .zip(&subjects)
+            .filter(|(_, s)| s.ends_with(which))
+            .map(|(q, _)| *q)
+            .collect()
     };
     let (_pt, push_target, push_record) = acking_target().await;
     let (_lt, pull_target, pull_record) = acking_target().await;
@@ -92,9 +133,14 @@ async fn push_and_pull_on_one_stream_each_get_their_own_subjects() {
     )
     .await
     .expect("pull child");
-    let outcome = fetch(&pull, 100, Duration::from_millis(500)).await.expect("fetch");
+    let outcome = fetch(&pull, 100, Duration::from_millis(500))
+        .await
+        .expect("fetch");
     assert_eq!(outcome.delivered, 20);
-    wait_until("push delivers its 20", PATIENCE, || push_record.count() >= 20).await;
+    wait_until("push delivers its 20", PATIENCE, || {
+        push_record.count() >= 20
+    })
+    .await;
     assert_eq!(push_record.sequences(), expect("push"));
     assert_eq!(pull_record.sequences(), expect("pull"));
     assert!(push_record.with(|r| r.seen.iter().all(|s| s.subject == "both.push")));

@@ -9,17 +9,30 @@ use std::time::Duration;
 use common::*;
 use ractor::{Actor, ActorRef};
 use ractor_jetstream::{
-    ChildState, ConsumerMode, ConsumerSpec, Error, JetStreamSupervisor, Retention, Storage, StreamAction,
-    StreamSpec, SupervisorArgs, SupervisorMsg, Topology, ensure_stream,
+    ChildState, ConsumerMode, ConsumerSpec, Error, JetStreamSupervisor, Retention, Storage,
+    StreamAction, StreamSpec, SupervisorArgs, SupervisorMsg, Topology, ensure_stream,
 };
 
 async fn status(supervisor: &ActorRef<SupervisorMsg>) -> ractor_jetstream::SupervisorStatus {
-    supervisor.call(SupervisorMsg::Status, None).await.expect("status").success_or_panic()
+    supervisor
+        .call(SupervisorMsg::Status, None)
+        .await
+        .expect("status")
+        .success_or_panic()
 }
 
-async fn lookup(supervisor: &ActorRef<SupervisorMsg>, durable: &str) -> Option<ActorRef<ractor_jetstream::ConsumerMsg>> {
+async fn lookup(
+    supervisor: &ActorRef<SupervisorMsg>,
+    durable: &str,
+) -> Option<ActorRef<ractor_jetstream::ConsumerMsg>> {
     supervisor
-        .call(|reply| SupervisorMsg::Lookup { durable: durable.into(), reply }, None)
+        .call(
+            |reply| SupervisorMsg::Lookup {
+                durable: durable.into(),
+                reply,
+            },
+            None,
+        )
         .await
         .expect("lookup")
         .success_or_panic()
@@ -32,9 +45,15 @@ async fn streams_are_created_reused_updated_and_never_replaced() {
         max_messages: Some(1000),
         ..StreamSpec::new("ENS", ["ens.>"])
     };
-    assert_eq!(ensure_stream(&env.js, &spec).await.expect("create"), StreamAction::Created);
+    assert_eq!(
+        ensure_stream(&env.js, &spec).await.expect("create"),
+        StreamAction::Created
+    );
     publish_n(&env.js, "ens.x", 3).await;
-    assert_eq!(ensure_stream(&env.js, &spec).await.expect("reuse"), StreamAction::Unchanged);
+    assert_eq!(
+        ensure_stream(&env.js, &spec).await.expect("reuse"),
+        StreamAction::Unchanged
+    );
 
     let bigger = StreamSpec {
         max_messages: Some(2000),
@@ -42,10 +61,19 @@ async fn streams_are_created_reused_updated_and_never_replaced() {
         ..spec.clone()
     };
     match ensure_stream(&env.js, &bigger).await.expect("update") {
-        StreamAction::Updated(fields) => assert_eq!(fields, vec!["subjects".to_string(), "max_messages".into()]),
+        StreamAction::Updated(fields) => {
+            assert_eq!(fields, vec!["subjects".to_string(), "max_messages".into()])
+        }
         other => panic!("expected an update, got {other:?}"),
     }
-    let info = env.js.get_stream("ENS").await.expect("stream").get_info().await.expect("info");
+    let info = env
+        .js
+        .get_stream("ENS")
+        .await
+        .expect("stream")
+        .get_info()
+        .await
+        .expect("info");
     assert_eq!(info.config.max_messages, 2000);
     assert_eq!(info.state.messages, 3, "an update keeps the messages");
 
@@ -63,9 +91,19 @@ async fn streams_are_created_reused_updated_and_never_replaced() {
         }
         other => panic!("expected a conflict, got {other:?}"),
     }
-    let info = env.js.get_stream("ENS").await.expect("stream").get_info().await.expect("info");
+    let info = env
+        .js
+        .get_stream("ENS")
+        .await
+        .expect("stream")
+        .get_info()
+        .await
+        .expect("info");
     assert_eq!(info.state.messages, 3);
-    assert_eq!(info.config.storage, async_nats::jetstream::stream::StorageType::File);
+    assert_eq!(
+        info.config.storage,
+        async_nats::jetstream::stream::StorageType::File
+    );
 }
 
 #[tokio::test]
@@ -94,8 +132,14 @@ async fn supervisor_spawns_named_children_routes_fetches_and_reports_status() {
     assert_eq!(by_name.get_id(), child.get_id());
     assert!(ractor::registry::where_is("sup-route/ORD/audit").is_some());
 
-    publish(&env.js, ["ord.created", "ord.created", "ord.shipped"].map(String::from)).await;
-    let outcome = fetch_via(&supervisor, "billing", 10, Duration::from_millis(500)).await.expect("fetch");
+    publish(
+        &env.js,
+        ["ord.created", "ord.created", "ord.shipped"].map(String::from),
+    )
+    .await;
+    let outcome = fetch_via(&supervisor, "billing", 10, Duration::from_millis(500))
+        .await
+        .expect("fetch");
     assert_eq!((outcome.delivered, outcome.acked), (2, 2));
     match fetch_via(&supervisor, "audit", 10, Duration::from_millis(500)).await {
         Err(Error::WrongMode { actual, .. }) => assert_eq!(actual, ConsumerMode::Push),
@@ -110,7 +154,12 @@ async fn supervisor_spawns_named_children_routes_fetches_and_reports_status() {
 
     let report = status(&supervisor).await;
     assert_eq!(report.children.len(), 2);
-    assert!(report.children.iter().all(|c| c.state == ChildState::Running && c.restarts == 0));
+    assert!(
+        report
+            .children
+            .iter()
+            .all(|c| c.state == ChildState::Running && c.restarts == 0)
+    );
 
     // Add and remove at run time.
     let added = supervisor
@@ -126,8 +175,13 @@ async fn supervisor_spawns_named_children_routes_fetches_and_reports_status() {
         .expect("add")
         .success_or_panic()
         .expect("consumer added");
-    assert!(ractor::registry::where_is("sup-route/ORD/late").is_some_and(|c| c.get_id() == added.get_id()));
-    let late = fetch_via(&supervisor, "late", 10, Duration::from_millis(500)).await.expect("fetch");
+    assert!(
+        ractor::registry::where_is("sup-route/ORD/late")
+            .is_some_and(|c| c.get_id() == added.get_id())
+    );
+    let late = fetch_via(&supervisor, "late", 10, Duration::from_millis(500))
+        .await
+        .expect("fetch");
     assert_eq!(late.delivered, 3);
     let duplicate = supervisor
         .call(
@@ -141,7 +195,10 @@ async fn supervisor_spawns_named_children_routes_fetches_and_reports_status() {
         .await
         .expect("add")
         .success_or_panic();
-    assert!(matches!(duplicate, Err(Error::DuplicateConsumer { .. })), "{duplicate:?}");
+    assert!(
+        matches!(duplicate, Err(Error::DuplicateConsumer { .. })),
+        "{duplicate:?}"
+    );
     supervisor
         .call(
             |reply| SupervisorMsg::RemoveConsumer {
@@ -158,7 +215,10 @@ async fn supervisor_spawns_named_children_routes_fetches_and_reports_status() {
         .expect("removed");
     assert!(lookup(&supervisor, "late").await.is_none());
     let stream = env.js.get_stream("ORD").await.expect("stream");
-    assert!(stream.consumer_info("late").await.is_err(), "deleted on the server");
+    assert!(
+        stream.consumer_info("late").await.is_err(),
+        "deleted on the server"
+    );
     assert_eq!(status(&supervisor).await.children.len(), 2);
 }
 
@@ -168,18 +228,35 @@ async fn a_push_spec_against_a_pull_consumer_is_a_clear_error() {
     create_stream(&env.js, "MODE", &["mode.>"]).await;
     let (_t, target, _record) = acking_target().await;
     let topology = Topology::new().consumer(ConsumerSpec::pull("MODE", "d", "t"));
-    let (first, _) = Actor::spawn(None, JetStreamSupervisor, SupervisorArgs::new(env.js.clone(), topology).target("t", target.clone()))
-        .await
-        .expect("supervisor");
+    let (first, _) = Actor::spawn(
+        None,
+        JetStreamSupervisor,
+        SupervisorArgs::new(env.js.clone(), topology).target("t", target.clone()),
+    )
+    .await
+    .expect("supervisor");
     first.stop(None);
     let topology = Topology::new().consumer(ConsumerSpec::push("MODE", "d", "t"));
-    let err = Actor::spawn(None, JetStreamSupervisor, SupervisorArgs::new(env.js.clone(), topology).target("t", target))
-        .await
-        .expect_err("mode mismatch");
+    let err = Actor::spawn(
+        None,
+        JetStreamSupervisor,
+        SupervisorArgs::new(env.js.clone(), topology).target("t", target),
+    )
+    .await
+    .expect_err("mode mismatch");
     let text = err.to_string();
-    assert!(text.contains("is a pull consumer on the server") && text.contains("push"), "{text}");
+    assert!(
+        text.contains("is a pull consumer on the server") && text.contains("push"),
+        "{text}"
+    );
     // The existing consumer is untouched.
-    assert!(consumer_info(&env.js, "MODE", "d").await.config.deliver_subject.is_none());
+    assert!(
+        consumer_info(&env.js, "MODE", "d")
+            .await
+            .config
+            .deliver_subject
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -190,18 +267,29 @@ async fn an_invalid_topology_or_missing_target_creates_nothing() {
         .stream(StreamSpec::new("GOOD", ["good.>"]))
         .consumer(ConsumerSpec::pull("GOOD", "ok", "t"))
         .consumer(ConsumerSpec::pull("GOOD", "bad.name", "t"));
-    let err = Actor::spawn(None, JetStreamSupervisor, SupervisorArgs::new(env.js.clone(), topology).target("t", target))
-        .await
-        .expect_err("invalid topology");
+    let err = Actor::spawn(
+        None,
+        JetStreamSupervisor,
+        SupervisorArgs::new(env.js.clone(), topology).target("t", target),
+    )
+    .await
+    .expect_err("invalid topology");
     assert!(err.to_string().contains("consumers[1].durable"), "{err}");
     let topology = Topology::new()
         .stream(StreamSpec::new("GOOD", ["good.>"]))
         .consumer(ConsumerSpec::pull("GOOD", "ok", "nobody"));
-    let err = Actor::spawn(None, JetStreamSupervisor, SupervisorArgs::new(env.js.clone(), topology))
-        .await
-        .expect_err("missing target");
+    let err = Actor::spawn(
+        None,
+        JetStreamSupervisor,
+        SupervisorArgs::new(env.js.clone(), topology),
+    )
+    .await
+    .expect_err("missing target");
     assert!(err.to_string().contains("consumers[0].target"), "{err}");
-    assert!(env.js.get_stream("GOOD").await.is_err(), "nothing was created on the server");
+    assert!(
+        env.js.get_stream("GOOD").await.is_err(),
+        "nothing was created on the server"
+    );
 }
 
 #[tokio::test]
@@ -211,11 +299,17 @@ async fn a_crashed_child_is_restarted_and_resumes_from_the_durable() {
     let topology = Topology::new()
         .stream(StreamSpec::new("CRASH", ["crash.>"]))
         .consumer(ConsumerSpec::pull("CRASH", "c", "t"));
-    let (supervisor, _) = Actor::spawn(None, JetStreamSupervisor, SupervisorArgs::new(env.js.clone(), topology).target("t", target))
-        .await
-        .expect("supervisor");
+    let (supervisor, _) = Actor::spawn(
+        None,
+        JetStreamSupervisor,
+        SupervisorArgs::new(env.js.clone(), topology).target("t", target),
+    )
+    .await
+    .expect("supervisor");
     publish_n(&env.js, "crash.x", 20).await;
-    let first = fetch_via(&supervisor, "c", 10, Duration::from_millis(500)).await.expect("fetch");
+    let first = fetch_via(&supervisor, "c", 10, Duration::from_millis(500))
+        .await
+        .expect("fetch");
     assert_eq!(first.delivered, 10);
 
     let child = lookup(&supervisor, "c").await.expect("child");
@@ -227,14 +321,24 @@ async fn a_crashed_child_is_restarted_and_resumes_from_the_durable() {
         {
             break new;
         }
-        assert!(tokio::time::Instant::now() < deadline, "child was not restarted");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "child was not restarted"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    assert!(ractor::registry::where_is("CRASH/c").is_some_and(|c| c.get_id() == restarted.get_id()));
-    let second = fetch_via(&supervisor, "c", 100, Duration::from_millis(500)).await.expect("fetch after restart");
+    assert!(
+        ractor::registry::where_is("CRASH/c").is_some_and(|c| c.get_id() == restarted.get_id())
+    );
+    let second = fetch_via(&supervisor, "c", 100, Duration::from_millis(500))
+        .await
+        .expect("fetch after restart");
     assert_eq!(second.delivered, 10);
     assert_eq!(record.sequences(), (1..=20).collect::<Vec<_>>());
     let report = status(&supervisor).await;
     assert_eq!(report.child("c").map(|c| c.restarts), Some(1));
-    wait_for_consumer(&env.js, "CRASH", "c", "ack floor 20", |i| i.ack_floor.stream_sequence == 20 && i.num_ack_pending == 0).await;
+    wait_for_consumer(&env.js, "CRASH", "c", "ack floor 20", |i| {
+        i.ack_floor.stream_sequence == 20 && i.num_ack_pending == 0
+    })
+    .await;
 }

@@ -51,7 +51,10 @@ pub async fn create_stream(js: &jetstream::Context, name: &str, subjects: &[&str
 
 /// Publishes one message per subject and waits for each to be stored.
 /// Returns the stream sequences.
-pub async fn publish(js: &jetstream::Context, subjects: impl IntoIterator<Item = String>) -> Vec<u64> {
+pub async fn publish(
+    js: &jetstream::Context,
+    subjects: impl IntoIterator<Item = String>,
+) -> Vec<u64> {
     let mut acks = Vec::new();
     for (i, subject) in subjects.into_iter().enumerate() {
         let ack = js
@@ -96,7 +99,10 @@ pub async fn wait_for_consumer(
         if tokio::time::Instant::now() > deadline {
             panic!(
                 "timed out waiting for {what}: ack_floor.stream={} num_ack_pending={} num_pending={} num_redelivered={}",
-                info.ack_floor.stream_sequence, info.num_ack_pending, info.num_pending, info.num_redelivered
+                info.ack_floor.stream_sequence,
+                info.num_ack_pending,
+                info.num_pending,
+                info.num_redelivered
             );
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -115,7 +121,11 @@ pub async fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -
 }
 
 /// Fetches through a child.
-pub async fn fetch(child: &ActorRef<ConsumerMsg>, batch: usize, expires: Duration) -> Result<FetchOutcome, ractor_jetstream::Error> {
+pub async fn fetch(
+    child: &ActorRef<ConsumerMsg>,
+    batch: usize,
+    expires: Duration,
+) -> Result<FetchOutcome, ractor_jetstream::Error> {
     child
         .call(
             |reply| ConsumerMsg::Fetch {
@@ -283,7 +293,11 @@ impl Actor for RecordingTarget {
     type State = TargetState;
     type Arguments = TargetArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<TargetMsg>, args: TargetArgs) -> Result<TargetState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<TargetMsg>,
+        args: TargetArgs,
+    ) -> Result<TargetState, ActorProcessingErr> {
         Ok(TargetState {
             decide: args.decide,
             record: args.record,
@@ -293,7 +307,12 @@ impl Actor for RecordingTarget {
         })
     }
 
-    async fn handle(&self, myself: ActorRef<TargetMsg>, msg: TargetMsg, state: &mut TargetState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<TargetMsg>,
+        msg: TargetMsg,
+        state: &mut TargetState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             TargetMsg::Delivery(delivery) => {
                 {
@@ -308,7 +327,8 @@ impl Actor for RecordingTarget {
                     r.max_outstanding = r.max_outstanding.max(r.outstanding);
                 }
                 let action = (state.decide)(&delivery);
-                let settled = !matches!(action, Action::Hold | Action::Panic) && !(matches!(action, Action::Ack) && state.batch_ack.is_some());
+                let settled = !matches!(action, Action::Hold | Action::Panic)
+                    && !(matches!(action, Action::Ack) && state.batch_ack.is_some());
                 if settled {
                     state.record.0.lock().expect("record lock").outstanding -= 1;
                 }
@@ -326,7 +346,10 @@ impl Actor for RecordingTarget {
                     Action::Term => delivery.term("test terminated it"),
                     Action::Drop => drop(delivery),
                     Action::Hold => state.never.push(delivery),
-                    Action::Panic => panic!("target panics on stream sequence {}", delivery.info().stream_sequence),
+                    Action::Panic => panic!(
+                        "target panics on stream sequence {}",
+                        delivery.info().stream_sequence
+                    ),
                 }
             }
             TargetMsg::Flush => {

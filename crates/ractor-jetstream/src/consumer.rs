@@ -91,7 +91,9 @@ impl fmt::Debug for ConsumerMsg {
                 .field("expires", expires)
                 .finish(),
             Self::Stats(_) => f.write_str("Stats"),
-            Self::Drain { timeout, .. } => f.debug_struct("Drain").field("timeout", timeout).finish(),
+            Self::Drain { timeout, .. } => {
+                f.debug_struct("Drain").field("timeout", timeout).finish()
+            }
             Self::SetTarget(_) => f.write_str("SetTarget"),
             Self::WorkerExited(exit) => f.debug_tuple("WorkerExited").field(exit).finish(),
         }
@@ -222,7 +224,11 @@ impl Counters {
     fn snapshot(&self, spec: &ConsumerSpec) -> ConsumerStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let delivered = get(&self.delivered);
-        let settled = get(&self.acked) + get(&self.naked) + get(&self.termed) + get(&self.abandoned) + get(&self.timed_out);
+        let settled = get(&self.acked)
+            + get(&self.naked)
+            + get(&self.termed)
+            + get(&self.abandoned)
+            + get(&self.timed_out);
         ConsumerStats {
             stream: spec.stream.clone(),
             durable: spec.durable.clone(),
@@ -254,7 +260,9 @@ pub struct ConsumerArgs {
 
 impl fmt::Debug for ConsumerArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConsumerArgs").field("spec", &self.spec).finish_non_exhaustive()
+        f.debug_struct("ConsumerArgs")
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
     }
 }
 
@@ -281,7 +289,8 @@ impl Drop for FetchRequest {
         if let Some(port) = self.reply.take() {
             let _ = port.send(Err(Error::FetchInterrupted {
                 durable: self.durable.to_string(),
-                reason: "the consumer child stopped or crashed; what was in flight was nak'ed".into(),
+                reason: "the consumer child stopped or crashed; what was in flight was nak'ed"
+                    .into(),
             }));
         }
     }
@@ -427,7 +436,11 @@ pub(crate) fn handle_child_msg(
     state: &mut ConsumerState,
 ) -> Result<(), ActorProcessingErr> {
     match message {
-        ConsumerMsg::Fetch { batch, expires, reply } => {
+        ConsumerMsg::Fetch {
+            batch,
+            expires,
+            reply,
+        } => {
             if state.spec.mode != ConsumerMode::Pull {
                 let _ = reply.send(Err(Error::WrongMode {
                     durable: state.spec.durable.clone(),
@@ -495,7 +508,11 @@ pub(crate) fn validate_fetch(
     max_expires: Duration,
 ) -> Result<Duration, Error> {
     if batch == 0 {
-        return Err(Error::invalid("batch", 0, "a fetch must ask for at least one message"));
+        return Err(Error::invalid(
+            "batch",
+            0,
+            "a fetch must ask for at least one message",
+        ));
     }
     if max_batch > 0 && batch as u64 > max_batch as u64 {
         return Err(Error::invalid(
@@ -506,13 +523,20 @@ pub(crate) fn validate_fetch(
     }
     let expires = expires.unwrap_or(DEFAULT_FETCH_EXPIRES);
     if expires < Duration::from_millis(1) {
-        return Err(Error::invalid("expires", show_duration(expires), "must be at least 1ms"));
+        return Err(Error::invalid(
+            "expires",
+            show_duration(expires),
+            "must be at least 1ms",
+        ));
     }
     if !max_expires.is_zero() && expires > max_expires {
         return Err(Error::invalid(
             "expires",
             show_duration(expires),
-            format!("above the consumer's max_expires ({})", show_duration(max_expires)),
+            format!(
+                "above the consumer's max_expires ({})",
+                show_duration(max_expires)
+            ),
         ));
     }
     Ok(expires)
@@ -557,12 +581,22 @@ mod tests {
     fn fetch_validation() {
         let max = Duration::from_secs(10);
         assert!(validate_fetch(0, None, 0, Duration::ZERO).is_err());
-        assert_eq!(validate_fetch(1, None, 0, Duration::ZERO).ok(), Some(DEFAULT_FETCH_EXPIRES));
+        assert_eq!(
+            validate_fetch(1, None, 0, Duration::ZERO).ok(),
+            Some(DEFAULT_FETCH_EXPIRES)
+        );
         let err = validate_fetch(11, None, 10, max).expect_err("above max_batch");
-        assert!(err.validation().is_some_and(|e| e.has_field("batch")), "{err}");
+        assert!(
+            err.validation().is_some_and(|e| e.has_field("batch")),
+            "{err}"
+        );
         let err = validate_fetch(1, Some(Duration::ZERO), 10, max).expect_err("zero expires");
-        assert!(err.validation().is_some_and(|e| e.has_field("expires")), "{err}");
-        let err = validate_fetch(1, Some(Duration::from_secs(11)), 10, max).expect_err("above max_expires");
+        assert!(
+            err.validation().is_some_and(|e| e.has_field("expires")),
+            "{err}"
+        );
+        let err = validate_fetch(1, Some(Duration::from_secs(11)), 10, max)
+            .expect_err("above max_expires");
         assert!(err.to_string().contains("max_expires"), "{err}");
         assert!(validate_fetch(10, Some(max), 10, max).is_ok());
     }

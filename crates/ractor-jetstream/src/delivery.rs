@@ -342,10 +342,19 @@ mod tests {
     fn parses_both_ack_subject_forms() {
         let v1 = AckMeta::parse("$JS.ACK.S.d.3.100.7.1700000000000000001.42").expect("v1");
         assert_eq!((v1.stream, v1.consumer), ("S", "d"));
-        assert_eq!((v1.delivered, v1.stream_sequence, v1.consumer_sequence, v1.pending), (3, 100, 7, 42));
+        assert_eq!(
+            (
+                v1.delivered,
+                v1.stream_sequence,
+                v1.consumer_sequence,
+                v1.pending
+            ),
+            (3, 100, 7, 42)
+        );
         let v2 = AckMeta::parse("$JS.ACK._.hash.S.d.1.2.3.1700000000000000001.0").expect("v2");
         assert_eq!((v2.stream, v2.stream_sequence), ("S", 2));
-        let v2t = AckMeta::parse("$JS.ACK.dom.hash.S.d.1.2.3.1700000000000000001.0.tok.more").expect("v2 tokens");
+        let v2t = AckMeta::parse("$JS.ACK.dom.hash.S.d.1.2.3.1700000000000000001.0.tok.more")
+            .expect("v2 tokens");
         assert_eq!(v2t.consumer, "d");
     }
 

@@ -110,9 +110,19 @@ pub(crate) fn api_error(op: &str, err: &jetstream::Error) -> Error {
 }
 
 /// The stream's info, or `None` when it does not exist.
-pub(crate) async fn stream_info(js: &jetstream::Context, name: &str) -> Result<Option<stream::Info>, Error> {
+pub(crate) async fn stream_info(
+    js: &jetstream::Context,
+    name: &str,
+) -> Result<Option<stream::Info>, Error> {
     let op = format!("stream info {name}");
-    match api_request(js, &op, format!("STREAM.INFO.{name}"), &serde_json::json!({})).await {
+    match api_request(
+        js,
+        &op,
+        format!("STREAM.INFO.{name}"),
+        &serde_json::json!({}),
+    )
+    .await
+    {
         Ok(info) => Ok(Some(info)),
         Err(err) if err.server_kind() == Some(ServerErrorKind::StreamNotFound) => Ok(None),
         Err(err) => Err(err),
@@ -121,12 +131,16 @@ pub(crate) async fn stream_info(js: &jetstream::Context, name: &str) -> Result<O
 
 /// Creates the stream, reuses it, or updates it in place; see the module
 /// docs.
-pub async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result<StreamAction, Error> {
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    spec: &StreamSpec,
+) -> Result<StreamAction, Error> {
     spec.validate()?;
     let name = &spec.name;
     let Some(existing) = stream_info(js, name).await? else {
         let op = format!("create stream {name}");
-        let _: stream::Info = api_request(js, &op, format!("STREAM.CREATE.{name}"), &spec.to_config()).await?;
+        let _: stream::Info =
+            api_request(js, &op, format!("STREAM.CREATE.{name}"), &spec.to_config()).await?;
         tracing::info!(stream = %name, "created stream");
         return Ok(StreamAction::Created);
     };
@@ -135,7 +149,9 @@ pub async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result
         return Err(Error::StreamConflict {
             stream: name.clone(),
             fields: diff.immutable,
-            detail: "these fields cannot be changed on an existing stream; the stream was left as it is".into(),
+            detail:
+                "these fields cannot be changed on an existing stream; the stream was left as it is"
+                    .into(),
         });
     }
     if diff.mutable.is_empty() {
@@ -169,7 +185,14 @@ pub(crate) async fn consumer_info(
     durable: &str,
 ) -> Result<Option<consumer::Info>, Error> {
     let op = format!("consumer info {stream}/{durable}");
-    match api_request(js, &op, format!("CONSUMER.INFO.{stream}.{durable}"), &serde_json::json!({})).await {
+    match api_request(
+        js,
+        &op,
+        format!("CONSUMER.INFO.{stream}.{durable}"),
+        &serde_json::json!({}),
+    )
+    .await
+    {
         Ok(info) => Ok(Some(info)),
         Err(err) if err.server_kind() == Some(ServerErrorKind::ConsumerNotFound) => Ok(None),
         Err(err) => Err(err),
@@ -222,19 +245,21 @@ pub async fn ensure_consumer(
                 .then(|| js.client().new_inbox());
             let config = spec.to_config(deliver);
             let op = format!("create consumer {stream}/{durable}");
-            let info = put_consumer(js, &op, stream, &config, "create").await.map_err(|err| match err {
-                Error::Server {
-                    kind: ServerErrorKind::ConsumerNameTaken,
-                    detail,
-                    ..
-                } => Error::ConsumerConflict {
-                    stream: stream.into(),
-                    durable: durable.into(),
-                    fields: vec!["(created concurrently)".into()],
-                    detail,
-                },
-                other => other,
-            })?;
+            let info = put_consumer(js, &op, stream, &config, "create")
+                .await
+                .map_err(|err| match err {
+                    Error::Server {
+                        kind: ServerErrorKind::ConsumerNameTaken,
+                        detail,
+                        ..
+                    } => Error::ConsumerConflict {
+                        stream: stream.into(),
+                        durable: durable.into(),
+                        fields: vec!["(created concurrently)".into()],
+                        detail,
+                    },
+                    other => other,
+                })?;
             tracing::info!(stream, durable, mode = %spec.mode, "created durable consumer");
             Ok((info, ConsumerAction::Created))
         }
@@ -259,7 +284,10 @@ pub async fn ensure_consumer(
                     Ok((info, ConsumerAction::Updated(fields)))
                 }
                 Err(Error::Server {
-                    kind: ServerErrorKind::BadRequest | ServerErrorKind::Other | ServerErrorKind::ConsumerNameTaken,
+                    kind:
+                        ServerErrorKind::BadRequest
+                        | ServerErrorKind::Other
+                        | ServerErrorKind::ConsumerNameTaken,
                     detail,
                     ..
                 }) => Err(Error::ConsumerConflict {
@@ -277,7 +305,10 @@ pub async fn ensure_consumer(
 /// The server's config with the spec's settings applied, and the names of
 /// the fields that changed. Fields that can never change on a consumer are
 /// a conflict.
-fn reconcile(spec: &ConsumerSpec, existing: &consumer::Config) -> Result<(consumer::Config, Vec<String>), Error> {
+fn reconcile(
+    spec: &ConsumerSpec,
+    existing: &consumer::Config,
+) -> Result<(consumer::Config, Vec<String>), Error> {
     let desired = spec.to_config(existing.deliver_subject.clone());
     let mut config = existing.clone();
     let mut changed = Vec::new();
@@ -337,11 +368,19 @@ fn reconcile(spec: &ConsumerSpec, existing: &consumer::Config) -> Result<(consum
     }
     let max_deliver = |v: i64| if v <= 0 { -1 } else { v };
     if spec.max_deliver.is_some()
-        && set("max_deliver", max_deliver(desired.max_deliver) != max_deliver(existing.max_deliver))
+        && set(
+            "max_deliver",
+            max_deliver(desired.max_deliver) != max_deliver(existing.max_deliver),
+        )
     {
         config.max_deliver = desired.max_deliver;
     }
-    if spec.max_ack_pending.is_some() && set("max_ack_pending", desired.max_ack_pending != existing.max_ack_pending) {
+    if spec.max_ack_pending.is_some()
+        && set(
+            "max_ack_pending",
+            desired.max_ack_pending != existing.max_ack_pending,
+        )
+    {
         config.max_ack_pending = desired.max_ack_pending;
     }
     if !spec.backoff.is_empty() && set("backoff", desired.backoff != existing.backoff) {
@@ -350,10 +389,12 @@ fn reconcile(spec: &ConsumerSpec, existing: &consumer::Config) -> Result<(consum
     if spec.max_batch.is_some() && set("max_batch", desired.max_batch != existing.max_batch) {
         config.max_batch = desired.max_batch;
     }
-    if spec.max_expires.is_some() && set("max_expires", desired.max_expires != existing.max_expires) {
+    if spec.max_expires.is_some() && set("max_expires", desired.max_expires != existing.max_expires)
+    {
         config.max_expires = desired.max_expires;
     }
-    if spec.description.is_some() && set("description", desired.description != existing.description) {
+    if spec.description.is_some() && set("description", desired.description != existing.description)
+    {
         config.description = desired.description.clone();
     }
     if spec.mode == ConsumerMode::Push {

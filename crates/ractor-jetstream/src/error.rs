@@ -25,7 +25,9 @@ pub enum Error {
 
     /// A `Fetch` was sent to a push consumer, or a push-only request to a
     /// pull consumer.
-    #[error("consumer `{durable}` is a {actual} consumer; this request needs a {expected} consumer")]
+    #[error(
+        "consumer `{durable}` is a {actual} consumer; this request needs a {expected} consumer"
+    )]
     WrongMode {
         /// The durable consumer the request was sent to.
         durable: String,

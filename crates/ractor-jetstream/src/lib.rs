@@ -105,12 +105,17 @@ pub mod supervisor;
 
 pub use consumer::pull::PullConsumer;
 pub use consumer::push::PushConsumer;
-pub use consumer::{ConsumerArgs, ConsumerMsg, ConsumerState, ConsumerStats, DrainReport, FetchOutcome};
+pub use consumer::{
+    ConsumerArgs, ConsumerMsg, ConsumerState, ConsumerStats, DrainReport, FetchOutcome,
+};
 pub use delivery::{Decision, Delivery, DeliveryInfo};
 pub use ensure::{ConsumerAction, StreamAction, ensure_consumer, ensure_stream};
 pub use error::{Error, FieldError, ServerErrorKind, ValidationErrors};
 pub use restart::{RestartKind, RestartPolicy};
-pub use spec::{ConsumerMode, ConsumerSpec, Discard, Retention, StartPosition, Storage, StreamSpec, Topology};
+pub use spec::{
+    ConsumerMode, ConsumerSpec, Discard, Retention, StartPosition, Storage, StreamSpec, Topology,
+};
 pub use supervisor::{
-    ChildState, ChildStatus, JetStreamSupervisor, SupervisorArgs, SupervisorMsg, SupervisorState, SupervisorStatus,
+    ChildState, ChildStatus, JetStreamSupervisor, SupervisorArgs, SupervisorMsg, SupervisorState,
+    SupervisorStatus,
 };

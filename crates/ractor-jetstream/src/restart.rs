@@ -185,7 +185,10 @@ mod tests {
         for attempt in 1..50 {
             let d = policy.jittered_backoff(1 + attempt % 2);
             let base = policy.backoff(1 + attempt % 2);
-            assert!(d >= base.mul_f64(0.5) && d <= base.mul_f64(1.5), "{d:?} vs {base:?}");
+            assert!(
+                d >= base.mul_f64(0.5) && d <= base.mul_f64(1.5),
+                "{d:?} vs {base:?}"
+            );
         }
     }
 
@@ -200,9 +203,20 @@ mod tests {
         let mut tracker = RestartTracker::default();
         let t0 = Instant::now();
         assert!(tracker.on_failure(&policy, t0).is_some());
-        assert!(tracker.on_failure(&policy, t0 + Duration::from_secs(1)).is_some());
-        assert!(tracker.on_failure(&policy, t0 + Duration::from_secs(2)).is_some());
-        assert_eq!(tracker.on_failure(&policy, t0 + Duration::from_secs(3)), None);
+        assert!(
+            tracker
+                .on_failure(&policy, t0 + Duration::from_secs(1))
+                .is_some()
+        );
+        assert!(
+            tracker
+                .on_failure(&policy, t0 + Duration::from_secs(2))
+                .is_some()
+        );
+        assert_eq!(
+            tracker.on_failure(&policy, t0 + Duration::from_secs(3)),
+            None
+        );
         // After the window has passed, restarts are allowed again and the
         // backoff starts over.
         let later = t0 + Duration::from_secs(30);

@@ -168,7 +168,10 @@ pub struct StreamSpec {
 
 impl StreamSpec {
     /// A stream with this name and these subjects, everything else default.
-    pub fn new<S: Into<String>>(name: impl Into<String>, subjects: impl IntoIterator<Item = S>) -> Self {
+    pub fn new<S: Into<String>>(
+        name: impl Into<String>,
+        subjects: impl IntoIterator<Item = S>,
+    ) -> Self {
         Self {
             name: name.into(),
             subjects: subjects.into_iter().map(Into::into).collect(),
@@ -182,20 +185,32 @@ impl StreamSpec {
         let field = |name: &str| join_field(at, name);
         check_name(&field("name"), &self.name, errors);
         if self.subjects.is_empty() {
-            errors.add(field("subjects"), "[]", "a stream needs at least one subject");
+            errors.add(
+                field("subjects"),
+                "[]",
+                "a stream needs at least one subject",
+            );
         }
         for (i, subject) in self.subjects.iter().enumerate() {
             check_subject(&field(&format!("subjects[{i}]")), subject, errors);
         }
         check_positive_opt(&field("max_messages"), self.max_messages, errors);
         check_positive_opt(&field("max_bytes"), self.max_bytes, errors);
-        check_positive_opt(&field("max_message_size"), self.max_message_size.map(i64::from), errors);
+        check_positive_opt(
+            &field("max_message_size"),
+            self.max_message_size.map(i64::from),
+            errors,
+        );
         check_duration_opt(&field("max_age"), self.max_age, errors);
         check_duration_opt(&field("duplicate_window"), self.duplicate_window, errors);
         if let Some(replicas) = self.replicas
             && !(1..=5).contains(&replicas)
         {
-            errors.add(field("replicas"), replicas, "replicas must be between 1 and 5");
+            errors.add(
+                field("replicas"),
+                replicas,
+                "replicas must be between 1 and 5",
+            );
         }
     }
 
@@ -286,22 +301,46 @@ impl StreamSpec {
                 diff.mutable.push(name.to_string());
             }
         };
-        check(self.max_messages.is_some(), desired.max_messages != existing.max_messages, "max_messages");
-        check(self.max_bytes.is_some(), desired.max_bytes != existing.max_bytes, "max_bytes");
-        check(self.max_age.is_some(), desired.max_age != existing.max_age, "max_age");
+        check(
+            self.max_messages.is_some(),
+            desired.max_messages != existing.max_messages,
+            "max_messages",
+        );
+        check(
+            self.max_bytes.is_some(),
+            desired.max_bytes != existing.max_bytes,
+            "max_bytes",
+        );
+        check(
+            self.max_age.is_some(),
+            desired.max_age != existing.max_age,
+            "max_age",
+        );
         check(
             self.max_message_size.is_some(),
             desired.max_message_size != existing.max_message_size,
             "max_message_size",
         );
-        check(self.discard.is_some(), desired.discard != existing.discard, "discard");
-        check(self.replicas.is_some(), desired.num_replicas.max(1) != existing.num_replicas.max(1), "replicas");
+        check(
+            self.discard.is_some(),
+            desired.discard != existing.discard,
+            "discard",
+        );
+        check(
+            self.replicas.is_some(),
+            desired.num_replicas.max(1) != existing.num_replicas.max(1),
+            "replicas",
+        );
         check(
             self.duplicate_window.is_some(),
             desired.duplicate_window != existing.duplicate_window,
             "duplicate_window",
         );
-        check(self.description.is_some(), desired.description != existing.description, "description");
+        check(
+            self.description.is_some(),
+            desired.description != existing.description,
+            "description",
+        );
         diff
     }
 }
@@ -466,7 +505,11 @@ impl Default for ConsumerSpec {
 
 impl ConsumerSpec {
     /// A pull consumer with everything else default.
-    pub fn pull(stream: impl Into<String>, durable: impl Into<String>, target: impl Into<String>) -> Self {
+    pub fn pull(
+        stream: impl Into<String>,
+        durable: impl Into<String>,
+        target: impl Into<String>,
+    ) -> Self {
         Self {
             stream: stream.into(),
             durable: durable.into(),
@@ -477,7 +520,11 @@ impl ConsumerSpec {
     }
 
     /// A push consumer with everything else default.
-    pub fn push(stream: impl Into<String>, durable: impl Into<String>, target: impl Into<String>) -> Self {
+    pub fn push(
+        stream: impl Into<String>,
+        durable: impl Into<String>,
+        target: impl Into<String>,
+    ) -> Self {
         Self {
             stream: stream.into(),
             durable: durable.into(),
@@ -512,7 +559,8 @@ impl ConsumerSpec {
     /// The push window in effect.
     pub fn effective_max_in_flight(&self) -> usize {
         self.max_in_flight.unwrap_or_else(|| {
-            let pending = usize::try_from(self.effective_max_ack_pending()).unwrap_or(DEFAULT_MAX_IN_FLIGHT);
+            let pending =
+                usize::try_from(self.effective_max_ack_pending()).unwrap_or(DEFAULT_MAX_IN_FLIGHT);
             DEFAULT_MAX_IN_FLIGHT.min(pending.max(1))
         })
     }
@@ -529,7 +577,11 @@ impl ConsumerSpec {
         check_name(&field("stream"), &self.stream, errors);
         check_name(&field("durable"), &self.durable, errors);
         if self.target.trim().is_empty() {
-            errors.add(field("target"), quoted(&self.target), "a consumer needs a target actor name");
+            errors.add(
+                field("target"),
+                quoted(&self.target),
+                "a consumer needs a target actor name",
+            );
         }
         for (i, subject) in self.filter_subjects.iter().enumerate() {
             check_subject(&field(&format!("filter_subjects[{i}]")), subject, errors);
@@ -539,12 +591,20 @@ impl ConsumerSpec {
         if let Some(v) = self.max_deliver
             && (v == 0 || v < -1)
         {
-            errors.add(field("max_deliver"), v, "must be positive (or -1 for no limit)");
+            errors.add(
+                field("max_deliver"),
+                v,
+                "must be positive (or -1 for no limit)",
+            );
         }
         if let Some(v) = self.max_ack_pending
             && (v == 0 || v < -1)
         {
-            errors.add(field("max_ack_pending"), v, "must be positive (or -1 for no limit)");
+            errors.add(
+                field("max_ack_pending"),
+                v,
+                "must be positive (or -1 for no limit)",
+            );
         }
         for (i, d) in self.backoff.iter().enumerate() {
             check_duration(&field(&format!("backoff[{i}]")), *d, errors);
@@ -557,7 +617,9 @@ impl ConsumerSpec {
             errors.add(
                 field("backoff"),
                 format!("{} entries", self.backoff.len()),
-                format!("max_deliver ({max_deliver}) must be larger than the number of backoff entries"),
+                format!(
+                    "max_deliver ({max_deliver}) must be larger than the number of backoff entries"
+                ),
             );
         }
         let decision = self.effective_decision_timeout();
@@ -605,7 +667,11 @@ impl ConsumerSpec {
                 if let Some(subject) = &self.deliver_subject {
                     check_subject(&field("deliver_subject"), subject, errors);
                     if subject.contains(['*', '>']) {
-                        errors.add(field("deliver_subject"), quoted(subject), "may not contain wildcards");
+                        errors.add(
+                            field("deliver_subject"),
+                            quoted(subject),
+                            "may not contain wildcards",
+                        );
                     }
                 }
                 if let Some(group) = &self.deliver_group {
@@ -627,7 +693,11 @@ impl ConsumerSpec {
                 if let Some(hb) = self.idle_heartbeat {
                     check_duration(&field("idle_heartbeat"), hb, errors);
                     if hb < Duration::from_millis(100) {
-                        errors.add(field("idle_heartbeat"), show_duration(hb), "must be at least 100ms");
+                        errors.add(
+                            field("idle_heartbeat"),
+                            show_duration(hb),
+                            "must be at least 100ms",
+                        );
                     }
                 }
             }
@@ -658,7 +728,11 @@ impl ConsumerSpec {
             } else {
                 None
             },
-            deliver_group: if push { self.deliver_group.clone() } else { None },
+            deliver_group: if push {
+                self.deliver_group.clone()
+            } else {
+                None
+            },
             deliver_policy: match self.start {
                 StartPosition::All => consumer::DeliverPolicy::All,
                 StartPosition::Last => consumer::DeliverPolicy::Last,
@@ -675,9 +749,17 @@ impl ConsumerSpec {
             filter_subjects,
             max_ack_pending: self.effective_max_ack_pending(),
             max_batch: if push { 0 } else { self.max_batch.unwrap_or(0) },
-            max_expires: if push { Duration::ZERO } else { self.max_expires.unwrap_or(Duration::ZERO) },
+            max_expires: if push {
+                Duration::ZERO
+            } else {
+                self.max_expires.unwrap_or(Duration::ZERO)
+            },
             flow_control: push,
-            idle_heartbeat: if push { self.effective_idle_heartbeat() } else { Duration::ZERO },
+            idle_heartbeat: if push {
+                self.effective_idle_heartbeat()
+            } else {
+                Duration::ZERO
+            },
             backoff: self.backoff.clone(),
             ..Default::default()
         }
@@ -721,14 +803,16 @@ impl Topology {
 
     /// Parses and validates a TOML topology.
     pub fn from_toml_str(text: &str) -> Result<Self, Error> {
-        let topology: Topology = toml::from_str(text).map_err(|err| parse_error("toml", &err.to_string()))?;
+        let topology: Topology =
+            toml::from_str(text).map_err(|err| parse_error("toml", &err.to_string()))?;
         topology.validate()?;
         Ok(topology)
     }
 
     /// Parses and validates a JSON topology.
     pub fn from_json_str(text: &str) -> Result<Self, Error> {
-        let topology: Topology = serde_json::from_str(text).map_err(|err| parse_error("json", &err.to_string()))?;
+        let topology: Topology =
+            serde_json::from_str(text).map_err(|err| parse_error("json", &err.to_string()))?;
         topology.validate()?;
         Ok(topology)
     }
@@ -842,7 +926,11 @@ pub(crate) fn check_name(field: &str, name: &str, errors: &mut ValidationErrors)
     if name.is_empty() {
         errors.add(field, "\"\"", "must not be empty");
     } else if name.chars().count() > 255 {
-        errors.add(field, format!("({} characters)", name.chars().count()), "must be at most 255 characters");
+        errors.add(
+            field,
+            format!("({} characters)", name.chars().count()),
+            "must be at most 255 characters",
+        );
     } else if let Some(bad) = name
         .chars()
         .find(|c| matches!(c, '.' | '*' | '>' | '/' | '\\') || c.is_whitespace() || c.is_control())
@@ -928,16 +1016,22 @@ mod duration_list {
     pub fn serialize<S: Serializer>(value: &[Duration], serializer: S) -> Result<S::Ok, S::Error> {
         let mut seq = serializer.serialize_seq(Some(value.len()))?;
         for d in value {
-            seq.serialize_element(&humantime_serde::re::humantime::format_duration(*d).to_string())?;
+            seq.serialize_element(
+                &humantime_serde::re::humantime::format_duration(*d).to_string(),
+            )?;
         }
         seq.end()
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Duration>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<Duration>, D::Error> {
         let texts = Vec::<String>::deserialize(deserializer)?;
         texts
             .iter()
-            .map(|t| humantime_serde::re::humantime::parse_duration(t).map_err(serde::de::Error::custom))
+            .map(|t| {
+                humantime_serde::re::humantime::parse_duration(t).map_err(serde::de::Error::custom)
+            })
             .collect()
     }
 }
@@ -996,14 +1090,22 @@ mod tests {
             start = { sequence = 10 }
         "#;
         let topology = Topology::from_toml_str(text).expect("valid topology");
-        assert_eq!(topology.consumers[0].backoff, vec![Duration::from_secs(1), Duration::from_secs(5)]);
+        assert_eq!(
+            topology.consumers[0].backoff,
+            vec![Duration::from_secs(1), Duration::from_secs(5)]
+        );
         assert_eq!(topology.consumers[0].start, StartPosition::Sequence(10));
-        let again = Topology::from_toml_str(&topology.to_toml_string().expect("serializes")).expect("round trip");
+        let again = Topology::from_toml_str(&topology.to_toml_string().expect("serializes"))
+            .expect("round trip");
         assert_eq!(topology, again);
         let json = serde_json::to_string(&topology).expect("json");
-        assert_eq!(Topology::from_json_str(&json).expect("json round trip"), topology);
+        assert_eq!(
+            Topology::from_json_str(&json).expect("json round trip"),
+            topology
+        );
 
-        let err = Topology::from_toml_str(&text.replace("ack_wait", "ack_wiat")).expect_err("unknown field");
+        let err = Topology::from_toml_str(&text.replace("ack_wait", "ack_wiat"))
+            .expect_err("unknown field");
         let errors = err.validation().expect("validation error");
         assert!(errors.has_field("ack_wiat"), "{err}");
         assert!(err.to_string().contains("line"), "{err}");
@@ -1033,7 +1135,12 @@ mod tests {
             max_batch: Some(10),
             ..ConsumerSpec::push("S", "d", "t")
         };
-        assert!(spec.validate().expect_err("pull field on push").validation().is_some_and(|e| e.has_field("max_batch")));
+        assert!(
+            spec.validate()
+                .expect_err("pull field on push")
+                .validation()
+                .is_some_and(|e| e.has_field("max_batch"))
+        );
         let spec = ConsumerSpec {
             max_in_flight: Some(10),
             ..ConsumerSpec::pull("S", "d", "t")

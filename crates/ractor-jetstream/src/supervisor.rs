@@ -187,16 +187,33 @@ pub enum SupervisorMsg {
 impl fmt::Debug for SupervisorMsg {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::EnsureStream { spec, .. } => f.debug_struct("EnsureStream").field("stream", &spec.name).finish(),
-            Self::AddConsumer { spec, .. } => f.debug_struct("AddConsumer").field("durable", &spec.durable).finish(),
-            Self::RemoveConsumer { durable, .. } => f.debug_struct("RemoveConsumer").field("durable", durable).finish(),
-            Self::Lookup { durable, .. } => f.debug_struct("Lookup").field("durable", durable).finish(),
-            Self::Fetch { durable, batch, .. } => {
-                f.debug_struct("Fetch").field("durable", durable).field("batch", batch).finish()
+            Self::EnsureStream { spec, .. } => f
+                .debug_struct("EnsureStream")
+                .field("stream", &spec.name)
+                .finish(),
+            Self::AddConsumer { spec, .. } => f
+                .debug_struct("AddConsumer")
+                .field("durable", &spec.durable)
+                .finish(),
+            Self::RemoveConsumer { durable, .. } => f
+                .debug_struct("RemoveConsumer")
+                .field("durable", durable)
+                .finish(),
+            Self::Lookup { durable, .. } => {
+                f.debug_struct("Lookup").field("durable", durable).finish()
             }
-            Self::SetTarget { name, .. } => f.debug_struct("SetTarget").field("name", name).finish(),
+            Self::Fetch { durable, batch, .. } => f
+                .debug_struct("Fetch")
+                .field("durable", durable)
+                .field("batch", batch)
+                .finish(),
+            Self::SetTarget { name, .. } => {
+                f.debug_struct("SetTarget").field("name", name).finish()
+            }
             Self::Status(_) => f.write_str("Status"),
-            Self::Drain { timeout, .. } => f.debug_struct("Drain").field("timeout", timeout).finish(),
+            Self::Drain { timeout, .. } => {
+                f.debug_struct("Drain").field("timeout", timeout).finish()
+            }
             Self::RestartDue(ticket) => f.debug_tuple("RestartDue").field(ticket).finish(),
         }
     }
@@ -324,9 +341,16 @@ impl Actor for JetStreamSupervisor {
             policy: restart_policy,
             drain_timeout,
             targets,
-            streams: topology.streams.iter().map(|s| (s.name.clone(), s.clone())).collect(),
+            streams: topology
+                .streams
+                .iter()
+                .map(|s| (s.name.clone(), s.clone()))
+                .collect(),
             children: HashMap::new(),
-            name_prefix: myself.get_name().map(|n| format!("{n}/")).unwrap_or_default(),
+            name_prefix: myself
+                .get_name()
+                .map(|n| format!("{n}/"))
+                .unwrap_or_default(),
             drained: false,
         };
         for spec in topology.consumers {
@@ -349,7 +373,11 @@ impl Actor for JetStreamSupervisor {
                 }
                 let _ = reply.send(result);
             }
-            SupervisorMsg::AddConsumer { spec, target, reply } => {
+            SupervisorMsg::AddConsumer {
+                spec,
+                target,
+                reply,
+            } => {
                 if let Some(target) = target {
                     state.targets.insert(spec.target.clone(), target);
                 }
@@ -418,7 +446,11 @@ impl Actor for JetStreamSupervisor {
         Ok(())
     }
 
-    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         // A graceful stop drains the children, so that nothing waits for
         // ack_wait. (A killed supervisor's children are killed with it;
         // their drop guards nak what they held.)
@@ -491,10 +523,14 @@ impl SupervisorState {
         myself: &ActorRef<SupervisorMsg>,
         spec: &ConsumerSpec,
     ) -> Result<ActorRef<ConsumerMsg>, Error> {
-        let target = self.targets.get(&spec.target).cloned().ok_or_else(|| Error::UnknownTarget {
-            durable: spec.durable.clone(),
-            target: spec.target.clone(),
-        })?;
+        let target =
+            self.targets
+                .get(&spec.target)
+                .cloned()
+                .ok_or_else(|| Error::UnknownTarget {
+                    durable: spec.durable.clone(),
+                    target: spec.target.clone(),
+                })?;
         let args = ConsumerArgs {
             js: self.js.clone(),
             spec: spec.clone(),
@@ -545,7 +581,11 @@ impl SupervisorState {
         };
         // Forward with the caller's reply port: the child answers directly.
         if let Err(MessagingErr::SendErr(ConsumerMsg::Fetch { reply, .. })) =
-            actor.cast(ConsumerMsg::Fetch { batch, expires, reply })
+            actor.cast(ConsumerMsg::Fetch {
+                batch,
+                expires,
+                reply,
+            })
         {
             unavailable(reply, "the child has just stopped".into());
         }
@@ -620,10 +660,16 @@ impl SupervisorState {
         Ok(())
     }
 
-    async fn restart_due(&mut self, myself: &ActorRef<SupervisorMsg>, ticket: RestartTicket) -> Result<(), Error> {
+    async fn restart_due(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        ticket: RestartTicket,
+    ) -> Result<(), Error> {
         let spec = match self.children.get(&ticket.durable) {
             Some(child)
-                if child.generation == ticket.generation && child.actor.is_none() && !child.retiring =>
+                if child.generation == ticket.generation
+                    && child.actor.is_none()
+                    && !child.retiring =>
             {
                 child.spec.clone()
             }
@@ -640,11 +686,20 @@ impl SupervisorState {
             }
             // Could not start (server unreachable, consumer conflict...):
             // counts as another failure.
-            Err(err) => self.child_ended(myself, &ticket.durable, Some(format!("restart failed: {err}"))),
+            Err(err) => self.child_ended(
+                myself,
+                &ticket.durable,
+                Some(format!("restart failed: {err}")),
+            ),
         }
     }
 
-    async fn remove_consumer(&mut self, durable: &str, delete: bool, drain: Duration) -> Result<DrainReport, Error> {
+    async fn remove_consumer(
+        &mut self,
+        durable: &str,
+        delete: bool,
+        drain: Duration,
+    ) -> Result<DrainReport, Error> {
         let Some(child) = self.children.get_mut(durable) else {
             return Err(Error::UnknownConsumer {
                 durable: durable.to_string(),
@@ -700,7 +755,10 @@ impl SupervisorState {
 async fn drain_child(actor: &ActorRef<ConsumerMsg>, timeout: Duration) -> DrainReport {
     let margin = Duration::from_secs(5);
     match actor
-        .call(|reply| ConsumerMsg::Drain { timeout, reply }, Some(timeout + margin))
+        .call(
+            |reply| ConsumerMsg::Drain { timeout, reply },
+            Some(timeout + margin),
+        )
         .await
     {
         Ok(ractor::rpc::CallResult::Success(report)) => report,

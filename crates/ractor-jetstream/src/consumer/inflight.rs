@@ -92,7 +92,9 @@ fn decision_payload(decision: &Decision) -> Bytes {
         Decision::Nak(None) => Bytes::from_static(NAK),
         Decision::Nak(Some(delay)) => format!("-NAK {{\"delay\":{}}}", delay.as_nanos()).into(),
         Decision::Term(None) => Bytes::from_static(TERM),
-        Decision::Term(Some(reason)) => format!("+TERM {}", reason.replace(['\r', '\n'], " ")).into(),
+        Decision::Term(Some(reason)) => {
+            format!("+TERM {}", reason.replace(['\r', '\n'], " ")).into()
+        }
     }
 }
 
@@ -156,7 +158,9 @@ impl InFlight {
         let token = token(index, slot.generation);
         self.live += 1;
         self.deadlines.push_back((deadline, token));
-        self.counters.delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.counters
+            .delivered
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let span = tracing::debug_span!(
             "delivery",
             stream = %self.stream,
@@ -240,7 +244,8 @@ impl InFlight {
     fn is_current(&self, token: Token, deadline: Instant) -> bool {
         let (index, generation) = split(token);
         self.slots.get(index).is_some_and(|slot| {
-            slot.generation == generation && slot.entry.as_ref().is_some_and(|e| e.deadline == deadline)
+            slot.generation == generation
+                && slot.entry.as_ref().is_some_and(|e| e.deadline == deadline)
         })
     }
 
@@ -317,7 +322,10 @@ impl InFlight {
     /// Flushes the connection, so that the decisions applied so far have
     /// reached the server. Bounded by `timeout`.
     pub async fn flush(&self, timeout: Duration) {
-        if tokio::time::timeout(timeout, self.client.flush()).await.is_err() {
+        if tokio::time::timeout(timeout, self.client.flush())
+            .await
+            .is_err()
+        {
             tracing::debug!(stream = %self.stream, durable = %self.consumer, "flush timed out");
         }
     }

@@ -32,8 +32,8 @@ use tokio::time::Instant;
 
 use super::inflight::{ForwardError, InFlight};
 use super::{
-    ConsumerArgs, ConsumerMsg, ConsumerState, DrainReport, FetchOutcome, FetchRequest, WorkerCtl, WorkerCtx,
-    WorkerInbox, drain_in_flight, handle_child_msg, sleep_until_opt, start_child,
+    ConsumerArgs, ConsumerMsg, ConsumerState, DrainReport, FetchOutcome, FetchRequest, WorkerCtl,
+    WorkerCtx, WorkerInbox, drain_in_flight, handle_child_msg, sleep_until_opt, start_child,
 };
 use crate::error::{Error, ServerErrorKind};
 use crate::spec::ConsumerMode;
@@ -72,13 +72,14 @@ const EXPIRY_GRACE: Duration = Duration::from_secs(2);
 
 /// The pull worker: serves fetches until drained or aborted.
 async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox) -> Result<(), Error> {
-    let config = pull::Config::try_from_consumer_config(ctx.info.config.clone()).map_err(|err| {
-        Error::server(
-            format!("bind consumer {}/{}", ctx.stream, ctx.durable),
-            ServerErrorKind::Other,
-            err,
-        )
-    })?;
+    let config =
+        pull::Config::try_from_consumer_config(ctx.info.config.clone()).map_err(|err| {
+            Error::server(
+                format!("bind consumer {}/{}", ctx.stream, ctx.durable),
+                ServerErrorKind::Other,
+                err,
+            )
+        })?;
     let consumer = consumer::Consumer::new(config, ctx.info.clone(), ctx.js.clone());
     let mut in_flight = InFlight::new(
         ctx.js.client(),
@@ -161,7 +162,11 @@ impl Fetcher<'_> {
             no_wait: true,
             ..Default::default()
         };
-        if let Err(err) = self.consumer.request_batch(batch_request, inbox_subject.into()).await {
+        if let Err(err) = self
+            .consumer
+            .request_batch(batch_request, inbox_subject.into())
+            .await
+        {
             request.answer(Err(Error::server(op(), ServerErrorKind::Connection, err)));
             return Ok(None);
         }

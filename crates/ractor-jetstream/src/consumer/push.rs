@@ -29,8 +29,8 @@ use tokio::time::Instant;
 
 use super::inflight::{ForwardError, InFlight};
 use super::{
-    ConsumerArgs, ConsumerMsg, ConsumerState, DrainReport, WorkerCtl, WorkerCtx, WorkerInbox, drain_in_flight,
-    handle_child_msg, sleep_until_opt, start_child,
+    ConsumerArgs, ConsumerMsg, ConsumerState, DrainReport, WorkerCtl, WorkerCtx, WorkerInbox,
+    drain_in_flight, handle_child_msg, sleep_until_opt, start_child,
 };
 use crate::ensure::consumer_info;
 use crate::error::{Error, ServerErrorKind};
@@ -72,7 +72,11 @@ const HEARTBEAT_SLACK: Duration = Duration::from_millis(500);
 async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox) -> Result<(), Error> {
     let op = || format!("push consumer {}/{}", ctx.stream, ctx.durable);
     let deliver_subject = ctx.info.config.deliver_subject.clone().ok_or_else(|| {
-        Error::server(op(), ServerErrorKind::Other, "the consumer has no deliver subject")
+        Error::server(
+            op(),
+            ServerErrorKind::Other,
+            "the consumer has no deliver subject",
+        )
     })?;
     let group = ctx.info.config.deliver_group.clone();
     let heartbeat = ctx.info.config.idle_heartbeat;
