@@ -9,7 +9,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rustix::process::{Pid, Signal};
+use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
 use tempfile::TempDir;
 
 use crate::binary::nats_server_binary;
@@ -393,9 +393,32 @@ impl NatsServer {
     }
 
     /// Freezes the process with SIGSTOP: connections stay open but nothing
-    /// is answered, like a hung server or a network partition.
+    /// is answered, like a hung server or a network partition. Returns once
+    /// every thread of the process has stopped.
     pub fn pause(&self) -> Result<(), HarnessError> {
-        self.signal(Signal::STOP, "SIGSTOP")
+        self.signal(Signal::STOP, "SIGSTOP")?;
+        let Some(child) = self.child.as_ref() else {
+            return Ok(());
+        };
+        // `kill` only queues the signal: a thread running on another core
+        // can still answer a request or two. The parent is told once the
+        // whole process has stopped; NOWAIT leaves that report (or an exit)
+        // for later waits.
+        let options = WaitIdOptions::STOPPED | WaitIdOptions::EXITED | WaitIdOptions::NOWAIT;
+        loop {
+            match rustix::process::waitid(WaitId::Pid(Pid::from_child(child)), options) {
+                Ok(_) => return Ok(()),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => {
+                    return Err(HarnessError::Signal {
+                        name: self.name.clone(),
+                        signal: "SIGSTOP",
+                        pid: child.id(),
+                        source: e.into(),
+                    });
+                }
+            }
+        }
     }
 
     /// Lets a paused process run again with SIGCONT.

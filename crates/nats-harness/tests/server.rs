@@ -179,3 +179,26 @@ async fn drop_kills_the_process_and_removes_the_directory() -> TestResult {
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
     Ok(())
 }
+
+#[tokio::test]
+async fn restart_retries_while_its_port_is_taken() -> TestResult {
+    let mut server = NatsServer::start().await?;
+    server.kill().await?;
+    // Someone else holds the port for a moment; restart must keep the port
+    // and retry rather than fail or move.
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", server.port()))?;
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        drop(squatter);
+    });
+    server.restart().await?;
+    release.await?;
+    assert!(
+        server.log().contains("address already in use"),
+        "{}",
+        server.log()
+    );
+    let client = async_nats::connect(server.url()).await?;
+    assert_eq!(client.server_info().server_name, server.name());
+    Ok(())
+}
