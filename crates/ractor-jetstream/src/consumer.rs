@@ -375,7 +375,17 @@ where
             actual: spec.mode,
         }));
     }
+    crate::fault_point!("rj-child-pre-start");
     let (info, action) = ensure_consumer(&js, &spec).await?;
+    if action == crate::ensure::ConsumerAction::Created {
+        // Normally the supervisor creates the consumer before spawning the
+        // child; a child that finds it missing re-creates it from its spec.
+        tracing::warn!(
+            stream = %spec.stream,
+            durable = %spec.durable,
+            "the durable consumer did not exist; created it from its spec (it starts from the spec's start position)"
+        );
+    }
     tracing::debug!(stream = %spec.stream, durable = %spec.durable, ?action, "consumer child bound");
     let counters = Arc::new(Counters::default());
     let durable: Arc<str> = Arc::from(spec.durable.as_str());

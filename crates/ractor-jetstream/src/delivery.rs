@@ -185,6 +185,9 @@ pub(crate) enum Verdict {
     Progress,
     /// The delivery was dropped without a decision.
     Abandoned,
+    /// A message that arrived but was never forwarded (its subscription
+    /// was dropped); to be nak'ed.
+    Unread(async_nats::Subject),
 }
 
 /// Identifies one delivery within its child (slot and generation).

@@ -95,6 +95,17 @@
 //! ```
 #![warn(missing_docs)]
 
+/// A named failpoint for fault-injection tests; compiled out unless the
+/// `fault-injection` feature is on. Configure it with the `fail` crate
+/// (`fail::cfg("rj-pull-after-forward", "2*off->panic")`).
+macro_rules! fault_point {
+    ($name:literal) => {
+        #[cfg(feature = "fault-injection")]
+        fail::fail_point!($name);
+    };
+}
+pub(crate) use fault_point;
+
 pub mod consumer;
 pub mod delivery;
 pub mod ensure;

@@ -72,6 +72,9 @@ pub(crate) struct InFlight {
     counters: Arc<Counters>,
 }
 
+/// The token of an unread message handed over by a subscription guard.
+const ORPHAN: Token = Token::MAX;
+
 fn token(index: u32, generation: u32) -> Token {
     (u64::from(generation) << 32) | u64::from(index)
 }
@@ -119,6 +122,16 @@ impl InFlight {
             deadlines: VecDeque::new(),
             decision_timeout,
             counters,
+        }
+    }
+
+    /// Wraps a subscription so that its unread messages are nak'ed by this
+    /// registry when it is dropped.
+    pub fn guard(&self, subscription: async_nats::Subscriber) -> GuardedSubscription {
+        GuardedSubscription {
+            subscription: Some(subscription),
+            orphans: self.settle_tx.clone(),
+            client: self.client.clone(),
         }
     }
 
@@ -190,35 +203,47 @@ impl InFlight {
     /// Applies one verdict on the server. Returns what became of the
     /// delivery, or `None` for a stale token or an in-progress extension.
     pub async fn apply(&mut self, settlement: Settlement) -> Option<Settled> {
-        let (index, generation) = split(settlement.token);
-        let slot = self.slots.get_mut(index)?;
-        if slot.generation != generation || slot.entry.is_none() {
-            return None;
-        }
-        let abandoned = matches!(settlement.verdict, Verdict::Abandoned);
-        let decision = match settlement.verdict {
+        crate::fault_point!("rj-before-apply");
+        let Settlement { token, verdict } = settlement;
+        let (decision, settled) = match verdict {
+            Verdict::Unread(reply) => {
+                self.publish(reply, Bytes::from_static(NAK)).await;
+                return None;
+            }
             Verdict::Progress => {
-                let entry = slot.entry.as_mut()?;
-                entry.deadline = Instant::now() + self.decision_timeout;
-                self.deadlines.push_back((entry.deadline, settlement.token));
+                let deadline = Instant::now() + self.decision_timeout;
+                let entry = self.current_mut(token)?;
+                entry.deadline = deadline;
                 let reply = entry.reply.clone();
+                self.deadlines.push_back((deadline, token));
                 self.publish(reply, Bytes::from_static(PROGRESS)).await;
                 return None;
             }
-            Verdict::Decided(decision) => decision,
-            Verdict::Abandoned => Decision::Nak(None),
+            Verdict::Abandoned => (Decision::Nak(None), Settled::Abandoned),
+            Verdict::Decided(decision) => {
+                let settled = match decision {
+                    Decision::Ack => Settled::Acked,
+                    Decision::Nak(_) => Settled::Naked,
+                    Decision::Term(_) => Settled::Termed,
+                };
+                (decision, settled)
+            }
         };
-        let entry = self.release(index)?;
-        let settled = match (&decision, abandoned) {
-            (_, true) => Settled::Abandoned,
-            (Decision::Ack, _) => Settled::Acked,
-            (Decision::Nak(_), _) => Settled::Naked,
-            (Decision::Term(_), _) => Settled::Termed,
-        };
+        self.current_mut(token)?;
+        let entry = self.release(split(token).0)?;
         tracing::trace!(stream_sequence = entry.stream_sequence, ?settled, "settled");
         self.publish(entry.reply, decision_payload(&decision)).await;
         self.counters.record(settled);
         Some(settled)
+    }
+
+    /// The entry a token names, unless it was settled already.
+    fn current_mut(&mut self, token: Token) -> Option<&mut Entry> {
+        let (index, generation) = split(token);
+        self.slots
+            .get_mut(index)
+            .filter(|slot| slot.generation == generation)
+            .and_then(|slot| slot.entry.as_mut())
     }
 
     fn release(&mut self, index: usize) -> Option<Entry> {
@@ -290,27 +315,6 @@ impl InFlight {
         naked
     }
 
-    /// Stops a subscription and nak's whatever it still delivers, without
-    /// forwarding it (used by drain). Bounded: gives up after two seconds.
-    /// Returns how many messages were nak'ed.
-    pub async fn drain_subscription(&self, subscription: &mut async_nats::Subscriber) -> usize {
-        if subscription.drain().await.is_err() {
-            return 0;
-        }
-        let mut naked = 0;
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while let Ok(Some(message)) = tokio::time::timeout_at(deadline, subscription.next()).await {
-            if let Some(reply) = message.reply.clone()
-                && message.status.is_none()
-                && reply.as_str().starts_with("$JS.ACK.")
-            {
-                self.publish(reply, Bytes::from_static(NAK)).await;
-                naked += 1;
-            }
-        }
-        naked
-    }
-
     async fn publish(&self, subject: Subject, payload: Bytes) {
         if let Err(err) = self.client.publish(subject, payload).await {
             // The connection is closed: the server will redeliver after
@@ -344,8 +348,13 @@ impl Drop for InFlight {
     /// already arrived are applied; everything else is nak'ed, so that it
     /// comes back at once rather than after `ack_wait`.
     fn drop(&mut self) {
-        let mut pending: Vec<(Subject, Bytes)> = Vec::new();
+        let mut pending: Vec<(u64, Subject, Bytes)> = Vec::new();
         while let Ok(settlement) = self.settle_rx.try_recv() {
+            if let Verdict::Unread(reply) = settlement.verdict {
+                let sequence = AckMeta::parse(reply.as_str()).map_or(0, |m| m.stream_sequence);
+                pending.push((sequence, reply, Bytes::from_static(NAK)));
+                continue;
+            }
             let (index, generation) = split(settlement.token);
             let current = self
                 .slots
@@ -356,51 +365,141 @@ impl Drop for InFlight {
             }
             let decision = match settlement.verdict {
                 Verdict::Decided(decision) => decision,
-                Verdict::Abandoned => Decision::Nak(None),
+                Verdict::Abandoned | Verdict::Unread(_) => Decision::Nak(None),
                 Verdict::Progress => continue,
             };
             if let Some(entry) = self.release(index) {
-                pending.push((entry.reply, decision_payload(&decision)));
+                pending.push((
+                    entry.stream_sequence,
+                    entry.reply,
+                    decision_payload(&decision),
+                ));
             }
         }
         for index in 0..self.slots.len() {
             if let Some(entry) = self.release(index) {
-                pending.push((entry.reply, Bytes::from_static(NAK)));
+                pending.push((entry.stream_sequence, entry.reply, Bytes::from_static(NAK)));
             }
         }
         if pending.is_empty() {
             return;
         }
+        // In stream order, so that the server delivers them again in the
+        // order they were first delivered.
+        pending.sort_unstable_by_key(|(sequence, _, _)| *sequence);
         tracing::debug!(
             stream = %self.stream,
             durable = %self.consumer,
             count = pending.len(),
             "settling in-flight deliveries of a stopped consumer child"
         );
-        let mut rest = Vec::new();
-        for (subject, payload) in pending {
-            if !publish_now(&self.client, subject.clone(), payload.clone()) {
-                rest.push((subject, payload));
+        publish_all_now(
+            &self.client,
+            pending
+                .into_iter()
+                .map(|(_, subject, payload)| (subject, payload))
+                .collect(),
+        );
+    }
+}
+
+/// Queues every publish at once, from a context that cannot wait (a drop
+/// guard). When the client's outbound queue is full, the remainder goes to
+/// a short task that exists only to queue them and ends as soon as they
+/// are queued (async-nats' own `Subscriber` drop does the same).
+fn publish_all_now(client: &async_nats::Client, publishes: Vec<(Subject, Bytes)>) {
+    let mut rest = Vec::new();
+    for (subject, payload) in publishes {
+        if !publish_now(client, subject.clone(), payload.clone()) {
+            rest.push((subject, payload));
+        }
+    }
+    if rest.is_empty() {
+        return;
+    }
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        let client = client.clone();
+        handle.spawn(async move {
+            for (subject, payload) in rest {
+                let _ = client.publish(subject, payload).await;
+            }
+        });
+    } else {
+        tracing::warn!(
+            count = rest.len(),
+            "no runtime to settle in-flight deliveries; they return after ack_wait"
+        );
+    }
+}
+
+/// A subscription whose unread messages are nak'ed when it is dropped.
+///
+/// On drop it takes the JetStream messages still buffered in it, hands them
+/// to its [`InFlight`] (which nak's them together with its own deliveries,
+/// in stream order), and only then unsubscribes, so that nothing nak'ed is
+/// pushed straight back into the dying subscription.
+pub(crate) struct GuardedSubscription {
+    subscription: Option<async_nats::Subscriber>,
+    orphans: mpsc::UnboundedSender<Settlement>,
+    client: async_nats::Client,
+}
+
+impl GuardedSubscription {
+    /// The next message; `None` when the subscription is closed.
+    pub async fn next(&mut self) -> Option<async_nats::Message> {
+        match self.subscription.as_mut() {
+            Some(subscription) => subscription.next().await,
+            None => None,
+        }
+    }
+
+    /// Stops the subscription and nak's whatever it still delivers, without
+    /// forwarding it (used by drain). Bounded: gives up after two seconds.
+    /// Returns how many messages were nak'ed.
+    pub async fn drain_and_nak(&mut self) -> usize {
+        let Some(mut subscription) = self.subscription.take() else {
+            return 0;
+        };
+        if subscription.drain().await.is_err() {
+            return 0;
+        }
+        let mut naked = 0;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while let Ok(Some(message)) = tokio::time::timeout_at(deadline, subscription.next()).await {
+            if let Some(reply) = js_reply(&message) {
+                let _ = self.client.publish(reply, Bytes::from_static(NAK)).await;
+                naked += 1;
             }
         }
-        if rest.is_empty() {
+        naked
+    }
+}
+
+/// The `$JS.ACK` reply subject of a JetStream message (not of a status
+/// message).
+fn js_reply(message: &async_nats::Message) -> Option<Subject> {
+    message
+        .reply
+        .clone()
+        .filter(|reply| message.status.is_none() && reply.as_str().starts_with("$JS.ACK."))
+}
+
+impl Drop for GuardedSubscription {
+    fn drop(&mut self) {
+        let Some(mut subscription) = self.subscription.take() else {
             return;
+        };
+        while let Some(Some(message)) = subscription.next().now_or_never() {
+            if let Some(reply) = js_reply(&message) {
+                // The registry outlives this guard (declared first, dropped
+                // last); if it is gone, the message returns after ack_wait.
+                let _ = self.orphans.send(Settlement {
+                    token: ORPHAN,
+                    verdict: Verdict::Unread(reply),
+                });
+            }
         }
-        // The client's queue is full. Hand the remainder to a short task
-        // that exists only to queue these publishes; it ends as soon as
-        // they are queued.
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            let client = self.client.clone();
-            handle.spawn(async move {
-                for (subject, payload) in rest {
-                    let _ = client.publish(subject, payload).await;
-                }
-            });
-        } else {
-            tracing::warn!(
-                count = rest.len(),
-                "no runtime to settle in-flight deliveries; they return after ack_wait"
-            );
-        }
+        // Dropping the subscriber unsubscribes.
+        drop(subscription);
     }
 }

@@ -26,7 +26,6 @@ use std::time::Duration;
 
 use async_nats::StatusCode;
 use async_nats::jetstream::consumer::{self, FromConsumer, pull};
-use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::time::Instant;
 
@@ -35,6 +34,7 @@ use super::{
     ConsumerArgs, ConsumerMsg, ConsumerState, DrainReport, FetchOutcome, FetchRequest, WorkerCtl,
     WorkerCtx, WorkerInbox, drain_in_flight, handle_child_msg, sleep_until_opt, start_child,
 };
+use crate::ensure::consumer_info;
 use crate::error::{Error, ServerErrorKind};
 use crate::spec::ConsumerMode;
 
@@ -69,6 +69,10 @@ impl Actor for PullConsumer {
 /// How long past `expires` the child waits for the server's end-of-request
 /// status before it considers the request lost.
 const EXPIRY_GRACE: Duration = Duration::from_secs(2);
+
+/// How often an open fetch checks whether the connection was re-established
+/// (which loses the pull request on the server).
+const RECONNECT_CHECK: Duration = Duration::from_millis(200);
 
 /// The pull worker: serves fetches until drained or aborted.
 async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox) -> Result<(), Error> {
@@ -137,6 +141,29 @@ enum RequestEnd {
 }
 
 impl Fetcher<'_> {
+    /// Sends the pull request for what is still missing of a fetch.
+    async fn send_request(
+        &self,
+        batch: usize,
+        expires: Duration,
+        inbox: &str,
+    ) -> Result<(), Error> {
+        let request = pull::BatchConfig {
+            batch,
+            expires: Some(expires),
+            no_wait: true,
+            ..Default::default()
+        };
+        self.consumer
+            .request_batch(request, inbox.to_string().into())
+            .await
+            .map_err(|err| Error::server(self.op(), ServerErrorKind::Connection, err))
+    }
+
+    fn op(&self) -> String {
+        format!("fetch from {}/{}", self.ctx.stream, self.ctx.durable)
+    }
+
     /// Serves one fetch. Returns `Some(result)` when a drain arrived during
     /// the fetch and the worker must end with that result.
     async fn fetch(
@@ -147,33 +174,37 @@ impl Fetcher<'_> {
         let ctx = self.ctx;
         ctx.counters.fetches.fetch_add(1, Ordering::Relaxed);
         let client = ctx.js.client();
+        let connects = client.statistics();
         let inbox_subject = client.new_inbox();
-        let op = || format!("fetch from {}/{}", ctx.stream, ctx.durable);
         let mut subscription = match client.subscribe(inbox_subject.clone()).await {
-            Ok(subscription) => subscription,
+            Ok(subscription) => self.in_flight.guard(subscription),
             Err(err) => {
-                request.answer(Err(Error::server(op(), ServerErrorKind::Connection, err)));
+                request.answer(Err(Error::server(
+                    self.op(),
+                    ServerErrorKind::Connection,
+                    err,
+                )));
                 return Ok(None);
             }
         };
-        let batch_request = pull::BatchConfig {
-            batch: request.batch,
-            expires: Some(request.expires),
-            no_wait: true,
-            ..Default::default()
-        };
+        let mut connected = connects.connects.load(Ordering::Relaxed);
         if let Err(err) = self
-            .consumer
-            .request_batch(batch_request, inbox_subject.into())
+            .send_request(request.batch, request.expires, &inbox_subject)
             .await
         {
-            request.answer(Err(Error::server(op(), ServerErrorKind::Connection, err)));
+            request.answer(Err(err));
             return Ok(None);
         }
-        let give_up = Instant::now() + request.expires + EXPIRY_GRACE;
+        let expires_at = Instant::now() + request.expires;
+        let mut give_up = expires_at + EXPIRY_GRACE;
+        let mut reconnect_check =
+            tokio::time::interval_at(Instant::now() + RECONNECT_CHECK, RECONNECT_CHECK);
         let mut outcome = FetchOutcome::default();
         let mut end = RequestEnd::Open;
+        // A failure that ends the child (it is restarted and binds again).
         let mut failure: Option<Error> = None;
+        // A failure of this fetch only.
+        let mut refused: Option<Error> = None;
         loop {
             let open = matches!(end, RequestEnd::Open);
             if !open && self.in_flight.live() == 0 {
@@ -189,7 +220,7 @@ impl Fetcher<'_> {
                         // sends for this request is nak'ed, not forwarded.
                         let mut report = DrainReport::default();
                         if open {
-                            report.naked += self.in_flight.drain_subscription(&mut subscription).await;
+                            report.naked += subscription.drain_and_nak().await;
                         }
                         let report = drain_in_flight(self.in_flight, timeout, report).await;
                         let _ = reply.send(report);
@@ -223,6 +254,7 @@ impl Fetcher<'_> {
                                     tracing::warn!(durable = %ctx.durable, "ignored a message without JetStream metadata");
                                 }
                             }
+                            crate::fault_point!("rj-pull-after-forward");
                             if outcome.delivered >= request.batch {
                                 end = RequestEnd::Done { expired: false };
                             }
@@ -232,16 +264,43 @@ impl Fetcher<'_> {
                         Some(StatusCode::IDLE_HEARTBEAT) => {}
                         Some(status) => {
                             let description = message.description.unwrap_or_default();
-                            end = RequestEnd::Done { expired: false };
-                            let kind = if description.to_ascii_lowercase().contains("consumer deleted") {
-                                ServerErrorKind::ConsumerNotFound
-                            } else {
-                                ServerErrorKind::Other
-                            };
                             tracing::debug!(durable = %ctx.durable, %status, %description, "pull request ended by the server");
-                            if kind == ServerErrorKind::ConsumerNotFound {
-                                failure.get_or_insert(Error::server(op(), kind, format!("{status} {description}")));
+                            end = RequestEnd::Done { expired: false };
+                            let deleted = description.to_ascii_lowercase().contains("consumer deleted");
+                            if deleted || status == StatusCode::NO_RESPONDERS {
+                                match consumer_info(&ctx.js, &ctx.stream, &ctx.durable).await {
+                                    Ok(None) => {
+                                        failure.get_or_insert(Error::server(
+                                            self.op(),
+                                            ServerErrorKind::ConsumerNotFound,
+                                            "the durable consumer was deleted on the server",
+                                        ));
+                                    }
+                                    _ => {
+                                        refused.get_or_insert(Error::Unavailable {
+                                            durable: ctx.durable.to_string(),
+                                            reason: format!("the server answered {status} {description}"),
+                                        });
+                                    }
+                                }
                             }
+                        }
+                    }
+                }
+                _ = reconnect_check.tick(), if open => {
+                    // A reconnect loses the pull request on the server: ask
+                    // again for what is still missing, within what is left
+                    // of `expires`.
+                    let now_connected = connects.connects.load(Ordering::Relaxed);
+                    if now_connected != connected {
+                        connected = now_connected;
+                        let left = expires_at.saturating_duration_since(Instant::now());
+                        let missing = request.batch - outcome.delivered;
+                        if left < Duration::from_millis(10) {
+                            end = RequestEnd::Done { expired: true };
+                        } else if self.send_request(missing, left, &inbox_subject).await.is_ok() {
+                            tracing::debug!(durable = %ctx.durable, missing, "reconnected; pull request sent again");
+                            give_up = Instant::now() + left + EXPIRY_GRACE;
                         }
                     }
                 }
@@ -261,12 +320,16 @@ impl Fetcher<'_> {
             ctx.counters.empty_fetches.fetch_add(1, Ordering::Relaxed);
         }
         drop(subscription);
-        match failure {
-            Some(err) => {
+        match (failure, refused) {
+            (Some(err), _) => {
                 request.answer(Err(err.clone()));
                 Err(err)
             }
-            None => {
+            (None, Some(err)) if outcome.delivered == 0 => {
+                request.answer(Err(err));
+                Ok(None)
+            }
+            _ => {
                 request.answer(Ok(outcome));
                 Ok(None)
             }

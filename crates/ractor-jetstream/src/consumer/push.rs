@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use async_nats::{StatusCode, Subject};
 use bytes::Bytes;
-use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::time::Instant;
 
@@ -89,7 +88,8 @@ async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox) -> Result<(), Error> {
         ctx.spec.effective_decision_timeout(),
         ctx.counters.clone(),
     );
-    let mut subscription = subscribe(&client, &deliver_subject, group.as_deref(), &op).await?;
+    let mut subscription =
+        in_flight.guard(subscribe(&client, &deliver_subject, group.as_deref(), &op).await?);
     let mut last_activity = Instant::now();
     loop {
         let window_open = in_flight.live() < window;
@@ -101,7 +101,7 @@ async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox) -> Result<(), Error> {
             control = inbox.control.recv() => match control {
                 Some(WorkerCtl::SetTarget(target)) => inbox.target = target,
                 Some(WorkerCtl::Drain { timeout, reply }) => {
-                    let naked = in_flight.drain_subscription(&mut subscription).await;
+                    let naked = subscription.drain_and_nak().await;
                     let report = DrainReport { settled: 0, naked };
                     let report = drain_in_flight(&mut in_flight, timeout, report).await;
                     let _ = reply.send(report);
@@ -121,12 +121,14 @@ async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox) -> Result<(), Error> {
                 last_activity = Instant::now();
                 let Some(message) = message else {
                     tracing::warn!(durable = %ctx.durable, "push subscription closed; subscribing again");
-                    subscription = subscribe(&client, &deliver_subject, group.as_deref(), &op).await?;
+                    subscription = in_flight.guard(subscribe(&client, &deliver_subject, group.as_deref(), &op).await?);
                     continue;
                 };
                 match message.status {
                     None | Some(StatusCode::OK) => match in_flight.forward(message, &inbox.target) {
-                        Ok(_) => {}
+                        Ok(_) => {
+                            crate::fault_point!("rj-push-after-forward");
+                        }
                         Err(ForwardError::TargetGone) => {
                             return Err(Error::Unavailable {
                                 durable: ctx.durable.to_string(),
@@ -153,7 +155,7 @@ async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox) -> Result<(), Error> {
                 if let Ok(None) = consumer_info(&ctx.js, &ctx.stream, &ctx.durable).await {
                     return Err(Error::server(op(), ServerErrorKind::ConsumerNotFound, "the consumer was deleted on the server"));
                 }
-                subscription = subscribe(&client, &deliver_subject, group.as_deref(), &op).await?;
+                subscription = in_flight.guard(subscribe(&client, &deliver_subject, group.as_deref(), &op).await?);
                 last_activity = Instant::now();
             }
             _ = sleep_until_opt(decision_deadline), if decision_deadline.is_some() => {
