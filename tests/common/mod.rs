@@ -188,6 +188,8 @@ pub enum Action {
     Hold,
     /// Panic in the target's handler.
     Panic,
+    /// Ack after a delay, from a task (the target goes on meanwhile).
+    AckAfter(Duration),
 }
 
 /// One delivery as the target saw it.
@@ -350,6 +352,14 @@ impl Actor for RecordingTarget {
                         "target panics on stream sequence {}",
                         delivery.info().stream_sequence
                     ),
+                    Action::AckAfter(delay) => {
+                        let record = state.record.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            record.0.lock().expect("record lock").outstanding -= 1;
+                            delivery.ack();
+                        });
+                    }
                 }
             }
             TargetMsg::Flush => {
