@@ -56,11 +56,15 @@ impl NatsCluster {
     /// Starts a JetStream cluster of `nodes` servers on loopback (routes
     /// between all of them, one store each) and waits until every node is
     /// healthy and they agree on a JetStream meta leader.
+    ///
+    /// `nodes` must be at least 2; use 3 (or more) for a cluster that keeps
+    /// a quorum when one node is killed.
     pub async fn start(nodes: usize) -> Result<NatsCluster, HarnessError> {
-        if nodes == 0 {
-            return Err(HarnessError::InvalidSettings(
-                "a cluster needs at least one node".to_string(),
-            ));
+        if nodes < 2 {
+            // nats-server refuses a clustered JetStream without routes.
+            return Err(HarnessError::InvalidSettings(format!(
+                "a JetStream cluster needs at least 2 nodes (3 to survive losing one), not {nodes}"
+            )));
         }
         let name = unique_name("c");
         let mut last_tail = String::new();
