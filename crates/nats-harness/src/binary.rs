@@ -4,7 +4,8 @@
 //!
 //! 1. the environment variable `NATS_SERVER_BIN` (when set and not empty, it
 //!    must name an executable file: a wrong value is an error, not a reason
-//!    to look elsewhere);
+//!    to look elsewhere; make it an absolute path, since tests run in their
+//!    crate's directory);
 //! 2. the project-local install, `.tools/bin/nats-server` at the workspace
 //!    root, where `cargo xtask install-nats` puts it;
 //! 3. the directories of `PATH`.
@@ -96,9 +97,12 @@ impl ServerBinary {
 
 /// The project-local install directory, `<workspace root>/.tools/bin`.
 pub fn local_bin_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("..")
+    // This crate lives in `<root>/crates/nats-harness`.
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(manifest)
         .join(".tools")
         .join("bin")
 }

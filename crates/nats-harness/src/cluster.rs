@@ -157,7 +157,7 @@ impl NatsCluster {
                     Err(e) => (format!("error: {e}"), 0),
                 });
             }
-            let leader = &seen[0].0;
+            let leader = seen.first().map_or("", |(l, _)| l.as_str());
             let agreed = seen
                 .iter()
                 .all(|(l, size)| l == leader && *size == self.nodes.len() as u64);

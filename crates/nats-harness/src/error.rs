@@ -6,6 +6,7 @@
 //! else is a [`HarnessError`]. Tests match on the variants, never on the
 //! message text.
 
+use std::fmt;
 use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,8 +20,8 @@ pub const INSTALL_HINT: &str = "install it with `cargo xtask install-nats` or \
 /// A usable `nats-server` binary could not be found.
 ///
 /// The `Display` of every variant is a single line that says how to install
-/// the server.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// the server; `Debug` prints the same line (see [`HarnessError`]).
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DiscoveryError {
     /// `NATS_SERVER_BIN` is unset, the project-local binary is absent and
@@ -72,7 +73,11 @@ pub enum DiscoveryError {
 }
 
 /// Everything the harness can fail with.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` prints the same text as `Display`, so a test that passes the
+/// error on with `?` or unwraps it shows what went wrong and how to fix it
+/// (the install hint, the server's log tail), not just a variant name.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum HarnessError {
     /// No usable `nats-server` binary.
@@ -217,5 +222,17 @@ impl HarnessError {
             action: action.into(),
             source,
         }
+    }
+}
+
+impl fmt::Debug for DiscoveryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Debug for HarnessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
