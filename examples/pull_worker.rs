@@ -155,7 +155,7 @@ impl Actor for Worker {
             state.first_deliveries += 1;
             if state
                 .nak_every
-                .is_some_and(|k| state.first_deliveries % k == 0)
+                .is_some_and(|k| state.first_deliveries.is_multiple_of(k))
             {
                 delivery.nak(None);
                 return Ok(());

@@ -251,14 +251,14 @@ pub type Decide = Arc<dyn Fn(&Delivery) -> Action + Send + Sync>;
 /// The recording target's messages: its own enum, reached through a
 /// `DerivedActorRef<Delivery>` like a user's actor.
 pub enum TargetMsg {
-    Delivery(Delivery),
+    Delivery(Box<Delivery>),
     /// Settle everything held back by `batch_ack`.
     Flush,
 }
 
 impl From<Delivery> for TargetMsg {
     fn from(d: Delivery) -> Self {
-        TargetMsg::Delivery(d)
+        TargetMsg::Delivery(Box::new(d))
     }
 }
 
@@ -266,7 +266,7 @@ impl TryFrom<TargetMsg> for Delivery {
     type Error = TargetMsg;
     fn try_from(msg: TargetMsg) -> Result<Self, TargetMsg> {
         match msg {
-            TargetMsg::Delivery(d) => Ok(d),
+            TargetMsg::Delivery(d) => Ok(*d),
             other => Err(other),
         }
     }
@@ -317,6 +317,7 @@ impl Actor for RecordingTarget {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             TargetMsg::Delivery(delivery) => {
+                let delivery = *delivery;
                 {
                     let mut r = state.record.0.lock().expect("record lock");
                     r.seen.push(Seen {
@@ -329,9 +330,11 @@ impl Actor for RecordingTarget {
                     r.max_outstanding = r.max_outstanding.max(r.outstanding);
                 }
                 let action = (state.decide)(&delivery);
-                let settled = !matches!(action, Action::Hold | Action::Panic)
-                    && !(matches!(action, Action::Ack) && state.batch_ack.is_some());
-                if settled {
+                // Settled right here, as opposed to held, panicked on, or
+                // settled later.
+                let later = matches!(action, Action::Hold | Action::Panic | Action::AckAfter(_))
+                    || (matches!(action, Action::Ack) && state.batch_ack.is_some());
+                if !later {
                     state.record.0.lock().expect("record lock").outstanding -= 1;
                 }
                 match action {

@@ -11,7 +11,7 @@
 //! sets that differ are updated when the server allows it. A bound
 //! consumer keeps its position: its start position is never reset.
 //!
-//! All JetStream API calls go through [`api_request`], so every failure is
+//! All JetStream API calls go through one function, so every failure is
 //! classified the same way into a [`ServerErrorKind`].
 
 use async_nats::jetstream::{self, consumer, stream};

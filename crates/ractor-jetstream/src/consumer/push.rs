@@ -16,7 +16,11 @@
 //! delivered again from the spec's start position.
 //!
 //! A push child answers [`ConsumerMsg::Fetch`] with
-//! [`Error::WrongMode`](crate::Error::WrongMode).
+//! [`Error::WrongMode`].
+//!
+//! Limits: a message that is on the wire when the child's process dies (or
+//! when a subscription is dropped abruptly) was never seen by the child, so
+//! nobody can nak it; the server delivers it again after `ack_wait`.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -155,7 +159,13 @@ async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox) -> Result<(), Error> {
                 if let Ok(None) = consumer_info(&ctx.js, &ctx.stream, &ctx.durable).await {
                     return Err(Error::server(op(), ServerErrorKind::ConsumerNotFound, "the consumer was deleted on the server"));
                 }
-                subscription = in_flight.guard(subscribe(&client, &deliver_subject, group.as_deref(), &op).await?);
+                // Subscribe anew first, then drain the old subscription:
+                // whatever the server had already sent to it is nak'ed and
+                // comes back through the new one, so nothing in transit is
+                // left to ack_wait.
+                let fresh = in_flight.guard(subscribe(&client, &deliver_subject, group.as_deref(), &op).await?);
+                let mut old = std::mem::replace(&mut subscription, fresh);
+                old.drain_and_nak().await;
                 last_activity = Instant::now();
             }
             _ = sleep_until_opt(decision_deadline), if decision_deadline.is_some() => {
