@@ -201,3 +201,45 @@ async fn wait_for_stream(js: &async_nats::jetstream::Context, name: &str) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn chaos_at_a_small_size_loses_nothing() {
+    let bin = example_bin("chaos");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(bin)
+            .args([
+                "--messages",
+                "4000",
+                "--fault-every-ms",
+                "250",
+                "--min-faults",
+                "8",
+                "--seed",
+                "42",
+            ])
+            .env_remove("NATS_URL")
+            .output()
+            .expect("run chaos")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(output.status.success(), "chaos failed: {stderr}\n{stdout}");
+    let fields = last_line_fields(&stdout, "chaos: ");
+    assert_eq!(fields["published"], 4000, "{stdout}");
+    assert_eq!(fields["acked"], 4000, "{stdout}");
+    assert_eq!(fields["lost"], 0, "{stdout}");
+    assert!(fields["faults"] >= 8, "{stdout}");
+    // Duplicates are bounded by what can be in flight per fault: a pull
+    // batch (100) plus what the server may have pushed and not had acked
+    // (max_ack_pending, 1000).
+    assert!(fields["duplicates"] <= fields["faults"] * 1100, "{stdout}");
+    for durable in ["chaos-pull", "chaos-push"] {
+        assert!(
+            stdout.contains(&format!("{durable}: ack floor")),
+            "{stdout}"
+        );
+        assert!(stdout.contains("0 pending, 0 unacked"), "{stdout}");
+    }
+}

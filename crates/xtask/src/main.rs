@@ -73,7 +73,13 @@ impl fmt::Display for TaskError {
 type Result<T> = std::result::Result<T, TaskError>;
 
 fn workspace_root() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // `cargo run` sets CARGO_MANIFEST_DIR for the program too; prefer it to
+    // the compile-time value, which is stale when a target directory is
+    // shared between checkouts.
+    let runtime = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+    let manifest = runtime
+        .as_deref()
+        .unwrap_or(Path::new(env!("CARGO_MANIFEST_DIR")));
     manifest
         .parent()
         .and_then(Path::parent)

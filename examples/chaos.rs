@@ -1,0 +1,592 @@
+//! A chaos soak: nothing is lost while things keep breaking.
+//!
+//! It publishes `--messages` messages (default 100,000) to one stream while a
+//! pull durable and a push durable consume them through the supervisor, and
+//! injects a random fault every `--fault-every-ms` (default 1000): a consumer
+//! child killed, the target actor panicking, nats-server SIGKILLed and
+//! restarted on its store, nats-server paused past the heartbeat, and with
+//! `--cluster` the stream leader of a 3-node cluster killed. Every acked
+//! stream sequence is marked in a bitset; at the end, a gap fails the run.
+//! Duplicates are allowed and counted.
+//!
+//! ```text
+//! cargo run --release --example chaos -- [--messages 100000] [--fault-every-ms 1000] [--cluster] [--seed N] [--min-faults K]
+//! ```
+//!
+//! Server faults need a server this program controls, so it always starts
+//! its own (a single node, or a 3-node cluster with `--cluster`). Its last
+//! line is `chaos: published=P acked=A lost=L duplicates=D faults=F restarts=R`,
+//! and it exits non-zero when `lost` is not 0.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use nats_harness::{NatsCluster, NatsServer};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor_jetstream::{
+    ConsumerSpec, Delivery, JetStreamSupervisor, RestartPolicy, StreamSpec, SupervisorArgs,
+    SupervisorMsg, Topology,
+};
+
+struct Args {
+    messages: u64,
+    fault_every: Duration,
+    cluster: bool,
+    seed: u64,
+    min_faults: u64,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        messages: 100_000,
+        fault_every: Duration::from_millis(1000),
+        cluster: false,
+        min_faults: 0,
+        seed: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64),
+    };
+    let mut argv = std::env::args().skip(1);
+    let number = |flag: &str, value: Option<String>| -> Result<u64, String> {
+        value
+            .as_deref()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("{flag} needs a positive integer"))
+    };
+    while let Some(flag) = argv.next() {
+        match flag.as_str() {
+            "--messages" => args.messages = number(&flag, argv.next())?,
+            "--fault-every-ms" => {
+                args.fault_every = Duration::from_millis(number(&flag, argv.next())?)
+            }
+            "--seed" => args.seed = number(&flag, argv.next())?,
+            "--min-faults" => args.min_faults = number(&flag, argv.next())?,
+            "--cluster" => args.cluster = true,
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(args)
+}
+
+/// Which stream sequences were acked, and how many times.
+struct Ledger {
+    acked: Mutex<Vec<u64>>,
+    distinct: AtomicU64,
+    duplicates: AtomicU64,
+}
+
+impl Ledger {
+    fn new(size: u64) -> Self {
+        Self {
+            acked: Mutex::new(vec![0; (size as usize).div_ceil(64) + 1]),
+            distinct: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+        }
+    }
+
+    fn mark(&self, sequence: u64) {
+        let Ok(mut bits) = self.acked.lock() else {
+            return;
+        };
+        let (word, bit) = ((sequence / 64) as usize, sequence % 64);
+        if word >= bits.len() {
+            bits.resize(word + 1, 0);
+        }
+        if bits[word] & (1 << bit) == 0 {
+            bits[word] |= 1 << bit;
+            self.distinct.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.duplicates.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn missing(&self, upto: u64) -> Vec<u64> {
+        let Ok(bits) = self.acked.lock() else {
+            return Vec::new();
+        };
+        (1..=upto)
+            .filter(|s| {
+                bits.get((s / 64) as usize)
+                    .is_none_or(|w| w & (1 << (s % 64)) == 0)
+            })
+            .collect()
+    }
+}
+
+/// The target: acks everything, and panics when told to.
+struct Worker;
+
+struct WorkerArgs {
+    ledger: Arc<Ledger>,
+    panic_next: Arc<AtomicBool>,
+}
+
+impl Actor for Worker {
+    type Msg = Delivery;
+    type State = WorkerArgs;
+    type Arguments = WorkerArgs;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<Delivery>,
+        args: WorkerArgs,
+    ) -> Result<WorkerArgs, ActorProcessingErr> {
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<Delivery>,
+        delivery: Delivery,
+        state: &mut WorkerArgs,
+    ) -> Result<(), ActorProcessingErr> {
+        if state.panic_next.swap(false, Ordering::Relaxed) {
+            panic!(
+                "chaos: injected target panic at stream sequence {}",
+                delivery.stream_sequence()
+            );
+        }
+        state.ledger.mark(delivery.stream_sequence());
+        delivery.ack();
+        Ok(())
+    }
+}
+
+/// Keeps the worker alive: respawns it after a panic and points the
+/// supervisor at the new one.
+struct Keeper;
+
+struct KeeperState {
+    worker: ActorRef<Delivery>,
+    ledger: Arc<Ledger>,
+    panic_next: Arc<AtomicBool>,
+    supervisor: Arc<Mutex<Option<ActorRef<SupervisorMsg>>>>,
+}
+
+impl Keeper {
+    async fn spawn_worker(
+        myself: &ActorRef<()>,
+        ledger: &Arc<Ledger>,
+        panic_next: &Arc<AtomicBool>,
+    ) -> Result<ActorRef<Delivery>, ActorProcessingErr> {
+        let args = WorkerArgs {
+            ledger: ledger.clone(),
+            panic_next: panic_next.clone(),
+        };
+        Ok(Actor::spawn_linked(None, Worker, args, myself.get_cell())
+            .await?
+            .0)
+    }
+}
+
+impl Actor for Keeper {
+    type Msg = ();
+    type State = KeeperState;
+    type Arguments = (
+        Arc<Ledger>,
+        Arc<AtomicBool>,
+        Arc<Mutex<Option<ActorRef<SupervisorMsg>>>>,
+    );
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<()>,
+        (ledger, panic_next, supervisor): Self::Arguments,
+    ) -> Result<KeeperState, ActorProcessingErr> {
+        let worker = Self::spawn_worker(&myself, &ledger, &panic_next).await?;
+        Ok(KeeperState {
+            worker,
+            ledger,
+            panic_next,
+            supervisor,
+        })
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<()>,
+        event: SupervisionEvent,
+        state: &mut KeeperState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, _) = event
+            && cell.get_id() == state.worker.get_id()
+        {
+            state.worker = Self::spawn_worker(&myself, &state.ledger, &state.panic_next).await?;
+            let supervisor = state.supervisor.lock().ok().and_then(|s| s.clone());
+            if let Some(supervisor) = supervisor {
+                supervisor.cast(SupervisorMsg::SetTarget {
+                    name: "worker".into(),
+                    target: state.worker.get_derived(),
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The servers this run controls.
+enum Servers {
+    Single(NatsServer),
+    Cluster(NatsCluster),
+}
+
+impl Servers {
+    fn urls(&self) -> Vec<String> {
+        match self {
+            Servers::Single(server) => vec![server.url()],
+            Servers::Cluster(cluster) => cluster.client_urls(),
+        }
+    }
+}
+
+/// A small deterministic generator, so a seed replays a run's faults.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(lost) if lost == 0 => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("chaos: error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<u64, String> {
+    let args = parse_args()?;
+    // Injected panics are expected: one line each instead of a backtrace.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .unwrap_or_default();
+        if message.starts_with("chaos: injected") {
+            eprintln!("{message}");
+        } else {
+            default_hook(info);
+        }
+    }));
+    let text = |e: &dyn std::fmt::Display| e.to_string();
+
+    // 1. Servers, a connection, and a stream replicated when clustered.
+    let mut servers = if args.cluster {
+        Servers::Cluster(NatsCluster::start(3).await.map_err(|e| text(&e))?)
+    } else {
+        Servers::Single(NatsServer::start().await.map_err(|e| text(&e))?)
+    };
+    let client = async_nats::ConnectOptions::new()
+        .connect(servers.urls())
+        .await
+        .map_err(|e| text(&e))?;
+    let js = jetstream::new(client);
+    let ack_wait = Some(Duration::from_secs(2));
+    let topology = Topology::new()
+        .stream(StreamSpec {
+            replicas: Some(if args.cluster { 3 } else { 1 }),
+            ..StreamSpec::new("CHAOS", ["chaos.>"])
+        })
+        .consumer(ConsumerSpec {
+            ack_wait,
+            ..ConsumerSpec::pull("CHAOS", "chaos-pull", "worker").with_filter(["chaos.pull"])
+        })
+        .consumer(ConsumerSpec {
+            ack_wait,
+            idle_heartbeat: Some(Duration::from_millis(500)),
+            ..ConsumerSpec::push("CHAOS", "chaos-push", "worker").with_filter(["chaos.push"])
+        });
+
+    // 2. The worker under its keeper, and the supervisor.
+    let ledger = Arc::new(Ledger::new(args.messages));
+    let panic_next = Arc::new(AtomicBool::new(false));
+    let supervisor_slot = Arc::new(Mutex::new(None));
+    let (keeper, _) = Actor::spawn(
+        None,
+        Keeper,
+        (ledger.clone(), panic_next.clone(), supervisor_slot.clone()),
+    )
+    .await
+    .map_err(|e| text(&e))?;
+    let worker: ActorRef<Delivery> = keeper
+        .get_children()
+        .into_iter()
+        .next()
+        .map(Into::into)
+        .ok_or("the keeper has no worker")?;
+    let policy = RestartPolicy {
+        max_restarts: 1000,
+        ..RestartPolicy::default()
+    };
+    let supervisor_args = SupervisorArgs::new(js.clone(), topology)
+        .target("worker", worker.get_derived())
+        .restart_policy(policy);
+    let (supervisor, _) = Actor::spawn(Some("chaos".into()), JetStreamSupervisor, supervisor_args)
+        .await
+        .map_err(|e| text(&e))?;
+    if let Ok(mut slot) = supervisor_slot.lock() {
+        *slot = Some(supervisor.clone());
+    }
+
+    // 3. Publish in the background (retrying through faults; the message
+    //    id makes a retry idempotent), and fetch in a loop.
+    let published = Arc::new(AtomicU64::new(0));
+    let publisher = tokio::spawn(publish_all(js.clone(), args.messages, published.clone()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let fetcher = tokio::spawn(fetch_loop(supervisor.clone(), stop.clone()));
+
+    // 4. Faults, until everything is published and acked (or time is up).
+    let started = Instant::now();
+    let budget = Duration::from_secs(120) + Duration::from_millis(args.messages / 10);
+    let mut rng = Rng(args.seed | 1);
+    let mut faults = 0u64;
+    let mut last_report = Instant::now();
+    let mut last_fault = Instant::now();
+    loop {
+        let all_acked =
+            publisher.is_finished() && ledger.distinct.load(Ordering::Relaxed) >= args.messages;
+        if all_acked && faults >= args.min_faults {
+            break;
+        }
+        if started.elapsed() > budget {
+            eprintln!("chaos: out of time");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if last_fault.elapsed() >= args.fault_every {
+            last_fault = Instant::now();
+            faults += 1;
+            inject(&mut rng, &mut servers, &supervisor, &panic_next).await;
+        }
+        if last_report.elapsed() >= Duration::from_secs(2) {
+            last_report = Instant::now();
+            println!(
+                "chaos: {:>5.1}s published={} acked={} faults={faults}",
+                started.elapsed().as_secs_f64(),
+                published.load(Ordering::Relaxed),
+                ledger.distinct.load(Ordering::Relaxed)
+            );
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = fetcher.await;
+    let published = publisher.await.map_err(|e| text(&e))??;
+
+    // 5. The verdict, from the ledger and from the server.
+    let status = supervisor
+        .call(SupervisorMsg::Status, Some(Duration::from_secs(10)))
+        .await
+        .map_err(|e| text(&e))?;
+    let restarts: u64 = match status {
+        ractor::rpc::CallResult::Success(status) => {
+            status.children.iter().map(|c| c.restarts).sum()
+        }
+        _ => 0,
+    };
+    let missing = ledger.missing(published);
+    if !missing.is_empty() {
+        eprintln!(
+            "chaos: {} gaps, first: {:?}",
+            missing.len(),
+            &missing[..missing.len().min(20)]
+        );
+    }
+    for durable in ["chaos-pull", "chaos-push"] {
+        if let Ok(stream) = js.get_stream("CHAOS").await
+            && let Ok(info) = stream.get_info().await
+        {
+            let consumer = stream.consumer_info(durable).await.map_err(|e| text(&e))?;
+            println!(
+                "chaos: {durable}: ack floor {} of {} stream messages, {} pending, {} unacked",
+                consumer.ack_floor.stream_sequence,
+                info.state.messages,
+                consumer.num_pending,
+                consumer.num_ack_pending
+            );
+        }
+    }
+    supervisor
+        .stop_and_wait(None, Some(Duration::from_secs(30)))
+        .await
+        .map_err(|e| text(&e))?;
+    keeper.stop(None);
+    let lost = missing.len() as u64;
+    println!(
+        "chaos: published={published} acked={} lost={lost} duplicates={} faults={faults} restarts={restarts}",
+        ledger.distinct.load(Ordering::Relaxed),
+        ledger.duplicates.load(Ordering::Relaxed),
+    );
+    Ok(lost)
+}
+
+async fn inject(
+    rng: &mut Rng,
+    servers: &mut Servers,
+    supervisor: &ActorRef<SupervisorMsg>,
+    panic_next: &AtomicBool,
+) {
+    let kinds = if matches!(servers, Servers::Cluster(_)) {
+        5
+    } else {
+        4
+    };
+    match rng.below(kinds) {
+        0 => {
+            let durable = if rng.below(2) == 0 {
+                "chaos-pull"
+            } else {
+                "chaos-push"
+            };
+            let child = supervisor
+                .call(
+                    |reply| SupervisorMsg::Lookup {
+                        durable: durable.into(),
+                        reply,
+                    },
+                    Some(Duration::from_secs(5)),
+                )
+                .await;
+            if let Ok(ractor::rpc::CallResult::Success(Some(child))) = child {
+                println!("chaos: fault: kill the {durable} child");
+                child.kill();
+            }
+        }
+        1 => {
+            println!("chaos: fault: the target panics");
+            panic_next.store(true, Ordering::Relaxed);
+        }
+        2 => {
+            println!("chaos: fault: SIGKILL nats-server and restart it on its store");
+            let result = match servers {
+                Servers::Single(server) => {
+                    async {
+                        server.kill().await?;
+                        server.restart().await
+                    }
+                    .await
+                }
+                Servers::Cluster(cluster) => {
+                    let i = rng.below(cluster.len() as u64) as usize;
+                    async {
+                        cluster.kill_node(i).await?;
+                        cluster.restart_node(i).await
+                    }
+                    .await
+                }
+            };
+            if let Err(err) = result {
+                eprintln!("chaos: restart failed: {err}");
+            }
+        }
+        3 => {
+            println!("chaos: fault: pause nats-server for 1.5 s");
+            let node = match servers {
+                Servers::Single(server) => &*server,
+                Servers::Cluster(cluster) => cluster.node(rng.below(cluster.len() as u64) as usize),
+            };
+            if node.pause().is_ok() {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                let _ = node.resume();
+            }
+        }
+        _ => {
+            if let Servers::Cluster(cluster) = servers
+                && let Ok(leader) = cluster.stream_leader("CHAOS").await
+            {
+                println!("chaos: fault: kill the stream leader (node {leader}) and restart it");
+                let _ = cluster.kill_node(leader).await;
+                let _ = cluster.restart_node(leader).await;
+            }
+        }
+    }
+}
+
+async fn publish_all(
+    js: jetstream::Context,
+    total: u64,
+    published: Arc<AtomicU64>,
+) -> Result<u64, String> {
+    const WINDOW: u64 = 256;
+    let mut next = 0u64;
+    while next < total {
+        let end = (next + WINDOW).min(total);
+        let mut acks = Vec::new();
+        for i in next..end {
+            acks.push((i, publish_one(&js, i).await));
+        }
+        for (i, ack) in acks {
+            let stored = match ack {
+                Ok(ack) => ack.await.is_ok(),
+                Err(_) => false,
+            };
+            if !stored {
+                // Retry this one until it is stored; the id de-duplicates.
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    if let Ok(ack) = publish_one(&js, i).await
+                        && ack.await.is_ok()
+                    {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        return Err(format!("could not publish message {i} for 60 s"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        published.store(end, Ordering::Relaxed);
+        next = end;
+    }
+    Ok(total)
+}
+
+async fn publish_one(
+    js: &jetstream::Context,
+    i: u64,
+) -> Result<jetstream::context::PublishAckFuture, String> {
+    let subject = if i % 2 == 0 {
+        "chaos.pull"
+    } else {
+        "chaos.push"
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", format!("chaos-{i}").as_str());
+    js.publish_with_headers(subject, headers, format!("{i}").into())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn fetch_loop(supervisor: ActorRef<SupervisorMsg>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        let result = supervisor
+            .call(
+                |reply| SupervisorMsg::Fetch {
+                    durable: "chaos-pull".into(),
+                    batch: 100,
+                    expires: Some(Duration::from_millis(500)),
+                    reply,
+                },
+                Some(Duration::from_secs(30)),
+            )
+            .await;
+        if !matches!(result, Ok(ractor::rpc::CallResult::Success(Ok(_)))) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
