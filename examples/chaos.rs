@@ -230,7 +230,7 @@ impl Actor for Keeper {
 
 /// The servers this run controls.
 enum Servers {
-    Single(NatsServer),
+    Single(Box<NatsServer>),
     Cluster(NatsCluster),
 }
 
@@ -258,7 +258,7 @@ impl Rng {
 #[tokio::main]
 async fn main() -> ExitCode {
     match run().await {
-        Ok(lost) if lost == 0 => ExitCode::SUCCESS,
+        Ok(0) => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,
         Err(err) => {
             eprintln!("chaos: error: {err}");
@@ -289,7 +289,7 @@ async fn run() -> Result<u64, String> {
     let mut servers = if args.cluster {
         Servers::Cluster(NatsCluster::start(3).await.map_err(|e| text(&e))?)
     } else {
-        Servers::Single(NatsServer::start().await.map_err(|e| text(&e))?)
+        Servers::Single(Box::new(NatsServer::start().await.map_err(|e| text(&e))?))
     };
     let client = async_nats::ConnectOptions::new()
         .connect(servers.urls())
@@ -560,7 +560,7 @@ async fn publish_one(
     js: &jetstream::Context,
     i: u64,
 ) -> Result<jetstream::context::PublishAckFuture, String> {
-    let subject = if i % 2 == 0 {
+    let subject = if i.is_multiple_of(2) {
         "chaos.pull"
     } else {
         "chaos.push"
