@@ -218,6 +218,7 @@ pub struct Delivery {
     token: Token,
     settle: Option<SettleSender>,
     span: tracing::Span,
+    received_at: std::time::Instant,
 }
 
 impl Delivery {
@@ -227,6 +228,7 @@ impl Delivery {
         token: Token,
         settle: SettleSender,
         span: tracing::Span,
+        received_at: std::time::Instant,
     ) -> Self {
         Self {
             message,
@@ -234,7 +236,15 @@ impl Delivery {
             token,
             settle: Some(settle),
             span,
+            received_at,
         }
+    }
+
+    /// When the consumer child received the message from the server. The
+    /// time since then is how long the delivery waited on its way to (and
+    /// in) the target.
+    pub fn received_at(&self) -> std::time::Instant {
+        self.received_at
     }
 
     /// The subject the message was published to.

@@ -154,7 +154,8 @@ impl InFlight {
         };
         let stream_sequence = meta.stream_sequence;
         let info = meta.into_info(self.stream.clone(), self.consumer.clone());
-        let deadline = Instant::now() + self.decision_timeout;
+        let now = Instant::now();
+        let deadline = now + self.decision_timeout;
         let index = match self.free.pop() {
             Some(index) => index,
             None => {
@@ -181,7 +182,14 @@ impl InFlight {
             stream_sequence,
             delivered = info.delivered,
         );
-        let delivery = Delivery::new(message, info, token, self.settle_tx.clone(), span);
+        let delivery = Delivery::new(
+            message,
+            info,
+            token,
+            self.settle_tx.clone(),
+            span,
+            now.into_std(),
+        );
         match target.send_message(delivery) {
             Ok(()) => Ok(stream_sequence),
             // The returned delivery is dropped here, which queues its

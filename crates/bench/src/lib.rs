@@ -1,0 +1,843 @@
+//! Throughput, latency and memory of ractor-jetstream, measured side by side
+//! with a hand-written async-nats loop doing the same work.
+//!
+//! Each case fills a fresh stream with `--messages` messages of 128 bytes,
+//! then consumes them all with explicit acks, alternately with the raw loop
+//! and with the library (raw, actor, raw, actor, ...), `--rounds` times each,
+//! and reports the medians. Only the ratio of two medians measured in one
+//! run means anything on a shared machine.
+//!
+//! - pull: `fetch().max_messages(b).expires(..)` with `ack()` per message,
+//!   against a [`PullConsumer`] driven by `Fetch` calls in a loop, for each
+//!   batch size `b`;
+//! - push: a push consumer's `messages()` with `ack()`, against a
+//!   [`PushConsumer`] with `max_in_flight` 256;
+//! - restart: the time from killing a pull child under the supervisor to
+//!   the next delivery at the target, median over `--crashes` crashes.
+//!
+//! In both library cases the target is a trivial actor that acks at once.
+//! Latency is measured from a message's arrival at the child to the target
+//! receiving it. Peak RSS is this process's (the server is another one),
+//! reset before each measured run.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, stream};
+use futures::StreamExt;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor_jetstream::{
+    ConsumerArgs, ConsumerMsg, ConsumerSpec, Delivery, JetStreamSupervisor, PullConsumer,
+    PushConsumer, RestartPolicy, SupervisorArgs, SupervisorMsg, Topology,
+};
+use tokio::sync::oneshot;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Messages per run (batch sizes below 100 use fewer; see
+    /// [`Options::messages_for`]).
+    pub messages: u64,
+    /// Runs per side per case.
+    pub rounds: usize,
+    /// Pull batch sizes.
+    pub batches: Vec<usize>,
+    /// The push window.
+    pub window: usize,
+    /// Crashes for the restart case.
+    pub crashes: usize,
+    /// Which cases: any of `pull`, `push`, `restart`.
+    pub cases: Vec<String>,
+    /// Where the table and the plot go.
+    pub out_dir: PathBuf,
+}
+
+/// The payload size of every message.
+pub const PAYLOAD: usize = 128;
+
+impl Options {
+    /// Parses `--messages N --rounds R --batches 1,10,100,500 --window W
+    /// --crashes C --cases pull,push,restart --out DIR`. Unknown arguments
+    /// (such as the `--bench` that `cargo bench` passes) are ignored.
+    pub fn parse(args: impl Iterator<Item = String>) -> Result<Self, String> {
+        let mut options = Options {
+            messages: 100_000,
+            rounds: 3,
+            batches: vec![1, 10, 100, 500],
+            window: 256,
+            crashes: 20,
+            cases: vec!["pull".into(), "push".into(), "restart".into()],
+            out_dir: default_out_dir(),
+        };
+        let mut args = args.peekable();
+        while let Some(flag) = args.next() {
+            let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
+            let number = |name: &str, v: String| {
+                v.parse::<u64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| format!("{name} must be a positive integer, got {v:?}"))
+            };
+            match flag.as_str() {
+                "--messages" => options.messages = number(&flag, value(&flag)?)?,
+                "--rounds" => options.rounds = number(&flag, value(&flag)?)? as usize,
+                "--window" => options.window = number(&flag, value(&flag)?)? as usize,
+                "--crashes" => options.crashes = number(&flag, value(&flag)?)? as usize,
+                "--batches" => {
+                    options.batches = value(&flag)?
+                        .split(',')
+                        .map(|b| number("--batches", b.to_string()).map(|n| n as usize))
+                        .collect::<Result<_, _>>()?
+                }
+                "--cases" => options.cases = value(&flag)?.split(',').map(str::to_string).collect(),
+                "--out" => options.out_dir = PathBuf::from(value(&flag)?),
+                _ => {}
+            }
+        }
+        Ok(options)
+    }
+
+    /// Messages for one run of a pull case: small batches are slow (one
+    /// round trip per batch), so they run on fewer messages.
+    pub fn messages_for(&self, batch: usize) -> u64 {
+        match batch {
+            1 => self.messages.min(20_000),
+            2..=10 => self.messages.min(50_000),
+            _ => self.messages,
+        }
+    }
+}
+
+fn default_out_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+            manifest.join("../../target")
+        });
+    target.join("bench")
+}
+
+/// One line of results.
+#[derive(Debug, Clone)]
+pub struct CaseResult {
+    /// `pull` or `push`.
+    pub mode: &'static str,
+    /// Batch size (pull) or window (push).
+    pub size: usize,
+    /// Messages per run.
+    pub messages: u64,
+    /// Median raw throughput.
+    pub raw: f64,
+    /// Median library throughput.
+    pub actor: f64,
+    /// Median latency from arrival at the child to the target, µs.
+    pub p50_us: f64,
+    /// 99th percentile of the same.
+    pub p99_us: f64,
+    /// Largest peak RSS of the library runs, MiB.
+    pub peak_rss_mib: f64,
+    /// Largest number of unsettled deliveries seen at once.
+    pub max_in_flight: u64,
+}
+
+impl CaseResult {
+    fn ratio(&self) -> f64 {
+        self.actor / self.raw
+    }
+
+    fn line(&self) -> String {
+        let size = if self.mode == "pull" {
+            "batch"
+        } else {
+            "window"
+        };
+        format!(
+            "RESULT mode={} {size}={} raw_msgs_per_s={:.0} actor_msgs_per_s={:.0} ratio={:.3} p50_us={:.1} p99_us={:.1} peak_rss_mib={:.1} max_in_flight={} messages={}",
+            self.mode,
+            self.size,
+            self.raw,
+            self.actor,
+            self.ratio(),
+            self.p50_us,
+            self.p99_us,
+            self.peak_rss_mib,
+            self.max_in_flight,
+            self.messages
+        )
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Runs every selected case, prints one `RESULT` line per case, and writes
+/// the table and the plot.
+pub async fn run(options: Options) -> Result<(), BoxError> {
+    // The server: NATS_URL, or an embedded one with file storage.
+    let (_server, url) = match std::env::var("NATS_URL") {
+        Ok(url) => (None, url),
+        Err(_) => {
+            let server = nats_harness::NatsServer::start().await?;
+            let url = server.url();
+            (Some(server), url)
+        }
+    };
+    let client = async_nats::connect(&url).await?;
+    let js = jetstream::new(client.clone());
+    let mut results = Vec::new();
+    if options.cases.iter().any(|c| c == "pull") {
+        for &batch in &options.batches {
+            let result = pull_case(&js, &options, batch).await?;
+            println!("{}", result.line());
+            results.push(result);
+        }
+    }
+    if options.cases.iter().any(|c| c == "push") {
+        let result = push_case(&js, &options).await?;
+        println!("{}", result.line());
+        results.push(result);
+    }
+    let mut restart = None;
+    if options.cases.iter().any(|c| c == "restart") {
+        let median = restart_case(&js, &options).await?;
+        println!(
+            "RESULT mode=restart median_ms={median:.1} crashes={}",
+            options.crashes
+        );
+        restart = Some(median);
+    }
+    write_reports(&options, &results, restart)?;
+    Ok(())
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+async fn pull_case(
+    js: &jetstream::Context,
+    options: &Options,
+    batch: usize,
+) -> Result<CaseResult, BoxError> {
+    let n = options.messages_for(batch);
+    let (mut raw, mut actor, mut latencies, mut peak, mut max_in_flight) =
+        (Vec::new(), Vec::new(), Vec::new(), 0f64, 0);
+    for _ in 0..options.rounds {
+        fill(js, n).await?;
+        let stream = js.get_stream("BENCH").await?;
+        let consumer: consumer::PullConsumer = stream
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some("raw".into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ..Default::default()
+            })
+            .await?;
+        reset_peak_rss();
+        let started = Instant::now();
+        let mut done = 0;
+        while done < n {
+            let mut messages = consumer
+                .fetch()
+                .max_messages(batch)
+                .expires(Duration::from_secs(1))
+                .messages()
+                .await?;
+            while let Some(message) = messages.next().await {
+                message?.ack().await?;
+                done += 1;
+            }
+        }
+        js.client().flush().await?;
+        raw.push(n as f64 / started.elapsed().as_secs_f64());
+        check_all_acked(js, "raw", n).await?;
+
+        fill(js, n).await?;
+        let (target, probe) = spawn_target(n).await?;
+        let spec = ConsumerSpec::pull("BENCH", "actor", "bench");
+        let (child, _) = Actor::spawn(
+            None,
+            PullConsumer,
+            ConsumerArgs {
+                js: js.clone(),
+                spec,
+                target: target.get_derived(),
+            },
+        )
+        .await?;
+        reset_peak_rss();
+        let sampler = InFlightSampler::start(child.clone());
+        let started = Instant::now();
+        let mut delivered = 0u64;
+        while delivered < n {
+            let outcome = child
+                .call(
+                    |reply| ConsumerMsg::Fetch {
+                        batch,
+                        expires: Some(Duration::from_secs(1)),
+                        reply,
+                    },
+                    Some(Duration::from_secs(30)),
+                )
+                .await?;
+            let outcome = match outcome {
+                ractor::rpc::CallResult::Success(result) => result?,
+                other => return Err(format!("fetch: {other:?}").into()),
+            };
+            delivered += outcome.delivered as u64;
+        }
+        js.client().flush().await?;
+        actor.push(n as f64 / started.elapsed().as_secs_f64());
+        peak = peak.max(peak_rss_mib());
+        max_in_flight = max_in_flight.max(sampler.stop().await);
+        latencies.extend(probe.latencies(&target).await?);
+        check_all_acked(js, "actor", n).await?;
+        child.stop(None);
+        target.stop(None);
+    }
+    let (p50, p99) = percentiles(&mut latencies);
+    Ok(CaseResult {
+        mode: "pull",
+        size: batch,
+        messages: n,
+        raw: median(&mut raw),
+        actor: median(&mut actor),
+        p50_us: p50,
+        p99_us: p99,
+        peak_rss_mib: peak,
+        max_in_flight,
+    })
+}
+
+async fn push_case(js: &jetstream::Context, options: &Options) -> Result<CaseResult, BoxError> {
+    let n = options.messages;
+    let (mut raw, mut actor, mut latencies, mut peak, mut max_in_flight) =
+        (Vec::new(), Vec::new(), Vec::new(), 0f64, 0);
+    for _ in 0..options.rounds {
+        fill(js, n).await?;
+        let stream = js.get_stream("BENCH").await?;
+        let deliver = js.client().new_inbox();
+        let consumer: consumer::PushConsumer = stream
+            .create_consumer(consumer::push::Config {
+                durable_name: Some("raw".into()),
+                deliver_subject: deliver,
+                ack_policy: consumer::AckPolicy::Explicit,
+                flow_control: true,
+                idle_heartbeat: Duration::from_secs(5),
+                ..Default::default()
+            })
+            .await?;
+        reset_peak_rss();
+        let started = Instant::now();
+        let mut messages = consumer.messages().await?;
+        let mut done = 0;
+        while done < n {
+            match messages.next().await {
+                Some(message) => {
+                    message?.ack().await?;
+                    done += 1;
+                }
+                None => return Err("push subscription ended".into()),
+            }
+        }
+        js.client().flush().await?;
+        raw.push(n as f64 / started.elapsed().as_secs_f64());
+        drop(messages);
+        check_all_acked(js, "raw", n).await?;
+
+        fill(js, n).await?;
+        let (target, mut probe) = spawn_target(n).await?;
+        let spec = ConsumerSpec {
+            max_in_flight: Some(options.window),
+            ..ConsumerSpec::push("BENCH", "actor", "bench")
+        };
+        reset_peak_rss();
+        let started = Instant::now();
+        let (child, _) = Actor::spawn(
+            None,
+            PushConsumer,
+            ConsumerArgs {
+                js: js.clone(),
+                spec,
+                target: target.get_derived(),
+            },
+        )
+        .await?;
+        let sampler = InFlightSampler::start(child.clone());
+        probe.wait_all().await?;
+        js.client().flush().await?;
+        actor.push(n as f64 / started.elapsed().as_secs_f64());
+        peak = peak.max(peak_rss_mib());
+        max_in_flight = max_in_flight.max(sampler.stop().await);
+        latencies.extend(probe.latencies(&target).await?);
+        check_all_acked(js, "actor", n).await?;
+        child.stop(None);
+        target.stop(None);
+    }
+    let (p50, p99) = percentiles(&mut latencies);
+    Ok(CaseResult {
+        mode: "push",
+        size: options.window,
+        messages: n,
+        raw: median(&mut raw),
+        actor: median(&mut actor),
+        p50_us: p50,
+        p99_us: p99,
+        peak_rss_mib: peak,
+        max_in_flight,
+    })
+}
+
+/// The time from killing a pull child to the next delivery, median over
+/// `--crashes` crashes. The supervisor restarts at once (no backoff, so that
+/// the figure is the mechanism's, not the policy's).
+async fn restart_case(js: &jetstream::Context, options: &Options) -> Result<f64, BoxError> {
+    fill(js, 1_000_000.min(options.messages * 10)).await?;
+    let (target, probe) = spawn_target(u64::MAX).await?;
+    let topology = Topology::new().consumer(ConsumerSpec::pull("BENCH", "restart", "bench"));
+    let policy = RestartPolicy {
+        max_restarts: 10_000,
+        initial_backoff: Duration::ZERO,
+        jitter: 0.0,
+        ..RestartPolicy::default()
+    };
+    let args = SupervisorArgs::new(js.clone(), topology)
+        .target("bench", target.get_derived())
+        .restart_policy(policy);
+    let (supervisor, _) = Actor::spawn(None, JetStreamSupervisor, args).await?;
+    let fetching = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let fetcher = {
+        let (supervisor, fetching) = (supervisor.clone(), fetching.clone());
+        tokio::spawn(async move {
+            while fetching.load(Ordering::Relaxed) {
+                let _ = supervisor
+                    .call(
+                        |reply| SupervisorMsg::Fetch {
+                            durable: "restart".into(),
+                            batch: 10,
+                            expires: Some(Duration::from_millis(200)),
+                            reply,
+                        },
+                        Some(Duration::from_secs(10)),
+                    )
+                    .await;
+            }
+        })
+    };
+    let mut samples = Vec::new();
+    for _ in 0..options.crashes {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let child = match supervisor
+            .call(
+                |reply| SupervisorMsg::Lookup {
+                    durable: "restart".into(),
+                    reply,
+                },
+                None,
+            )
+            .await?
+        {
+            ractor::rpc::CallResult::Success(Some(child)) => child,
+            other => return Err(format!("no child to crash: {other:?}").into()),
+        };
+        let crashed = Instant::now();
+        child.kill();
+        let resumed = probe.next_after(crashed, Duration::from_secs(10)).await?;
+        samples.push(resumed.duration_since(crashed).as_secs_f64() * 1000.0);
+    }
+    fetching.store(false, Ordering::Relaxed);
+    let _ = fetcher.await;
+    supervisor.stop(None);
+    target.stop(None);
+    Ok(median(&mut samples))
+}
+
+/// Deletes and re-creates the stream, and publishes `n` messages into it.
+async fn fill(js: &jetstream::Context, n: u64) -> Result<(), BoxError> {
+    let _ = js.delete_stream("BENCH").await;
+    js.create_stream(stream::Config {
+        name: "BENCH".into(),
+        subjects: vec!["bench.>".into()],
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await?;
+    let payload = bytes::Bytes::from(vec![b'x'; PAYLOAD]);
+    let mut pending = Vec::with_capacity(1024);
+    for i in 0..n {
+        pending.push(js.publish("bench.data", payload.clone()).await?);
+        if pending.len() == 1024 || i + 1 == n {
+            for ack in pending.drain(..) {
+                ack.await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn check_all_acked(js: &jetstream::Context, durable: &str, n: u64) -> Result<(), BoxError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = js.get_stream("BENCH").await?.consumer_info(durable).await?;
+        if info.ack_floor.stream_sequence == n && info.num_ack_pending == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{durable}: the server shows ack floor {} and {} unacked, expected {n} and 0",
+                info.ack_floor.stream_sequence, info.num_ack_pending
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The trivial target: acks at once, notes the latency.
+struct Target;
+
+/// The target's messages.
+pub enum TargetMsg {
+    /// A delivery.
+    Delivery(Box<Delivery>),
+    /// Hand over the recorded latencies (µs).
+    Latencies(RpcReplyPort<Vec<u32>>),
+}
+
+impl From<Delivery> for TargetMsg {
+    fn from(delivery: Delivery) -> Self {
+        TargetMsg::Delivery(Box::new(delivery))
+    }
+}
+
+impl TryFrom<TargetMsg> for Delivery {
+    type Error = TargetMsg;
+    fn try_from(msg: TargetMsg) -> Result<Self, TargetMsg> {
+        match msg {
+            TargetMsg::Delivery(delivery) => Ok(*delivery),
+            other => Err(other),
+        }
+    }
+}
+
+struct TargetState {
+    expected: u64,
+    received: u64,
+    latencies: Vec<u32>,
+    done: Option<oneshot::Sender<()>>,
+    last_received: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+impl Actor for Target {
+    type Msg = TargetMsg;
+    type State = TargetState;
+    type Arguments = TargetState;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<TargetMsg>,
+        state: TargetState,
+    ) -> Result<TargetState, ActorProcessingErr> {
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<TargetMsg>,
+        msg: TargetMsg,
+        state: &mut TargetState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            TargetMsg::Delivery(delivery) => {
+                let now = Instant::now();
+                let waited = now.saturating_duration_since(delivery.received_at());
+                if state.latencies.len() < 2_000_000 {
+                    state
+                        .latencies
+                        .push(waited.as_micros().min(u128::from(u32::MAX)) as u32);
+                }
+                state.last_received.store(
+                    now.duration_since(state.epoch).as_nanos() as u64,
+                    Ordering::Relaxed,
+                );
+                delivery.ack();
+                state.received += 1;
+                if state.received == state.expected
+                    && let Some(done) = state.done.take()
+                {
+                    let _ = done.send(());
+                }
+            }
+            TargetMsg::Latencies(reply) => {
+                let _ = reply.send(std::mem::take(&mut state.latencies));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The bench's view of a target.
+struct Probe {
+    done: Option<oneshot::Receiver<()>>,
+    last_received: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+impl Probe {
+    /// Waits until the target has received every expected delivery.
+    async fn wait_all(&mut self) -> Result<(), BoxError> {
+        let done = self.done.take().ok_or("already waited")?;
+        tokio::time::timeout(Duration::from_secs(300), done)
+            .await
+            .map_err(|_| "the target did not receive everything in 300 s")?
+            .map_err(|_| "the target stopped early")?;
+        Ok(())
+    }
+
+    async fn latencies(&self, target: &ActorRef<TargetMsg>) -> Result<Vec<u32>, BoxError> {
+        match target
+            .call(TargetMsg::Latencies, Some(Duration::from_secs(10)))
+            .await?
+        {
+            ractor::rpc::CallResult::Success(latencies) => Ok(latencies),
+            other => Err(format!("latencies: {other:?}").into()),
+        }
+    }
+
+    /// Waits for the first delivery received after `after`.
+    async fn next_after(&self, after: Instant, timeout: Duration) -> Result<Instant, BoxError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let at = self.epoch + Duration::from_nanos(self.last_received.load(Ordering::Relaxed));
+            if at > after {
+                return Ok(at);
+            }
+            if Instant::now() > deadline {
+                return Err("no delivery after the crash".into());
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    }
+}
+
+async fn spawn_target(expected: u64) -> Result<(ActorRef<TargetMsg>, Probe), BoxError> {
+    let (tx, rx) = oneshot::channel();
+    let last_received = Arc::new(AtomicU64::new(0));
+    let epoch = Instant::now();
+    let state = TargetState {
+        expected,
+        received: 0,
+        latencies: Vec::with_capacity(expected.min(2_000_000) as usize),
+        done: Some(tx),
+        last_received: last_received.clone(),
+        epoch,
+    };
+    let (target, _) = Actor::spawn(None, Target, state).await?;
+    Ok((
+        target,
+        Probe {
+            done: Some(rx),
+            last_received,
+            epoch,
+        },
+    ))
+}
+
+/// Samples a child's unsettled deliveries every few milliseconds.
+struct InFlightSampler {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl InFlightSampler {
+    fn start(child: ActorRef<ConsumerMsg>) -> Self {
+        let (stop, mut stopped) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut max = 0;
+            loop {
+                if let Ok(ractor::rpc::CallResult::Success(stats)) = child
+                    .call(ConsumerMsg::Stats, Some(Duration::from_secs(1)))
+                    .await
+                {
+                    max = max.max(stats.in_flight);
+                }
+                tokio::select! {
+                    _ = &mut stopped => return max,
+                    _ = tokio::time::sleep(Duration::from_millis(2)) => {}
+                }
+            }
+        });
+        Self { stop, task }
+    }
+
+    async fn stop(self) -> u64 {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or(0)
+    }
+}
+
+fn percentiles(values: &mut [u32]) -> (f64, f64) {
+    if values.is_empty() {
+        return (0.0, 0.0);
+    }
+    values.sort_unstable();
+    let at = |q: f64| f64::from(values[((values.len() - 1) as f64 * q) as usize]);
+    (at(0.5), at(0.99))
+}
+
+/// Resets the process's peak RSS (Linux: `5` to `/proc/self/clear_refs`).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The process's peak RSS since the last reset, in MiB (`VmHWM`).
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores, {cpu}")
+}
+
+fn write_reports(
+    options: &Options,
+    results: &[CaseResult],
+    restart: Option<f64>,
+) -> Result<(), BoxError> {
+    std::fs::create_dir_all(&options.out_dir)?;
+    let mut table = String::new();
+    writeln!(
+        table,
+        "Machine: {}; nats-server on loopback, file storage; {PAYLOAD}-byte messages; median of {} interleaved runs per side.",
+        machine(),
+        options.rounds
+    )?;
+    writeln!(table)?;
+    writeln!(
+        table,
+        "| case | messages | raw async-nats msg/s | ractor-jetstream msg/s | ratio | p50 µs | p99 µs | peak RSS MiB | max in flight |"
+    )?;
+    writeln!(table, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    for r in results {
+        let case = if r.mode == "pull" {
+            format!("pull, batch {}", r.size)
+        } else {
+            format!("push, window {}", r.size)
+        };
+        writeln!(
+            table,
+            "| {case} | {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.1} | {} |",
+            r.messages,
+            r.raw,
+            r.actor,
+            r.ratio(),
+            r.p50_us,
+            r.p99_us,
+            r.peak_rss_mib,
+            r.max_in_flight
+        )?;
+    }
+    if let Some(median) = restart {
+        writeln!(table)?;
+        writeln!(
+            table,
+            "Restart to resume (kill a pull child, next delivery at the target): median {median:.1} ms over {} crashes.",
+            options.crashes
+        )?;
+    }
+    let table_path = options.out_dir.join("throughput.md");
+    std::fs::write(&table_path, &table)?;
+    println!("wrote {}", table_path.display());
+    let pulls: Vec<&CaseResult> = results.iter().filter(|r| r.mode == "pull").collect();
+    if !pulls.is_empty() {
+        let plot_path = options.out_dir.join("throughput.svg");
+        plot(
+            &plot_path,
+            &pulls,
+            results.iter().find(|r| r.mode == "push"),
+        )?;
+        println!("wrote {}", plot_path.display());
+    }
+    Ok(())
+}
+
+fn plot(path: &Path, pulls: &[&CaseResult], push: Option<&CaseResult>) -> Result<(), BoxError> {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let max_batch = pulls.iter().map(|r| r.size).max().unwrap_or(1) as f64 * 1.5;
+    let max_rate = pulls
+        .iter()
+        .flat_map(|r| [r.raw, r.actor])
+        .chain(push.iter().flat_map(|r| [r.raw, r.actor]))
+        .fold(1.0, f64::max)
+        * 1.15;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Pull: msg/s against batch size (push shown at right, dashed)",
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d((0.8f64..max_batch).log_scale(), 0f64..max_rate)?;
+    chart
+        .configure_mesh()
+        .x_desc("batch size (log scale)")
+        .y_desc("messages per second")
+        .draw()?;
+    let raw: Vec<(f64, f64)> = pulls.iter().map(|r| (r.size as f64, r.raw)).collect();
+    let actor: Vec<(f64, f64)> = pulls.iter().map(|r| (r.size as f64, r.actor)).collect();
+    chart
+        .draw_series(LineSeries::new(raw.clone(), BLUE.stroke_width(2)))?
+        .label("raw async-nats")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+    chart.draw_series(raw.iter().map(|p| Circle::new(*p, 4, BLUE.filled())))?;
+    chart
+        .draw_series(LineSeries::new(actor.clone(), RED.stroke_width(2)))?
+        .label("ractor-jetstream")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+    chart.draw_series(actor.iter().map(|p| Circle::new(*p, 4, RED.filled())))?;
+    if let Some(push) = push {
+        for (rate, color) in [(push.raw, BLUE), (push.actor, RED)] {
+            chart.draw_series(DashedLineSeries::new(
+                vec![(0.8, rate), (max_batch, rate)],
+                6,
+                4,
+                color.stroke_width(1),
+            ))?;
+        }
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
