@@ -575,11 +575,35 @@ pub(crate) async fn drain_in_flight(
     report
 }
 
-/// Sleeps until `deadline`, or forever when there is none.
-pub(crate) async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
+/// A timer that is armed now and then and reused, so that waiting on a
+/// deadline does not register a new timer on every loop turn.
+pub(crate) struct Alarm {
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    armed: bool,
+}
+
+impl Alarm {
+    pub fn new() -> Self {
+        Self {
+            sleep: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
+            armed: false,
+        }
+    }
+
+    /// Fires at `at` (replacing any earlier arming).
+    pub fn arm(&mut self, at: tokio::time::Instant) {
+        self.sleep.as_mut().reset(at);
+        self.armed = true;
+    }
+
+    pub fn is_armed(&self) -> bool {
+        self.armed
+    }
+
+    /// Completes when the armed time comes; poll only while armed.
+    pub async fn fired(&mut self) {
+        self.sleep.as_mut().await;
+        self.armed = false;
     }
 }
 

@@ -208,6 +208,11 @@ impl InFlight {
         }
     }
 
+    /// A verdict that is already waiting, if any.
+    pub fn try_verdict(&mut self) -> Option<Settlement> {
+        self.settle_rx.try_recv().ok()
+    }
+
     /// Applies one verdict on the server. Returns what became of the
     /// delivery, or `None` for a stale token or an in-progress extension.
     pub async fn apply(&mut self, settlement: Settlement) -> Option<Settled> {
@@ -458,6 +463,15 @@ impl GuardedSubscription {
         match self.subscription.as_mut() {
             Some(subscription) => subscription.next().await,
             None => None,
+        }
+    }
+
+    /// A message that has already arrived: `Some(Some(_))`, `Some(None)` when
+    /// the subscription is closed, `None` when nothing is waiting.
+    pub fn try_next(&mut self) -> Option<Option<async_nats::Message>> {
+        match self.subscription.as_mut() {
+            Some(subscription) => subscription.next().now_or_never(),
+            None => Some(None),
         }
     }
 

@@ -26,14 +26,15 @@ use std::time::Duration;
 
 use async_nats::StatusCode;
 use async_nats::jetstream::consumer::{self, FromConsumer, pull};
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef};
 use tokio::time::Instant;
 
 use super::inflight::{ForwardError, InFlight};
 use super::{
-    ConsumerArgs, ConsumerMsg, ConsumerState, DrainReport, FetchOutcome, FetchRequest, WorkerCtl,
-    WorkerCtx, WorkerInbox, drain_in_flight, handle_child_msg, sleep_until_opt, start_child,
+    Alarm, ConsumerArgs, ConsumerMsg, ConsumerState, DrainReport, FetchOutcome, FetchRequest,
+    WorkerCtl, WorkerCtx, WorkerInbox, drain_in_flight, handle_child_msg, start_child,
 };
+use crate::delivery::Delivery;
 use crate::ensure::consumer_info;
 use crate::error::{Error, ServerErrorKind};
 use crate::spec::ConsumerMode;
@@ -132,14 +133,6 @@ struct Fetcher<'a> {
     in_flight: &'a mut InFlight,
 }
 
-/// How a pull request ended on the server's side.
-enum RequestEnd {
-    /// Still open: more messages may come.
-    Open,
-    /// Done (batch complete, no more messages, or expired).
-    Done { expired: bool },
-}
-
 impl Fetcher<'_> {
     /// Sends the pull request for what is still missing of a fetch.
     async fn send_request(
@@ -174,7 +167,7 @@ impl Fetcher<'_> {
         let ctx = self.ctx;
         ctx.counters.fetches.fetch_add(1, Ordering::Relaxed);
         let client = ctx.js.client();
-        let connects = client.statistics();
+        let statistics = client.statistics();
         let inbox_subject = client.new_inbox();
         let mut subscription = match client.subscribe(inbox_subject.clone()).await {
             Ok(subscription) => self.in_flight.guard(subscription),
@@ -187,7 +180,7 @@ impl Fetcher<'_> {
                 return Ok(None);
             }
         };
-        let mut connected = connects.connects.load(Ordering::Relaxed);
+        let mut connected = statistics.connects.load(Ordering::Relaxed);
         if let Err(err) = self
             .send_request(request.batch, request.expires, &inbox_subject)
             .await
@@ -196,21 +189,45 @@ impl Fetcher<'_> {
             return Ok(None);
         }
         let expires_at = Instant::now() + request.expires;
-        let mut give_up = expires_at + EXPIRY_GRACE;
-        let mut reconnect_check =
-            tokio::time::interval_at(Instant::now() + RECONNECT_CHECK, RECONNECT_CHECK);
-        let mut outcome = FetchOutcome::default();
-        let mut end = RequestEnd::Open;
-        // A failure that ends the child (it is restarted and binds again).
-        let mut failure: Option<Error> = None;
-        // A failure of this fetch only.
-        let mut refused: Option<Error> = None;
+        let mut give_up = Alarm::new();
+        give_up.arm(expires_at + EXPIRY_GRACE);
+        let mut reconnect_check = Alarm::new();
+        reconnect_check.arm(Instant::now() + RECONNECT_CHECK);
+        let mut decision_alarm = Alarm::new();
+        let mut state = FetchState {
+            batch: request.batch,
+            outcome: FetchOutcome::default(),
+            open: true,
+            expired: false,
+            failure: None,
+            refused: None,
+        };
         loop {
-            let open = matches!(end, RequestEnd::Open);
-            if !open && self.in_flight.live() == 0 {
+            // Do all the work that is ready before waiting: apply the
+            // decisions that came in, then forward what arrived.
+            while let Some(settlement) = self.in_flight.try_verdict() {
+                if let Some(settled) = self.in_flight.apply(settlement).await {
+                    state.outcome.record(settled);
+                }
+            }
+            while state.open {
+                match subscription.try_next() {
+                    Some(Some(message)) => {
+                        self.on_message(message, &inbox.target, &mut state).await
+                    }
+                    Some(None) => state.open = false,
+                    None => break,
+                }
+            }
+            if !state.open && self.in_flight.live() == 0 {
                 break;
             }
-            let decision_deadline = self.in_flight.next_deadline();
+            if !decision_alarm.is_armed()
+                && let Some(deadline) = self.in_flight.next_deadline()
+            {
+                decision_alarm.arm(deadline);
+            }
+            let open = state.open;
             tokio::select! {
                 biased;
                 control = inbox.control.recv() => match control {
@@ -231,91 +248,48 @@ impl Fetcher<'_> {
                 },
                 settlement = self.in_flight.next_verdict() => {
                     if let Some(settled) = self.in_flight.apply(settlement).await {
-                        outcome.record(settled);
+                        state.outcome.record(settled);
                     }
                 }
-                message = subscription.next(), if open => {
-                    let Some(message) = message else {
-                        end = RequestEnd::Done { expired: false };
-                        continue;
-                    };
-                    match message.status {
-                        None | Some(StatusCode::OK) => {
-                            match self.in_flight.forward(message, &inbox.target) {
-                                Ok(_) => outcome.delivered += 1,
-                                Err(ForwardError::TargetGone) => {
-                                    outcome.delivered += 1;
-                                    failure.get_or_insert(Error::Unavailable {
-                                        durable: ctx.durable.to_string(),
-                                        reason: "the target actor is not running".into(),
-                                    });
-                                }
-                                Err(ForwardError::NotJetStream) => {
-                                    tracing::warn!(durable = %ctx.durable, "ignored a message without JetStream metadata");
-                                }
-                            }
-                            crate::fault_point!("rj-pull-after-forward");
-                            if outcome.delivered >= request.batch {
-                                end = RequestEnd::Done { expired: false };
-                            }
-                        }
-                        Some(StatusCode::TIMEOUT) => end = RequestEnd::Done { expired: true },
-                        Some(StatusCode::NOT_FOUND) => end = RequestEnd::Done { expired: false },
-                        Some(StatusCode::IDLE_HEARTBEAT) => {}
-                        Some(status) => {
-                            let description = message.description.unwrap_or_default();
-                            tracing::debug!(durable = %ctx.durable, %status, %description, "pull request ended by the server");
-                            end = RequestEnd::Done { expired: false };
-                            let deleted = description.to_ascii_lowercase().contains("consumer deleted");
-                            if deleted || status == StatusCode::NO_RESPONDERS {
-                                match consumer_info(&ctx.js, &ctx.stream, &ctx.durable).await {
-                                    Ok(None) => {
-                                        failure.get_or_insert(Error::server(
-                                            self.op(),
-                                            ServerErrorKind::ConsumerNotFound,
-                                            "the durable consumer was deleted on the server",
-                                        ));
-                                    }
-                                    _ => {
-                                        refused.get_or_insert(Error::Unavailable {
-                                            durable: ctx.durable.to_string(),
-                                            reason: format!("the server answered {status} {description}"),
-                                        });
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-                _ = reconnect_check.tick(), if open => {
+                message = subscription.next(), if open => match message {
+                    Some(message) => self.on_message(message, &inbox.target, &mut state).await,
+                    None => state.open = false,
+                },
+                () = reconnect_check.fired(), if open => {
                     // A reconnect loses the pull request on the server: ask
                     // again for what is still missing, within what is left
                     // of `expires`.
-                    let now_connected = connects.connects.load(Ordering::Relaxed);
+                    let now_connected = statistics.connects.load(Ordering::Relaxed);
                     if now_connected != connected {
                         connected = now_connected;
                         let left = expires_at.saturating_duration_since(Instant::now());
-                        let missing = request.batch - outcome.delivered;
+                        let missing = state.batch - state.outcome.delivered;
                         if left < Duration::from_millis(10) {
-                            end = RequestEnd::Done { expired: true };
+                            state.end(true);
                         } else if self.send_request(missing, left, &inbox_subject).await.is_ok() {
                             tracing::debug!(durable = %ctx.durable, missing, "reconnected; pull request sent again");
-                            give_up = Instant::now() + left + EXPIRY_GRACE;
+                            give_up.arm(Instant::now() + left + EXPIRY_GRACE);
                         }
                     }
+                    reconnect_check.arm(Instant::now() + RECONNECT_CHECK);
                 }
-                _ = tokio::time::sleep_until(give_up), if open => {
+                () = give_up.fired(), if open => {
                     tracing::debug!(durable = %ctx.durable, "no end-of-request from the server; treating the fetch as expired");
-                    end = RequestEnd::Done { expired: true };
+                    state.end(true);
                 }
-                _ = sleep_until_opt(decision_deadline), if decision_deadline.is_some() => {
-                    outcome.timed_out += self.in_flight.expire_due(Instant::now()).await;
+                () = decision_alarm.fired(), if decision_alarm.is_armed() => {
+                    state.outcome.timed_out += self.in_flight.expire_due(Instant::now()).await;
                 }
             }
         }
-        if let RequestEnd::Done { expired } = end {
-            outcome.expired = expired;
-        }
+        let FetchState {
+            mut outcome,
+            expired,
+            failure,
+            refused,
+            ..
+        } = state;
+        outcome.expired = expired;
         if outcome.delivered == 0 && outcome.expired {
             ctx.counters.empty_fetches.fetch_add(1, Ordering::Relaxed);
         }
@@ -333,6 +307,89 @@ impl Fetcher<'_> {
                 request.answer(Ok(outcome));
                 Ok(None)
             }
+        }
+    }
+
+    /// Handles one message of a fetch's subscription: forwards a JetStream
+    /// message, or reads a status that ends the request.
+    async fn on_message(
+        &mut self,
+        message: async_nats::Message,
+        target: &DerivedActorRef<Delivery>,
+        state: &mut FetchState,
+    ) {
+        let ctx = self.ctx;
+        match message.status {
+            None | Some(StatusCode::OK) => {
+                match self.in_flight.forward(message, target) {
+                    Ok(_) => state.outcome.delivered += 1,
+                    Err(ForwardError::TargetGone) => {
+                        state.outcome.delivered += 1;
+                        state.failure.get_or_insert(Error::Unavailable {
+                            durable: ctx.durable.to_string(),
+                            reason: "the target actor is not running".into(),
+                        });
+                    }
+                    Err(ForwardError::NotJetStream) => {
+                        tracing::warn!(durable = %ctx.durable, "ignored a message without JetStream metadata");
+                    }
+                }
+                crate::fault_point!("rj-pull-after-forward");
+                if state.outcome.delivered >= state.batch {
+                    state.end(false);
+                }
+            }
+            Some(StatusCode::TIMEOUT) => state.end(true),
+            Some(StatusCode::NOT_FOUND) => state.end(false),
+            Some(StatusCode::IDLE_HEARTBEAT) => {}
+            Some(status) => {
+                let description = message.description.unwrap_or_default();
+                tracing::debug!(durable = %ctx.durable, %status, %description, "pull request ended by the server");
+                state.end(false);
+                let deleted = description
+                    .to_ascii_lowercase()
+                    .contains("consumer deleted");
+                if deleted || status == StatusCode::NO_RESPONDERS {
+                    match consumer_info(&ctx.js, &ctx.stream, &ctx.durable).await {
+                        Ok(None) => {
+                            state.failure.get_or_insert(Error::server(
+                                self.op(),
+                                ServerErrorKind::ConsumerNotFound,
+                                "the durable consumer was deleted on the server",
+                            ));
+                        }
+                        _ => {
+                            state.refused.get_or_insert(Error::Unavailable {
+                                durable: ctx.durable.to_string(),
+                                reason: format!("the server answered {status} {description}"),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Where one fetch stands.
+struct FetchState {
+    batch: usize,
+    outcome: FetchOutcome,
+    /// The pull request may still bring messages.
+    open: bool,
+    /// It ended because `expires` passed.
+    expired: bool,
+    /// A failure that ends the child (it is restarted and binds again).
+    failure: Option<Error>,
+    /// A failure of this fetch only.
+    refused: Option<Error>,
+}
+
+impl FetchState {
+    fn end(&mut self, expired: bool) {
+        if self.open {
+            self.open = false;
+            self.expired = expired;
         }
     }
 }
