@@ -502,16 +502,17 @@ async fn check_all_acked(js: &jetstream::Context, durable: &str, n: u64) -> Resu
 struct Target;
 
 /// The target's messages.
+#[allow(clippy::large_enum_variant)] // ractor boxes every message anyway
 pub enum TargetMsg {
     /// A delivery.
-    Delivery(Box<Delivery>),
+    Delivery(Delivery),
     /// Hand over the recorded latencies (µs).
     Latencies(RpcReplyPort<Vec<u32>>),
 }
 
 impl From<Delivery> for TargetMsg {
     fn from(delivery: Delivery) -> Self {
-        TargetMsg::Delivery(Box::new(delivery))
+        TargetMsg::Delivery(delivery)
     }
 }
 
@@ -519,7 +520,7 @@ impl TryFrom<TargetMsg> for Delivery {
     type Error = TargetMsg;
     fn try_from(msg: TargetMsg) -> Result<Self, TargetMsg> {
         match msg {
-            TargetMsg::Delivery(delivery) => Ok(*delivery),
+            TargetMsg::Delivery(delivery) => Ok(delivery),
             other => Err(other),
         }
     }

@@ -46,7 +46,6 @@
 //! ```
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::HeaderMap;
@@ -56,13 +55,10 @@ use tokio::sync::mpsc;
 use crate::error::{Error, FieldError, ValidationErrors};
 
 /// The server's metadata about one delivery, read from the message's
-/// `$JS.ACK` reply subject.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `$JS.ACK` reply subject. The stream and consumer names are on the
+/// [`Delivery`] ([`Delivery::stream`], [`Delivery::consumer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeliveryInfo {
-    /// The stream the message is stored in.
-    pub stream: Arc<str>,
-    /// The durable consumer that delivered it.
-    pub consumer: Arc<str>,
     /// The message's sequence in the stream.
     pub stream_sequence: u64,
     /// The delivery's sequence in the consumer (grows with redeliveries).
@@ -95,7 +91,7 @@ impl DeliveryInfo {
                 "not a JetStream $JS.ACK subject with numeric metadata",
             )))
         })?;
-        Ok(meta.into_info(Arc::from(meta.stream), Arc::from(meta.consumer)))
+        Ok(meta.into_info())
     }
 }
 
@@ -150,10 +146,8 @@ impl<'a> AckMeta<'a> {
         })
     }
 
-    pub fn into_info(self, stream: Arc<str>, consumer: Arc<str>) -> DeliveryInfo {
+    pub fn into_info(self) -> DeliveryInfo {
         DeliveryInfo {
-            stream,
-            consumer,
             stream_sequence: self.stream_sequence,
             consumer_sequence: self.consumer_sequence,
             delivered: self.delivered,
@@ -265,6 +259,23 @@ impl Delivery {
     /// The server's metadata about this delivery.
     pub fn info(&self) -> &DeliveryInfo {
         &self.info
+    }
+
+    /// The stream the message is stored in.
+    pub fn stream(&self) -> &str {
+        self.ack_meta().map_or("", |m| m.stream)
+    }
+
+    /// The durable consumer that delivered the message.
+    pub fn consumer(&self) -> &str {
+        self.ack_meta().map_or("", |m| m.consumer)
+    }
+
+    fn ack_meta(&self) -> Option<AckMeta<'_>> {
+        self.message
+            .reply
+            .as_ref()
+            .and_then(|reply| AckMeta::parse(reply.as_str()))
     }
 
     /// The stream sequence of the message (shorthand for

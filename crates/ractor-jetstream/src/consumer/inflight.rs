@@ -153,7 +153,7 @@ impl InFlight {
             return Err(ForwardError::NotJetStream);
         };
         let stream_sequence = meta.stream_sequence;
-        let info = meta.into_info(self.stream.clone(), self.consumer.clone());
+        let info = meta.into_info();
         let now = Instant::now();
         let deadline = now + self.decision_timeout;
         let index = match self.free.pop() {
