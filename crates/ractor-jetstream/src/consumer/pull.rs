@@ -71,6 +71,9 @@ impl Actor for PullConsumer {
 /// status before it considers the request lost.
 const EXPIRY_GRACE: Duration = Duration::from_secs(2);
 
+/// How many ready messages are forwarded before the worker yields.
+const FORWARD_BURST: usize = 16;
+
 /// How often an open fetch checks whether the connection was re-established
 /// (which loses the pull request on the server).
 const RECONNECT_CHECK: Duration = Duration::from_millis(200);
@@ -210,14 +213,21 @@ impl Fetcher<'_> {
                     state.outcome.record(settled);
                 }
             }
-            while state.open {
+            let mut forwarded = 0;
+            while state.open && forwarded < FORWARD_BURST {
                 match subscription.try_next() {
                     Some(Some(message)) => {
-                        self.on_message(message, &inbox.target, &mut state).await
+                        self.on_message(message, &inbox.target, &mut state).await;
+                        forwarded += 1;
                     }
                     Some(None) => state.open = false,
                     None => break,
                 }
+            }
+            if forwarded == FORWARD_BURST {
+                // Let the target (often scheduled on this same thread) start
+                // on what it got, so that deciding overlaps forwarding.
+                tokio::task::yield_now().await;
             }
             if !state.open && self.in_flight.live() == 0 {
                 break;
