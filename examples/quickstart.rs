@@ -1,109 +1,252 @@
-//! Quickstart: one message through JetStream, acknowledged only after it was
-//! processed.
+//! Quickstart: 10,000 orders through a supervised pull consumer and a push
+//! consumer, with a crash in the middle, and nothing lost.
 //!
-//! It creates a stream, publishes a message and waits for the server to
-//! confirm it is stored, reads it back through a durable pull consumer, acks
-//! it, and checks on the server that the consumer has nothing left pending.
-//! This is the at-least-once round trip that ractor-jetstream runs inside
-//! supervised actors; until the library's actors land, this example uses
-//! plain async-nats.
+//! It loads `examples/topology.toml` (one stream, a pull durable and a push
+//! durable on different subjects), starts the supervisor with one worker
+//! actor as the target of both, and publishes 10,000 orders. The worker
+//! nak's every 50th order the first time it sees it (so it comes back), and
+//! acks everything else. Halfway through, the pull consumer's child is
+//! killed: the supervisor restarts it, and it resumes from the durable
+//! consumer's position on the server. The last line is
+//! `quickstart: published=P acked=A redelivered=R restarts=K lost=0`.
 //!
-//! Run it with `cargo xtask demo` (installs nats-server into `.tools/` if
-//! needed), or `cargo run --example quickstart`, which starts a throwaway
-//! nats-server with nats-harness. To use your own server instead:
-//! `NATS_URL=nats://host:4222 cargo run --example quickstart` (several URLs
-//! may be given, comma-separated).
+//! Run it with `cargo xtask demo`, or `cargo run --example quickstart`,
+//! which start a throwaway nats-server. To use your own server:
+//! `NATS_URL=nats://host:4222 cargo run --example quickstart` (it creates,
+//! and deletes on start, its own stream `QUICKSTART_ORDERS`).
 
-use std::time::Duration;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer::pull, stream};
-use futures::StreamExt;
-use nats_harness::NatsServer;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor_jetstream::{Delivery, JetStreamSupervisor, SupervisorArgs, SupervisorMsg, Topology};
+
+const ORDERS: u64 = 10_000;
+
+/// What the worker has done, shared with `main` for the progress lines.
+#[derive(Default)]
+struct Tally {
+    acked: HashSet<u64>,
+    acked_pull: u64,
+    redelivered: u64,
+}
+
+/// The worker: processes an order, and decides.
+struct Worker;
+
+impl Actor for Worker {
+    type Msg = Delivery;
+    type State = Arc<Mutex<Tally>>;
+    type Arguments = Arc<Mutex<Tally>>;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<Delivery>,
+        tally: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(tally)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<Delivery>,
+        order: Delivery,
+        tally: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let first_time = order.info().delivered == 1;
+        let number: u64 = std::str::from_utf8(order.payload())?.parse()?;
+        // Every 50th order cannot be handled the first time: nak it, and it
+        // comes back.
+        if first_time && number.is_multiple_of(50) {
+            order.nak(None);
+            return Ok(());
+        }
+        let mut tally = tally.lock().map_err(|_| "tally lock poisoned")?;
+        if !first_time {
+            tally.redelivered += 1;
+        }
+        if tally.acked.insert(number) && order.consumer() == "fulfilment" {
+            tally.acked_pull += 1;
+        }
+        drop(tally);
+        order.ack();
+        Ok(())
+    }
+}
 
 #[tokio::main]
-async fn main() -> Result<(), async_nats::Error> {
-    // 1. Connect to NATS_URL when it is set, else to a throwaway local
-    //    server that lives until the end of `main`.
-    let (_local_server, urls) = match std::env::var("NATS_URL") {
-        Ok(list) => (
-            None,
-            list.split(',').map(|u| u.trim().to_string()).collect(),
-        ),
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // 1. The server: NATS_URL, or a throwaway one.
+    let (_server, url) = match std::env::var("NATS_URL") {
+        Ok(url) => (None, url),
         Err(_) => {
-            let server = NatsServer::start().await?;
+            let server = nats_harness::NatsServer::start().await?;
             let url = server.url();
-            (Some(server), vec![url])
+            (Some(server), url)
         }
     };
-    let client = async_nats::connect(urls.clone())
-        .await
-        .map_err(|e| format!("cannot connect to {}: {e}", urls.join(",")))?;
-    let js = jetstream::new(client);
-
-    // 2. A stream that stores every message published under `quickstart.>`.
-    let stream = js
-        .get_or_create_stream(stream::Config {
-            name: "QUICKSTART".into(),
-            subjects: vec!["quickstart.>".into()],
-            ..Default::default()
-        })
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(url.split(',').map(str::trim).collect::<Vec<_>>())
         .await?;
+    let js = async_nats::jetstream::new(client);
 
-    // 3. Publish, and wait for the server's acknowledgement: from here on the
-    //    message is stored, whatever happens to this process.
-    let stored = js
-        .publish("quickstart.greeting", "hello, JetStream".into())
-        .await?
-        .await?;
+    // 2. The topology, validated as a whole before anything is created.
+    let topology = Topology::from_path(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/topology.toml"
+    ))?;
+    // The demo's own stream starts empty on every run.
+    let _ = js.delete_stream("QUICKSTART_ORDERS").await;
 
-    // 4. A durable pull consumer: the server remembers how far it got, so a
-    //    restarted reader resumes after the last acknowledged message.
-    let consumer = stream
-        .get_or_create_consumer(
-            "quickstart",
-            pull::Config {
-                durable_name: Some("quickstart".into()),
-                ..Default::default()
-            },
-        )
-        .await?;
+    // 3. The worker, and the supervisor that makes the stream and both
+    //    durables exist and spawns their children.
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let (worker, _) = Actor::spawn(None, Worker, tally.clone()).await?;
+    let args = SupervisorArgs::new(js.clone(), topology).target("worker", worker.get_derived());
+    let (supervisor, _) =
+        Actor::spawn(Some("quickstart".into()), JetStreamSupervisor, args).await?;
+    println!("quickstart: supervisor up: pull durable `fulfilment`, push durable `audit`");
 
-    // 5. Fetch until our message arrives (on a long-lived server, older
-    //    unacknowledged messages may come first), acking each one only after
-    //    it was handled: here, printed.
-    let (payload, delivered) = loop {
-        let mut batch = consumer
-            .fetch()
-            .max_messages(1)
-            .expires(Duration::from_secs(5))
-            .messages()
-            .await?;
-        let message = batch
-            .next()
-            .await
-            .ok_or("no message arrived within 5 s")??;
-        let (sequence, delivered) = {
-            let info = message.info()?;
-            (info.stream_sequence, info.delivered)
+    // 4. Publish the orders: even ones to Europe (pull), odd ones to the US
+    //    (push), each confirmed stored by the server.
+    //    Acks are awaited a window at a time: the client bounds how many
+    //    may be outstanding.
+    let mut acks = Vec::new();
+    for number in 1..=ORDERS {
+        let region = if number.is_multiple_of(2) { "eu" } else { "us" };
+        acks.push(
+            js.publish(
+                format!("quickstart.orders.{region}"),
+                number.to_string().into(),
+            )
+            .await?,
+        );
+        if acks.len() == 500 || number == ORDERS {
+            for ack in acks.drain(..) {
+                ack.await?;
+            }
+        }
+    }
+    println!("quickstart: published {ORDERS} orders");
+
+    // 5. Fetch the Europe orders in batches, the way a worker that pulls
+    //    only when ready does. Kill the pull child halfway through.
+    let started = Instant::now();
+    let mut killed = false;
+    let mut resumed = false;
+    let mut last_progress = Instant::now();
+    loop {
+        let (acked, acked_pull, redelivered) = {
+            let tally = tally.lock().map_err(|_| "tally lock poisoned")?;
+            (
+                tally.acked.len() as u64,
+                tally.acked_pull,
+                tally.redelivered,
+            )
         };
-        let payload = String::from_utf8_lossy(&message.payload).into_owned();
-        // 6. Ack, and wait for the server to confirm it recorded the ack.
-        message.double_ack().await?;
-        if sequence == stored.sequence {
-            break (payload, delivered);
+        if acked == ORDERS {
+            break;
         }
-    };
+        if started.elapsed() > Duration::from_secs(50) {
+            return Err(format!("only {acked} of {ORDERS} orders acked after 50 s").into());
+        }
+        if !killed && acked_pull >= ORDERS / 4 {
+            killed = true;
+            let child = ractor::call_t!(
+                supervisor,
+                |reply| SupervisorMsg::Lookup {
+                    durable: "fulfilment".into(),
+                    reply
+                },
+                5_000
+            )?;
+            if let Some(child) = child {
+                println!(
+                    "quickstart: killing the pull child halfway (at {acked_pull} of {} Europe orders)",
+                    ORDERS / 2
+                );
+                child.kill();
+            }
+        }
+        if last_progress.elapsed() >= Duration::from_millis(50) {
+            last_progress = Instant::now();
+            println!("quickstart: {acked:>5}/{ORDERS} orders acked, {redelivered} redelivered");
+        }
+        // A fetch that a crash cuts off fails: with FetchInterrupted, or, when
+        // the child died before reading it, with its reply channel closed.
+        // Either way nothing is lost; fetch again.
+        let fetched = ractor::call_t!(
+            supervisor,
+            |reply| SupervisorMsg::Fetch {
+                durable: "fulfilment".into(),
+                batch: 100,
+                expires: Some(Duration::from_millis(200)),
+                reply
+            },
+            30_000
+        )
+        .map_err(|err| err.to_string())
+        .and_then(|result| result.map_err(|err| err.to_string()));
+        match fetched {
+            Ok(outcome) => {
+                if killed && !resumed && outcome.delivered > 0 {
+                    resumed = true;
+                    let floor = js
+                        .get_stream("QUICKSTART_ORDERS")
+                        .await?
+                        .consumer_info("fulfilment")
+                        .await?
+                        .ack_floor
+                        .stream_sequence;
+                    println!(
+                        "quickstart: the restarted pull child resumed from the durable's position (ack floor at stream sequence {floor}) and fetched {}",
+                        outcome.delivered
+                    );
+                }
+            }
+            // While the child restarts, the supervisor says so; try again.
+            Err(err) => {
+                println!("quickstart: fetch refused ({err}); retrying");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
 
-    // 7. Ask the server, not our own bookkeeping, whether anything is left.
-    let mut consumer = consumer;
-    let state = consumer.info().await?;
+    // 6. What the server says, and the summary.
+    let status = ractor::call_t!(supervisor, SupervisorMsg::Status, 5_000)?;
+    let restarts: u64 = status.children.iter().map(|c| c.restarts).sum();
+    for child in &status.children {
+        println!(
+            "quickstart: {} ({}) restarted {} time(s){}",
+            child.durable,
+            child.mode,
+            child.restarts,
+            child
+                .last_failure
+                .as_ref()
+                .map(|f| format!(", last stop: {f}"))
+                .unwrap_or_default()
+        );
+    }
+    let stream = js.get_stream("QUICKSTART_ORDERS").await?;
+    for durable in ["fulfilment", "audit"] {
+        let info = stream.consumer_info(durable).await?;
+        println!(
+            "quickstart: server: {durable}: {} pending, {} unacked, {} redelivered",
+            info.num_pending, info.num_ack_pending, info.num_redelivered
+        );
+    }
+    supervisor
+        .stop_and_wait(None, Some(Duration::from_secs(10)))
+        .await?;
+    let tally = tally.lock().map_err(|_| "tally lock poisoned")?;
+    let acked = tally.acked.len() as u64;
     println!(
-        "quickstart: {payload:?} stored as QUICKSTART #{}, delivered {delivered}x to durable \
-         \"quickstart\" and acked; server reports {} pending, {} awaiting ack ({})",
-        stored.sequence,
-        state.num_pending,
-        state.num_ack_pending,
-        urls.join(",")
+        "quickstart: published={ORDERS} acked={acked} redelivered={} restarts={restarts} lost={}",
+        tally.redelivered,
+        ORDERS - acked
     );
     Ok(())
 }

@@ -243,3 +243,43 @@ async fn chaos_at_a_small_size_loses_nothing() {
         assert!(stdout.contains("0 pending, 0 unacked"), "{stdout}");
     }
 }
+
+#[tokio::test]
+async fn quickstart_ends_with_nothing_lost() {
+    let bin = example_bin("quickstart");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(bin)
+            .env_remove("NATS_URL")
+            .output()
+            .expect("run quickstart")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(
+        output.status.success(),
+        "quickstart failed: {stderr}\n{stdout}"
+    );
+    let fields = last_line_fields(&stdout, "quickstart: ");
+    assert_eq!(fields["published"], 10_000, "{stdout}");
+    assert_eq!(fields["acked"], 10_000, "{stdout}");
+    assert_eq!(fields["lost"], 0, "{stdout}");
+    assert_eq!(
+        fields["redelivered"], 200,
+        "every 50th order is nak'ed once: {stdout}"
+    );
+    assert!(
+        fields["restarts"] >= 1,
+        "the pull child was killed and restarted: {stdout}"
+    );
+    assert!(
+        stdout.contains("resumed from the durable's position"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("fulfilment: 0 pending, 0 unacked"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("audit: 0 pending, 0 unacked"), "{stdout}");
+}
