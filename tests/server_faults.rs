@@ -531,3 +531,56 @@ async fn two_supervisors_share_one_durable_and_each_message_is_processed_once() 
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_pull_request_lost_to_a_reconnect_is_sent_again() {
+    let mut env = env().await;
+    create_stream(&env.js, "RESEND", &["resend.>"]).await;
+    let (_t, target, record) = acking_target().await;
+    let (child, _) = Actor::spawn(
+        None,
+        ractor_jetstream::PullConsumer,
+        ractor_jetstream::ConsumerArgs {
+            js: env.js.clone(),
+            spec: ConsumerSpec::pull("RESEND", "r", "t"),
+            target,
+        },
+    )
+    .await
+    .expect("pull child");
+    // A fetch that waits (nothing is there yet) while the server dies and
+    // comes back: its pull request is gone with the old server process.
+    let waiting = {
+        let child = child.clone();
+        tokio::spawn(async move { fetch(&child, 5, Duration::from_secs(8)).await })
+    };
+    wait_for_consumer(&env.js, "RESEND", "r", "the request is waiting", |i| {
+        i.num_waiting == 1
+    })
+    .await;
+    env.server.kill().await.expect("SIGKILL");
+    env.server.restart().await.expect("restart");
+    wait_until("the client reconnected", PATIENCE, || {
+        env.client.statistics().connects.load(Ordering::Relaxed) >= 2
+    })
+    .await;
+    wait_for_consumer(&env.js, "RESEND", "r", "the request was sent again", |i| {
+        i.num_waiting == 1
+    })
+    .await;
+    publish_retrying(&env.js, "resend.x", 0..3).await;
+    // The same fetch gets messages: the request was sent again. (It ends as
+    // soon as it has some.)
+    let outcome = waiting.await.expect("join").expect("fetch");
+    assert!(
+        outcome.delivered >= 1 && outcome.acked == outcome.delivered,
+        "{outcome:?}"
+    );
+    assert!(!outcome.expired, "{outcome:?}");
+    while record.distinct().len() < 3 {
+        fetch(&child, 5, Duration::from_millis(500))
+            .await
+            .expect("fetch");
+    }
+    assert_eq!(record.distinct(), (1..=3).collect::<BTreeSet<_>>());
+}

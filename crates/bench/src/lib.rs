@@ -144,6 +144,9 @@ pub struct CaseResult {
     pub peak_rss_mib: f64,
     /// Largest number of unsettled deliveries seen at once.
     pub max_in_flight: u64,
+    /// Median of the per-round ratios (each round's library run against
+    /// the raw run just before it, which share the machine's state).
+    pub paired_ratio: f64,
 }
 
 impl CaseResult {
@@ -158,7 +161,7 @@ impl CaseResult {
             "window"
         };
         format!(
-            "RESULT mode={} {size}={} raw_msgs_per_s={:.0} actor_msgs_per_s={:.0} ratio={:.3} p50_us={:.1} p99_us={:.1} peak_rss_mib={:.1} max_in_flight={} messages={}",
+            "RESULT mode={} {size}={} raw_msgs_per_s={:.0} actor_msgs_per_s={:.0} ratio={:.3} p50_us={:.1} p99_us={:.1} peak_rss_mib={:.1} max_in_flight={} messages={} paired_ratio={:.3}",
             self.mode,
             self.size,
             self.raw,
@@ -168,7 +171,8 @@ impl CaseResult {
             self.p99_us,
             self.peak_rss_mib,
             self.max_in_flight,
-            self.messages
+            self.messages,
+            self.paired_ratio
         )
     }
 }
@@ -293,6 +297,11 @@ async fn pull_case(
         }
         js.client().flush().await?;
         actor.push(n as f64 / started.elapsed().as_secs_f64());
+        eprintln!(
+            "round: pull batch={batch} raw={:.0} actor={:.0}",
+            raw[raw.len() - 1],
+            actor[actor.len() - 1]
+        );
         peak = peak.max(peak_rss_mib());
         max_in_flight = max_in_flight.max(sampler.stop().await);
         latencies.extend(probe.latencies(&target).await?);
@@ -301,10 +310,12 @@ async fn pull_case(
         target.stop(None);
     }
     let (p50, p99) = percentiles(&mut latencies);
+    let mut paired: Vec<f64> = actor.iter().zip(&raw).map(|(a, r)| a / r).collect();
     Ok(CaseResult {
         mode: "pull",
         size: batch,
         messages: n,
+        paired_ratio: median(&mut paired),
         raw: median(&mut raw),
         actor: median(&mut actor),
         p50_us: p50,
@@ -372,6 +383,12 @@ async fn push_case(js: &jetstream::Context, options: &Options) -> Result<CaseRes
         probe.wait_all().await?;
         js.client().flush().await?;
         actor.push(n as f64 / started.elapsed().as_secs_f64());
+        eprintln!(
+            "round: push window={} raw={:.0} actor={:.0}",
+            options.window,
+            raw[raw.len() - 1],
+            actor[actor.len() - 1]
+        );
         peak = peak.max(peak_rss_mib());
         max_in_flight = max_in_flight.max(sampler.stop().await);
         latencies.extend(probe.latencies(&target).await?);
@@ -380,10 +397,12 @@ async fn push_case(js: &jetstream::Context, options: &Options) -> Result<CaseRes
         target.stop(None);
     }
     let (p50, p99) = percentiles(&mut latencies);
+    let mut paired: Vec<f64> = actor.iter().zip(&raw).map(|(a, r)| a / r).collect();
     Ok(CaseResult {
         mode: "push",
         size: options.window,
         messages: n,
+        paired_ratio: median(&mut paired),
         raw: median(&mut raw),
         actor: median(&mut actor),
         p50_us: p50,
