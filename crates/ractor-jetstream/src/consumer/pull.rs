@@ -100,6 +100,7 @@ async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox) -> Result<(), Error> {
         ctx: &ctx,
         consumer: &consumer,
         in_flight: &mut in_flight,
+        alarm: Alarm::new(),
     };
     loop {
         tokio::select! {
@@ -134,6 +135,9 @@ struct Fetcher<'a> {
     ctx: &'a WorkerCtx,
     consumer: &'a consumer::Consumer<pull::Config>,
     in_flight: &'a mut InFlight,
+    /// One timer for every deadline of a fetch (expiry, reconnect check,
+    /// decision timeouts), reused from fetch to fetch.
+    alarm: Alarm,
 }
 
 impl Fetcher<'_> {
@@ -192,11 +196,9 @@ impl Fetcher<'_> {
             return Ok(None);
         }
         let expires_at = Instant::now() + request.expires;
-        let mut give_up = Alarm::new();
-        give_up.arm(expires_at + EXPIRY_GRACE);
-        let mut reconnect_check = Alarm::new();
-        reconnect_check.arm(Instant::now() + RECONNECT_CHECK);
-        let mut decision_alarm = Alarm::new();
+        let mut give_up = expires_at + EXPIRY_GRACE;
+        let mut next_check = Instant::now() + RECONNECT_CHECK;
+        self.alarm.disarm();
         let mut state = FetchState {
             batch: request.batch,
             outcome: FetchOutcome::default(),
@@ -232,10 +234,15 @@ impl Fetcher<'_> {
             if !state.open && self.in_flight.live() == 0 {
                 break;
             }
-            if !decision_alarm.is_armed()
-                && let Some(deadline) = self.in_flight.next_deadline()
-            {
-                decision_alarm.arm(deadline);
+            // The alarm is set for the earliest thing to check. It may go off
+            // early (a decision came in meanwhile); each check below looks
+            // at the clock.
+            let mut wake = self.in_flight.next_deadline();
+            if state.open {
+                wake = Some(wake.map_or(next_check, |w| w.min(next_check)).min(give_up));
+            }
+            if let Some(wake) = wake {
+                self.alarm.arm_if_earlier(wake);
             }
             let open = state.open;
             tokio::select! {
@@ -265,30 +272,31 @@ impl Fetcher<'_> {
                     Some(message) => self.on_message(message, &inbox.target, &mut state).await,
                     None => state.open = false,
                 },
-                () = reconnect_check.fired(), if open => {
-                    // A reconnect loses the pull request on the server: ask
-                    // again for what is still missing, within what is left
-                    // of `expires`.
-                    let now_connected = statistics.connects.load(Ordering::Relaxed);
-                    if now_connected != connected {
-                        connected = now_connected;
-                        let left = expires_at.saturating_duration_since(Instant::now());
-                        let missing = state.batch - state.outcome.delivered;
-                        if left < Duration::from_millis(10) {
-                            state.end(true);
-                        } else if self.send_request(missing, left, &inbox_subject).await.is_ok() {
-                            tracing::debug!(durable = %ctx.durable, missing, "reconnected; pull request sent again");
-                            give_up.arm(Instant::now() + left + EXPIRY_GRACE);
+                () = self.alarm.fired(), if self.alarm.is_armed() => {
+                    let now = Instant::now();
+                    state.outcome.timed_out += self.in_flight.expire_due(now).await;
+                    if state.open && now >= next_check {
+                        next_check = now + RECONNECT_CHECK;
+                        // A reconnect loses the pull request on the server:
+                        // ask again for what is still missing, within what
+                        // is left of `expires`.
+                        let now_connected = statistics.connects.load(Ordering::Relaxed);
+                        if now_connected != connected {
+                            connected = now_connected;
+                            let left = expires_at.saturating_duration_since(now);
+                            let missing = state.batch - state.outcome.delivered;
+                            if left < Duration::from_millis(10) {
+                                state.end(true);
+                            } else if self.send_request(missing, left, &inbox_subject).await.is_ok() {
+                                tracing::debug!(durable = %ctx.durable, missing, "reconnected; pull request sent again");
+                                give_up = Instant::now() + left + EXPIRY_GRACE;
+                            }
                         }
                     }
-                    reconnect_check.arm(Instant::now() + RECONNECT_CHECK);
-                }
-                () = give_up.fired(), if open => {
-                    tracing::debug!(durable = %ctx.durable, "no end-of-request from the server; treating the fetch as expired");
-                    state.end(true);
-                }
-                () = decision_alarm.fired(), if decision_alarm.is_armed() => {
-                    state.outcome.timed_out += self.in_flight.expire_due(Instant::now()).await;
+                    if state.open && now >= give_up {
+                        tracing::debug!(durable = %ctx.durable, "no end-of-request from the server; treating the fetch as expired");
+                        state.end(true);
+                    }
                 }
             }
         }
