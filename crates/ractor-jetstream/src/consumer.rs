@@ -24,6 +24,7 @@
 //! instead of after `ack_wait`. A caller whose fetch was cut off gets
 //! [`Error::FetchInterrupted`].
 
+pub(crate) mod dead_letter;
 pub(crate) mod inflight;
 pub mod pull;
 pub mod push;
@@ -193,6 +194,8 @@ pub struct ConsumerStats {
     pub empty_fetches: u64,
     /// Push subscriptions rebuilt after missed heartbeats.
     pub resubscribes: u64,
+    /// Terminated messages first published to the dead-letter subject.
+    pub dead_lettered: u64,
 }
 
 /// Lock-free counters shared by a child and its worker.
@@ -207,6 +210,7 @@ pub(crate) struct Counters {
     pub fetches: AtomicU64,
     pub empty_fetches: AtomicU64,
     pub resubscribes: AtomicU64,
+    pub dead_lettered: AtomicU64,
 }
 
 impl Counters {
@@ -243,6 +247,7 @@ impl Counters {
             fetches: get(&self.fetches),
             empty_fetches: get(&self.empty_fetches),
             resubscribes: get(&self.resubscribes),
+            dead_lettered: get(&self.dead_lettered),
         }
     }
 }
@@ -313,6 +318,27 @@ pub(crate) struct WorkerCtx {
     pub stream: Arc<str>,
     pub durable: Arc<str>,
     pub counters: Arc<Counters>,
+}
+
+impl WorkerCtx {
+    /// The worker's in-flight registry.
+    pub fn in_flight(&self) -> inflight::InFlight {
+        let dead_letters = dead_letter::DeadLetters::new(
+            self.js.clone(),
+            self.stream.clone(),
+            self.durable.clone(),
+            self.spec.dead_letter_subject.clone(),
+            self.spec.max_deliver,
+        );
+        inflight::InFlight::new(
+            self.js.client(),
+            self.stream.clone(),
+            self.durable.clone(),
+            self.spec.effective_decision_timeout(),
+            self.counters.clone(),
+            dead_letters,
+        )
+    }
 }
 
 /// The channels a worker listens on.

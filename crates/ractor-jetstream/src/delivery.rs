@@ -295,6 +295,54 @@ impl Delivery {
         &self.span
     }
 
+    /// Decodes the payload as JSON into `T`.
+    ///
+    /// ```
+    /// # fn demo(delivery: ractor_jetstream::Delivery) {
+    /// #[derive(serde::Deserialize)]
+    /// struct Order { id: u64 }
+    /// match delivery.json::<Order>() {
+    ///     Ok(order) => { println!("order {}", order.id); delivery.ack() }
+    ///     Err(err) => delivery.term(err.to_string()),
+    /// }
+    /// # }
+    /// ```
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_json::from_slice(&self.message.payload).map_err(|err| Error::Decode {
+            type_name: std::any::type_name::<T>(),
+            stream_sequence: self.info.stream_sequence,
+            detail: err.to_string(),
+        })
+    }
+
+    /// Decodes the payload as JSON into `T`, or, when it does not decode,
+    /// terms the delivery with the reason (so it goes to the dead-letter
+    /// subject when one is configured) and returns `None`.
+    ///
+    /// ```
+    /// # use ractor_jetstream::Delivery;
+    /// #[derive(serde::Deserialize)]
+    /// struct Order { id: u64 }
+    ///
+    /// fn handle(delivery: Delivery) {
+    ///     let Some((order, delivery)) = delivery.json_or_term::<Order>() else {
+    ///         return; // termed: it was not an Order
+    ///     };
+    ///     println!("order {}", order.id);
+    ///     delivery.ack();
+    /// }
+    /// ```
+    pub fn json_or_term<T: serde::de::DeserializeOwned>(self) -> Option<(T, Delivery)> {
+        match self.json() {
+            Ok(value) => Some((value, self)),
+            Err(err) => {
+                tracing::debug!(parent: &self.span, error = %err, "payload does not decode; terminating");
+                self.term(err.to_string());
+                None
+            }
+        }
+    }
+
     /// Processed: acknowledge it; it is never delivered again.
     pub fn ack(self) {
         self.decide(Decision::Ack);

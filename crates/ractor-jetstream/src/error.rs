@@ -132,6 +132,17 @@ pub enum Error {
         durable: String,
     },
 
+    /// A payload did not decode into the expected type.
+    #[error("stream sequence {stream_sequence} does not decode as {type_name}: {detail}")]
+    Decode {
+        /// The type it should have decoded into.
+        type_name: &'static str,
+        /// The message's stream sequence.
+        stream_sequence: u64,
+        /// What the decoder said.
+        detail: String,
+    },
+
     /// A call to the NATS server failed.
     #[error("{op}: {kind}: {detail}")]
     Server {

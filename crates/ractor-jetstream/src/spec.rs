@@ -468,6 +468,12 @@ pub struct ConsumerSpec {
     /// Whether the child is restarted when it stops (default: permanent).
     #[serde(default, skip_serializing_if = "is_default")]
     pub restart: RestartKind,
+    /// Where poison messages go before they are terminated: a message the
+    /// target terms, and one whose last allowed delivery (`max_deliver`)
+    /// fails. A stream must capture this subject (the publish is confirmed
+    /// before the term); the consumer itself must not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_subject: Option<String>,
     /// A description shown by the server's tools.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
@@ -498,6 +504,7 @@ impl Default for ConsumerSpec {
             max_in_flight: None,
             idle_heartbeat: None,
             restart: RestartKind::default(),
+            dead_letter_subject: None,
             description: None,
         }
     }
@@ -630,6 +637,27 @@ impl ConsumerSpec {
                 show_duration(decision),
                 format!("must be below ack_wait ({})", show_duration(ack_wait)),
             );
+        }
+        if let Some(subject) = &self.dead_letter_subject {
+            check_subject(&field("dead_letter_subject"), subject, errors);
+            if subject.contains(['*', '>']) {
+                errors.add(
+                    field("dead_letter_subject"),
+                    quoted(subject),
+                    "may not contain wildcards",
+                );
+            }
+            if self
+                .filter_subjects
+                .iter()
+                .any(|f| subject_is_subset(subject, f))
+            {
+                errors.add(
+                    field("dead_letter_subject"),
+                    quoted(subject),
+                    "this consumer's own filter captures it: dead letters would come back to it",
+                );
+            }
         }
         if let StartPosition::Sequence(0) = self.start {
             errors.add(field("start"), "sequence 0", "stream sequences start at 1");
@@ -875,6 +903,19 @@ pub(crate) fn check_filters_covered(
     stream: &StreamSpec,
     errors: &mut ValidationErrors,
 ) {
+    if let Some(subject) = &consumer.dead_letter_subject
+        && consumer.filter_subjects.is_empty()
+        && stream.covers(subject)
+    {
+        errors.add(
+            join_field(at, "dead_letter_subject"),
+            quoted(subject),
+            format!(
+                "stream `{}` captures it and this consumer reads the whole stream: dead letters would come back to it",
+                stream.name
+            ),
+        );
+    }
     for (j, filter) in consumer.filter_subjects.iter().enumerate() {
         if is_valid_subject(filter) && !stream.covers(filter) {
             errors.add(

@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::Counters;
+use super::dead_letter::DeadLetters;
 use crate::delivery::{AckMeta, Decision, Delivery, Settlement, Token, Verdict};
 
 /// What became of one delivery, for the tally of a fetch.
@@ -49,6 +50,7 @@ pub(crate) enum ForwardError {
 struct Entry {
     reply: Subject,
     stream_sequence: u64,
+    delivered: u64,
     deadline: Instant,
 }
 
@@ -70,6 +72,7 @@ pub(crate) struct InFlight {
     deadlines: VecDeque<(Instant, Token)>,
     decision_timeout: Duration,
     counters: Arc<Counters>,
+    dead_letters: DeadLetters,
 }
 
 /// The token of an unread message handed over by a subscription guard.
@@ -108,6 +111,7 @@ impl InFlight {
         consumer: Arc<str>,
         decision_timeout: Duration,
         counters: Arc<Counters>,
+        dead_letters: DeadLetters,
     ) -> Self {
         let (settle_tx, settle_rx) = mpsc::unbounded_channel();
         Self {
@@ -122,6 +126,7 @@ impl InFlight {
             deadlines: VecDeque::new(),
             decision_timeout,
             counters,
+            dead_letters,
         }
     }
 
@@ -153,6 +158,7 @@ impl InFlight {
             return Err(ForwardError::NotJetStream);
         };
         let stream_sequence = meta.stream_sequence;
+        let delivered = meta.delivered;
         let info = meta.into_info();
         let now = Instant::now();
         let deadline = now + self.decision_timeout;
@@ -167,6 +173,7 @@ impl InFlight {
         slot.entry = Some(Entry {
             reply,
             stream_sequence,
+            delivered,
             deadline,
         });
         let token = token(index, slot.generation);
@@ -244,10 +251,105 @@ impl InFlight {
         };
         self.current_mut(token)?;
         let entry = self.release(split(token).0)?;
-        tracing::trace!(stream_sequence = entry.stream_sequence, ?settled, "settled");
-        self.publish(entry.reply, decision_payload(&decision)).await;
-        self.counters.record(settled);
+        let settled = self.finish(entry, decision, settled).await;
         Some(settled)
+    }
+
+    /// Applies a decision on a released entry; a term may become a dead
+    /// letter, and a failed last delivery a term (see [`DeadLetters`]).
+    async fn finish(&mut self, entry: Entry, decision: Decision, settled: Settled) -> Settled {
+        let (payload, settled) = match decision {
+            Decision::Term(reason) if self.dead_letters.enabled() => {
+                let why = reason
+                    .clone()
+                    .unwrap_or_else(|| "terminated by the target".into());
+                self.dead_letter(&entry, &why, Decision::Term(reason), settled)
+                    .await
+            }
+            Decision::Nak(_) if self.dead_letters.last_delivery(entry.delivered).is_some() => {
+                let max = self
+                    .dead_letters
+                    .last_delivery(entry.delivered)
+                    .unwrap_or_default();
+                let how = match settled {
+                    Settled::Abandoned => "dropped without a decision",
+                    Settled::TimedOut => "not decided within the decision timeout",
+                    _ => "nak'ed",
+                };
+                let reason = format!("max_deliver ({max}) reached and the last delivery was {how}");
+                if self.dead_letters.enabled() {
+                    self.dead_letter(
+                        &entry,
+                        &reason,
+                        Decision::Term(Some(reason.clone())),
+                        settled,
+                    )
+                    .await
+                } else {
+                    tracing::warn!(
+                        stream = %self.stream,
+                        durable = %self.consumer,
+                        stream_sequence = entry.stream_sequence,
+                        %reason,
+                        "terminated (no dead-letter subject is configured)"
+                    );
+                    (
+                        decision_payload(&Decision::Term(Some(reason))),
+                        Settled::Termed,
+                    )
+                }
+            }
+            other => (decision_payload(&other), settled),
+        };
+        tracing::trace!(stream_sequence = entry.stream_sequence, ?settled, "settled");
+        self.publish(entry.reply, payload).await;
+        self.counters.record(settled);
+        settled
+    }
+
+    /// Publishes the message to the dead-letter subject, then settles it
+    /// with `then`; if the dead letter is not confirmed, nak's it instead.
+    async fn dead_letter(
+        &self,
+        entry: &Entry,
+        why: &str,
+        then: Decision,
+        settled: Settled,
+    ) -> (Bytes, Settled) {
+        match self
+            .dead_letters
+            .send(entry.stream_sequence, entry.delivered, why)
+            .await
+        {
+            Ok(()) => {
+                self.counters
+                    .dead_lettered
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(
+                    stream = %self.stream,
+                    durable = %self.consumer,
+                    stream_sequence = entry.stream_sequence,
+                    reason = %why,
+                    "dead-lettered"
+                );
+                (decision_payload(&then), Settled::Termed)
+            }
+            Err(err) => {
+                tracing::error!(
+                    stream = %self.stream,
+                    durable = %self.consumer,
+                    stream_sequence = entry.stream_sequence,
+                    error = %err,
+                    "could not dead-letter; nak'ed instead"
+                );
+                let settled = if settled == Settled::Termed {
+                    Settled::Naked
+                } else {
+                    settled
+                };
+                (Bytes::from_static(NAK), settled)
+            }
+        }
     }
 
     /// The entry a token names, unless it was settled already.
@@ -287,10 +389,9 @@ impl InFlight {
         })
     }
 
-    /// Nak's every delivery whose decision timeout has passed. Returns how
-    /// many.
-    pub async fn expire_due(&mut self, now: Instant) -> usize {
-        let mut expired = 0;
+    /// Nak's every delivery whose decision timeout has passed (or terms it,
+    /// when it was its last allowed delivery), reporting each to `record`.
+    pub async fn expire_due(&mut self, now: Instant, mut record: impl FnMut(Settled)) {
         while let Some(deadline) = self.next_deadline() {
             if deadline > now {
                 break;
@@ -306,12 +407,12 @@ impl InFlight {
                     stream_sequence = entry.stream_sequence,
                     "no decision within the decision timeout; nak'ed"
                 );
-                self.publish(entry.reply, Bytes::from_static(NAK)).await;
-                self.counters.record(Settled::TimedOut);
-                expired += 1;
+                record(
+                    self.finish(entry, Decision::Nak(None), Settled::TimedOut)
+                        .await,
+                );
             }
         }
-        expired
     }
 
     /// Nak's every delivery still out (used by drain). Returns how many.

@@ -89,13 +89,7 @@ async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox) -> Result<(), Error> {
             )
         })?;
     let consumer = consumer::Consumer::new(config, ctx.info.clone(), ctx.js.clone());
-    let mut in_flight = InFlight::new(
-        ctx.js.client(),
-        ctx.stream.clone(),
-        ctx.durable.clone(),
-        ctx.spec.effective_decision_timeout(),
-        ctx.counters.clone(),
-    );
+    let mut in_flight = ctx.in_flight();
     let mut fetcher = Fetcher {
         ctx: &ctx,
         consumer: &consumer,
@@ -274,7 +268,7 @@ impl Fetcher<'_> {
                 },
                 () = self.alarm.fired(), if self.alarm.is_armed() => {
                     let now = Instant::now();
-                    state.outcome.timed_out += self.in_flight.expire_due(now).await;
+                    self.in_flight.expire_due(now, |settled| state.outcome.record(settled)).await;
                     if state.open && now >= next_check {
                         next_check = now + RECONNECT_CHECK;
                         // A reconnect loses the pull request on the server:

@@ -82,13 +82,7 @@ async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox) -> Result<(), Error> {
         )
     })?;
     let client = ctx.js.client();
-    let in_flight = InFlight::new(
-        client.clone(),
-        ctx.stream.clone(),
-        ctx.durable.clone(),
-        ctx.spec.effective_decision_timeout(),
-        ctx.counters.clone(),
-    );
+    let in_flight = ctx.in_flight();
     let group = ctx.info.config.deliver_group.clone();
     let subscription =
         in_flight.guard(subscribe(&ctx, &client, &deliver_subject, group.as_deref()).await?);
@@ -185,7 +179,7 @@ impl Pump<'_> {
                     heartbeat_alarm.arm(Instant::now() + self.heartbeat_grace());
                 }
                 () = decision_alarm.fired(), if decision_alarm.is_armed() => {
-                    self.in_flight.expire_due(Instant::now()).await;
+                    self.in_flight.expire_due(Instant::now(), |_| {}).await;
                 }
             }
         }

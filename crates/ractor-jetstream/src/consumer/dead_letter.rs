@@ -1,0 +1,105 @@
+//! Poison messages: dead letters and the last delivery.
+//!
+//! A message that cannot be processed must end somewhere defined, never
+//! vanish. Two cases:
+//!
+//! - The target terms it ([`Delivery::term`](crate::Delivery::term), or
+//!   [`Delivery::json_or_term`](crate::Delivery::json_or_term) on a payload
+//!   that does not decode).
+//! - Its last allowed delivery (`max_deliver`) fails: nak'ed, dropped, or
+//!   not decided in time. A nak then would make the server drop it
+//!   silently, so the child terms it instead, with the reason.
+//!
+//! When the consumer spec sets `dead_letter_subject`, the original message
+//! (read back from the stream by its sequence) is first published there,
+//! with its own headers plus `Nats-DLQ-Stream`, `Nats-DLQ-Consumer`,
+//! `Nats-DLQ-Subject`, `Nats-DLQ-Sequence`, `Nats-DLQ-Delivered` and
+//! `Nats-DLQ-Error`. That publish must be confirmed by a stream capturing
+//! the subject before the term is sent; if it is not, the message is nak'ed
+//! instead (and comes back), so nothing is lost.
+
+use std::sync::Arc;
+
+use async_nats::{HeaderMap, jetstream};
+
+/// Where poison messages go, and when a delivery is the last one.
+pub(crate) struct DeadLetters {
+    js: jetstream::Context,
+    stream: Arc<str>,
+    consumer: Arc<str>,
+    subject: Option<String>,
+    max_deliver: Option<u64>,
+}
+
+impl DeadLetters {
+    pub fn new(
+        js: jetstream::Context,
+        stream: Arc<str>,
+        consumer: Arc<str>,
+        subject: Option<String>,
+        max_deliver: Option<i64>,
+    ) -> Self {
+        Self {
+            js,
+            stream,
+            consumer,
+            subject,
+            max_deliver: max_deliver
+                .and_then(|m| u64::try_from(m).ok())
+                .filter(|m| *m > 0),
+        }
+    }
+
+    /// Whether a dead-letter subject is configured.
+    pub fn enabled(&self) -> bool {
+        self.subject.is_some()
+    }
+
+    /// The `max_deliver` limit, when the delivery `delivered` is the last
+    /// one it allows.
+    pub fn last_delivery(&self, delivered: u64) -> Option<u64> {
+        self.max_deliver.filter(|max| delivered >= *max)
+    }
+
+    /// Publishes the message with this stream sequence to the dead-letter
+    /// subject and waits for the server to confirm it is stored.
+    pub async fn send(&self, sequence: u64, delivered: u64, error: &str) -> Result<(), String> {
+        let Some(subject) = &self.subject else {
+            return Err("no dead-letter subject is configured".into());
+        };
+        let stream = self
+            .js
+            .get_stream_no_info(self.stream.as_ref())
+            .await
+            .map_err(|e| format!("cannot open stream {}: {e}", self.stream))?;
+        let original = stream
+            .get_raw_message(sequence)
+            .await
+            .map_err(|e| format!("cannot read stream sequence {sequence} back: {e}"))?;
+        let mut headers = HeaderMap::new();
+        for (name, values) in original.headers.iter() {
+            for value in values {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        headers.insert("Nats-DLQ-Stream", self.stream.as_ref());
+        headers.insert("Nats-DLQ-Consumer", self.consumer.as_ref());
+        headers.insert("Nats-DLQ-Subject", original.subject.as_str());
+        headers.insert("Nats-DLQ-Sequence", sequence.to_string().as_str());
+        headers.insert("Nats-DLQ-Delivered", delivered.to_string().as_str());
+        headers.insert("Nats-DLQ-Error", one_line(error).as_str());
+        let ack = self
+            .js
+            .publish_with_headers(subject.clone(), headers, original.payload)
+            .await
+            .map_err(|e| format!("cannot publish to {subject}: {e}"))?;
+        ack.await
+            .map_err(|e| format!("{subject} did not confirm the dead letter: {e}"))?;
+        Ok(())
+    }
+}
+
+/// Header values are one line.
+fn one_line(text: &str) -> String {
+    text.replace(['\r', '\n'], " ")
+}
