@@ -283,3 +283,84 @@ async fn quickstart_ends_with_nothing_lost() {
     );
     assert!(stdout.contains("audit: 0 pending, 0 unacked"), "{stdout}");
 }
+
+/// Runs an example against its own embedded server; returns its stdout.
+async fn run_embedded(name: &'static str, args: &'static [&'static str]) -> String {
+    let bin = example_bin(name);
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(bin)
+            .args(args)
+            .env_remove("NATS_URL")
+            .output()
+            .expect("run example")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(output.status.success(), "{name} failed: {stderr}\n{stdout}");
+    stdout
+}
+
+#[tokio::test]
+async fn scale_out_with_two_workers_shares_the_work_and_loses_nothing() {
+    let stdout = run_embedded("scale_out", &["--workers", "2", "--messages", "3000"]).await;
+    let fields = last_line_fields_loose(&stdout, "scale_out: ");
+    assert_eq!(fields["published"], "3000", "{stdout}");
+    assert_eq!(fields["processed"], "3000", "{stdout}");
+    assert_eq!(fields["lost"], "0", "{stdout}");
+    assert_eq!(fields["duplicates"], "0", "{stdout}");
+    let split: Vec<u64> = fields["split"]
+        .split(',')
+        .map(|n| n.parse().expect("count"))
+        .collect();
+    assert_eq!(split.len(), 2);
+    assert_eq!(split.iter().sum::<u64>(), 3000);
+    assert!(
+        split.iter().all(|n| *n > 0),
+        "both workers got work: {split:?}"
+    );
+    assert!(
+        stdout.contains("ack floor 3000, 0 pending, 0 unacked"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn push_pipeline_acks_only_after_the_second_stage() {
+    let stdout = run_embedded("push_pipeline", &["--messages", "1500"]).await;
+    let fields = last_line_fields(&stdout, "push_pipeline: ");
+    assert_eq!(
+        (fields["published"], fields["stored"], fields["acked"]),
+        (1500, 1500, 1500),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn typed_terms_and_dead_letters_what_does_not_decode() {
+    let stdout = run_embedded("typed", &[]).await;
+    let fields = last_line_fields(&stdout, "typed: ");
+    assert_eq!(
+        (
+            fields["published"],
+            fields["decoded"],
+            fields["dead_lettered"]
+        ),
+        (5, 2, 3),
+        "{stdout}"
+    );
+    assert!(stdout.contains("missing field `quantity`"), "{stdout}");
+}
+
+/// Like `last_line_fields`, for values that are not all numbers.
+fn last_line_fields_loose(stdout: &str, prefix: &str) -> BTreeMap<String, String> {
+    let line = stdout.lines().last().unwrap_or_default();
+    let rest = line
+        .strip_prefix(prefix)
+        .unwrap_or_else(|| panic!("last line {line:?} lacks {prefix:?}"));
+    rest.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}

@@ -1,0 +1,192 @@
+//! Scale out: several workers bind one durable pull consumer and share its
+//! work; none of it is lost and none is done twice.
+//!
+//! Each worker is what would be its own process in production: its own
+//! connection, its own `JetStreamSupervisor` (named `worker-<i>`, since
+//! actor names are unique within one process), its own target actor and its
+//! own fetch loop. They all bind the same durable by name, so the server
+//! hands each message to one of them. The run prints how the messages
+//! split, and checks every one was processed.
+//!
+//! ```text
+//! cargo run --example scale_out -- [--workers N] [--messages M]
+//! ```
+//!
+//! It uses `NATS_URL` when set, or an embedded server. The last line is
+//! `scale_out: published=M processed=P workers=N split=a,b,... lost=L duplicates=D`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor_jetstream::{
+    ConsumerSpec, Delivery, JetStreamSupervisor, StreamSpec, SupervisorArgs, SupervisorMsg,
+    Topology,
+};
+
+/// Every worker records which stream sequences it processed.
+type Ledger = Arc<Mutex<HashMap<u64, Vec<usize>>>>;
+
+struct Worker;
+
+impl Actor for Worker {
+    type Msg = Delivery;
+    type State = (usize, Ledger);
+    type Arguments = (usize, Ledger);
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<Delivery>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<Delivery>,
+        job: Delivery,
+        (me, ledger): &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        ledger
+            .lock()
+            .map_err(|_| "ledger lock poisoned")?
+            .entry(job.stream_sequence())
+            .or_default()
+            .push(*me);
+        job.ack();
+        Ok(())
+    }
+}
+
+fn parse_args() -> Result<(usize, u64), String> {
+    let (mut workers, mut messages) = (3usize, 3000u64);
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let n: u64 = value
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("{flag} must be a positive integer, got {value:?}"))?;
+        match flag.as_str() {
+            "--workers" => workers = n as usize,
+            "--messages" => messages = n,
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?}; usage: scale_out [--workers N] [--messages M]"
+                ));
+            }
+        }
+    }
+    Ok((workers, messages))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let (workers, messages) = parse_args()?;
+
+    // 1. The server: NATS_URL, or an embedded one. The stream starts empty.
+    let (_server, url) = match std::env::var("NATS_URL") {
+        Ok(url) => (None, url),
+        Err(_) => {
+            let server = nats_harness::NatsServer::start().await?;
+            let url = server.url();
+            (Some(server), url)
+        }
+    };
+    let js = async_nats::jetstream::new(async_nats::connect(&url).await?);
+    let _ = js.delete_stream("JOBS").await;
+    let topology = Topology::new()
+        .stream(StreamSpec::new("JOBS", ["jobs.>"]))
+        .consumer(ConsumerSpec::pull("JOBS", "shared", "worker"));
+
+    // 2. The workers: each its own connection, supervisor and target.
+    let ledger: Ledger = Arc::default();
+    let mut supervisors = Vec::new();
+    for i in 0..workers {
+        let js = async_nats::jetstream::new(async_nats::connect(&url).await?);
+        let (worker, _) = Actor::spawn(None, Worker, (i, ledger.clone())).await?;
+        let args = SupervisorArgs::new(js, topology.clone()).target("worker", worker.get_derived());
+        let (supervisor, _) =
+            Actor::spawn(Some(format!("worker-{i}")), JetStreamSupervisor, args).await?;
+        supervisors.push(supervisor);
+    }
+
+    // 3. Publish the jobs.
+    let mut acks = Vec::new();
+    for i in 0..messages {
+        acks.push(js.publish("jobs.new", i.to_string().into()).await?);
+        if acks.len() == 500 {
+            for ack in acks.drain(..) {
+                ack.await?;
+            }
+        }
+    }
+    for ack in acks {
+        ack.await?;
+    }
+
+    // 4. Every worker fetches in its own loop until all jobs are done.
+    let started = Instant::now();
+    let loops: Vec<_> = supervisors
+        .iter()
+        .cloned()
+        .map(|supervisor| {
+            let ledger = ledger.clone();
+            tokio::spawn(async move {
+                while ledger
+                    .lock()
+                    .map(|l| (l.len() as u64) < messages)
+                    .unwrap_or(false)
+                    && started.elapsed() < Duration::from_secs(60)
+                {
+                    let _ = supervisor
+                        .call(
+                            |reply| SupervisorMsg::Fetch {
+                                durable: "shared".into(),
+                                batch: 50,
+                                expires: Some(Duration::from_millis(200)),
+                                reply,
+                            },
+                            Some(Duration::from_secs(10)),
+                        )
+                        .await;
+                }
+            })
+        })
+        .collect();
+    for handle in loops {
+        handle.await?;
+    }
+
+    // 5. How the work split, and whether any was lost or done twice.
+    let ledger = ledger.lock().map_err(|_| "ledger lock poisoned")?;
+    let mut split = vec![0u64; workers];
+    let mut duplicates = 0;
+    for processed_by in ledger.values() {
+        for worker in processed_by {
+            split[*worker] += 1;
+        }
+        duplicates += processed_by.len() as u64 - 1;
+    }
+    let lost = (1..=messages)
+        .filter(|seq| !ledger.contains_key(seq))
+        .count();
+    for supervisor in &supervisors {
+        supervisor.stop(None);
+    }
+    let info = js.get_stream("JOBS").await?.consumer_info("shared").await?;
+    println!(
+        "scale_out: server: ack floor {}, {} pending, {} unacked",
+        info.ack_floor.stream_sequence, info.num_pending, info.num_ack_pending
+    );
+    let split: Vec<String> = split.iter().map(u64::to_string).collect();
+    println!(
+        "scale_out: published={messages} processed={} workers={workers} split={} lost={lost} duplicates={duplicates}",
+        ledger.len(),
+        split.join(",")
+    );
+    Ok(())
+}
