@@ -111,6 +111,9 @@ impl fmt::Debug for SupervisorArgs {
 }
 
 /// Messages of the [`JetStreamSupervisor`].
+// Specs travel by value for a readable API; ractor boxes each message
+// anyway, so the variants' sizes cost nothing extra.
+#[allow(clippy::large_enum_variant)]
 pub enum SupervisorMsg {
     /// Make a stream exist (create, reuse, or update in place).
     EnsureStream {
