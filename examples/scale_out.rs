@@ -162,7 +162,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // 5. How the work split, and whether any was lost or done twice.
-    let ledger = ledger.lock().map_err(|_| "ledger lock poisoned")?;
+    let ledger = ledger.lock().map_err(|_| "ledger lock poisoned")?.clone();
     let mut split = vec![0u64; workers];
     let mut duplicates = 0;
     for processed_by in ledger.values() {
