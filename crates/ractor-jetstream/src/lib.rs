@@ -37,6 +37,74 @@
 //! durable to share its work. Use **push** for a steady flow with the least
 //! latency, bounded by the child's window.
 //!
+//! # The handshake
+//!
+//! Every message reaches the target as a [`Delivery`], and the child waits
+//! for the target's decision on it:
+//!
+//! - [`Delivery::ack`]: done; never delivered again.
+//! - [`Delivery::nak`]: not now; delivered again (after the delay, if any).
+//! - [`Delivery::term`]: never; not delivered again (dead-lettered first
+//!   when the consumer has a `dead_letter_subject`).
+//! - [`Delivery::in_progress`]: more time; the server waits another
+//!   `ack_wait` and the child's decision timeout starts over.
+//! - dropped without a decision, or not decided within the decision
+//!   timeout: nak'ed.
+//!
+//! The child applies each decision on the server. A pull child replies to a
+//! fetch only when every delivery of it is settled, so a caller that fetches
+//! again only after the reply never has more than `batch` deliveries at its
+//! target. A push child keeps at most `max_in_flight` unsettled.
+//!
+//! ```no_run
+//! use ractor::{Actor, ActorProcessingErr, ActorRef};
+//! use ractor_jetstream::Delivery;
+//! use std::time::Duration;
+//!
+//! struct Mailer;
+//!
+//! impl Actor for Mailer {
+//!     type Msg = Delivery;
+//!     type State = ();
+//!     type Arguments = ();
+//!
+//!     async fn pre_start(&self, _: ActorRef<Delivery>, _: ()) -> Result<(), ActorProcessingErr> {
+//!         Ok(())
+//!     }
+//!
+//!     async fn handle(&self, _: ActorRef<Delivery>, mail: Delivery, _: &mut ()) -> Result<(), ActorProcessingErr> {
+//!         match std::str::from_utf8(mail.payload()) {
+//!             // Not an address at all: it will never work.
+//!             Err(_) => mail.term("payload is not UTF-8"),
+//!             // The mail server is busy: try again in a minute.
+//!             Ok(address) if address.ends_with(".invalid") => mail.nak(Some(Duration::from_secs(60))),
+//!             Ok(_) => mail.ack(),
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//! ```
+//!
+//! # A push consumer
+//!
+//! The same target works for push; the child starts pumping as soon as it
+//! is spawned, and keeps at most `max_in_flight` unsettled deliveries at
+//! the target:
+//!
+//! ```no_run
+//! use ractor::Actor;
+//! use ractor_jetstream::{ConsumerSpec, JetStreamSupervisor, StreamSpec, SupervisorArgs, Topology};
+//!
+//! # async fn run(target: ractor::DerivedActorRef<ractor_jetstream::Delivery>) -> Result<(), Box<dyn std::error::Error>> {
+//! let js = async_nats::jetstream::new(async_nats::connect("nats://127.0.0.1:4222").await?);
+//! let topology = Topology::new()
+//!     .stream(StreamSpec::new("MAIL", ["mail.>"]))
+//!     .consumer(ConsumerSpec { max_in_flight: Some(32), ..ConsumerSpec::push("MAIL", "mailer", "mailer") });
+//! let args = SupervisorArgs::new(js, topology).target("mailer", target);
+//! let (_supervisor, _) = Actor::spawn(Some("mail".into()), JetStreamSupervisor, args).await?;
+//! # Ok(()) }
+//! ```
+//!
 //! # Guarantees
 //!
 //! At-least-once. What was acked is never delivered again; what was in
