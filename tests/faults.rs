@@ -19,23 +19,6 @@ use ractor_jetstream::{
     SupervisorMsg, Topology,
 };
 
-async fn lookup(
-    supervisor: &ActorRef<SupervisorMsg>,
-    durable: &str,
-) -> Option<ActorRef<ractor_jetstream::ConsumerMsg>> {
-    supervisor
-        .call(
-            |reply| SupervisorMsg::Lookup {
-                durable: durable.into(),
-                reply,
-            },
-            None,
-        )
-        .await
-        .expect("lookup")
-        .success_or_panic()
-}
-
 /// Fetches through the supervisor, retrying while the child is restarting.
 async fn fetch_when_up(
     supervisor: &ActorRef<SupervisorMsg>,

@@ -11,30 +11,11 @@ use async_nats::jetstream;
 use common::*;
 use futures::StreamExt;
 use ractor::{Actor, ActorRef};
-use ractor_jetstream::{ConsumerArgs, ConsumerMsg, ConsumerSpec, Delivery, PullConsumer, Topology};
+use ractor_jetstream::{ConsumerMsg, ConsumerSpec, Delivery, Topology};
 
 #[derive(serde::Deserialize)]
 struct Order {
     id: u64,
-}
-
-async fn spawn_pull(
-    env: &Env,
-    spec: ConsumerSpec,
-    target: ractor::DerivedActorRef<Delivery>,
-) -> ActorRef<ConsumerMsg> {
-    let (child, _) = Actor::spawn(
-        None,
-        PullConsumer,
-        ConsumerArgs {
-            js: env.js.clone(),
-            spec,
-            target,
-        },
-    )
-    .await
-    .expect("spawn pull child");
-    child
 }
 
 /// Reads every message of a dead-letter stream.

@@ -8,26 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use ractor::{Actor, ActorRef};
-use ractor_jetstream::{ConsumerArgs, ConsumerMsg, ConsumerSpec, Error, PullConsumer};
-
-async fn spawn_pull(
-    env: &Env,
-    spec: ConsumerSpec,
-    target: ractor::DerivedActorRef<ractor_jetstream::Delivery>,
-) -> ActorRef<ConsumerMsg> {
-    let (child, _) = Actor::spawn(
-        None,
-        PullConsumer,
-        ConsumerArgs {
-            js: env.js.clone(),
-            spec,
-            target,
-        },
-    )
-    .await
-    .expect("spawn pull child");
-    child
-}
+use ractor_jetstream::{ConsumerArgs, ConsumerMsg, ConsumerSpec, Error};
 
 /// Fetches until a fetch expires empty; returns the outcomes.
 async fn fetch_all(

@@ -21,23 +21,6 @@ async fn status(supervisor: &ActorRef<SupervisorMsg>) -> ractor_jetstream::Super
         .success_or_panic()
 }
 
-async fn lookup(
-    supervisor: &ActorRef<SupervisorMsg>,
-    durable: &str,
-) -> Option<ActorRef<ractor_jetstream::ConsumerMsg>> {
-    supervisor
-        .call(
-            |reply| SupervisorMsg::Lookup {
-                durable: durable.into(),
-                reply,
-            },
-            None,
-        )
-        .await
-        .expect("lookup")
-        .success_or_panic()
-}
-
 #[tokio::test]
 async fn streams_are_created_reused_updated_and_never_replaced() {
     let env = env().await;

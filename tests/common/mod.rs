@@ -408,3 +408,41 @@ pub async fn spawn_target_with(
 pub async fn acking_target() -> (ActorRef<TargetMsg>, DerivedActorRef<Delivery>, Record) {
     spawn_target(|_| Action::Ack).await
 }
+
+/// The running child of a durable consumer, as the supervisor knows it.
+pub async fn lookup(
+    supervisor: &ActorRef<SupervisorMsg>,
+    durable: &str,
+) -> Option<ActorRef<ConsumerMsg>> {
+    supervisor
+        .call(
+            |reply| SupervisorMsg::Lookup {
+                durable: durable.into(),
+                reply,
+            },
+            None,
+        )
+        .await
+        .expect("lookup")
+        .success_or_panic()
+}
+
+/// Spawns a pull child directly, without a supervisor.
+pub async fn spawn_pull(
+    env: &Env,
+    spec: ractor_jetstream::ConsumerSpec,
+    target: DerivedActorRef<Delivery>,
+) -> ActorRef<ConsumerMsg> {
+    let (child, _) = Actor::spawn(
+        None,
+        ractor_jetstream::PullConsumer,
+        ractor_jetstream::ConsumerArgs {
+            js: env.js.clone(),
+            spec,
+            target,
+        },
+    )
+    .await
+    .expect("spawn pull child");
+    child
+}
