@@ -50,6 +50,11 @@ const CONSUMER_DOES_NOT_EXIST: u64 = 10149;
 /// Sends one JetStream API request (`subject` without the `$JS.API.`
 /// prefix) and classifies any failure. `op` describes the operation for the
 /// error message.
+///
+/// On a connection made by [`crate::connect()`], a permission violation that
+/// the server reports for this request (the publish to the API subject, or
+/// the subscription its reply needs) ends it at once with
+/// [`ServerErrorKind::PermissionDenied`]; otherwise it would only time out.
 pub(crate) async fn api_request<T, V>(
     js: &jetstream::Context,
     op: &str,
@@ -60,10 +65,30 @@ where
     T: ?Sized + Serialize,
     V: DeserializeOwned,
 {
-    let response: jetstream::response::Response<V> = js
-        .request(subject, payload)
-        .await
-        .map_err(|err| request_error(op, &err))?;
+    let denials = crate::connect::denials_of(&js.client());
+    let since = denials.as_ref().map_or(0, |d| d.mark());
+    let request = js.request::<_, T, jetstream::response::Response<V>>(subject.clone(), payload);
+    let result = match &denials {
+        Some(denials) => {
+            tokio::select! {
+                biased;
+                result = request => result,
+                denial = denials.wait(since, &subject) => return Err(denial.to_error(op)),
+            }
+        }
+        None => request.await,
+    };
+    let response = match result {
+        Ok(response) => response,
+        Err(err) => {
+            // A report may come in just after the request gave up, or the
+            // reply subscription may have been refused on an earlier request.
+            if let Some(denial) = denials.and_then(|d| d.find(since, &subject, true)) {
+                return Err(denial.to_error(op));
+            }
+            return Err(request_error(op, &err));
+        }
+    };
     match response {
         jetstream::response::Response::Ok(value) => Ok(value),
         jetstream::response::Response::Err { error } => Err(api_error(op, &error)),
@@ -71,15 +96,27 @@ where
 }
 
 /// Classifies a failed request (the server never answered).
+///
+/// Every request classified here goes to the JetStream API, so nobody
+/// listening there ("no responders") means that JetStream is not enabled on
+/// the server, or not for this account or domain:
+/// [`ServerErrorKind::JetStreamNotEnabled`].
 pub(crate) fn request_error(op: &str, err: &jetstream::context::RequestError) -> Error {
     use jetstream::context::RequestErrorKind as K;
-    let kind = match err.kind() {
-        K::NoResponders => ServerErrorKind::NoResponders,
-        K::TimedOut => ServerErrorKind::Timeout,
-        K::InvalidSubject => ServerErrorKind::BadRequest,
-        K::Other => ServerErrorKind::Other,
-    };
-    Error::server(op, kind, err)
+    match err.kind() {
+        K::NoResponders => Error::server(
+            op,
+            ServerErrorKind::JetStreamNotEnabled,
+            "no responders: nothing answers on the JetStream API; JetStream is not enabled on the server, or not for this account or domain",
+        ),
+        K::TimedOut => Error::server(
+            op,
+            ServerErrorKind::Timeout,
+            "the JetStream API did not answer in time",
+        ),
+        K::InvalidSubject => Error::server(op, ServerErrorKind::BadRequest, err),
+        K::Other => Error::server(op, ServerErrorKind::Other, err),
+    }
 }
 
 /// Classifies an error answer from the JetStream API.

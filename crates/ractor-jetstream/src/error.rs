@@ -164,7 +164,8 @@ pub enum Error {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ServerErrorKind {
-    /// JetStream is not enabled on the server or for the account.
+    /// JetStream is not enabled on the server or for the account, or not
+    /// reachable in the requested domain: nothing answers on its API.
     JetStreamNotEnabled,
     /// The stream does not exist.
     StreamNotFound,
@@ -174,8 +175,8 @@ pub enum ServerErrorKind {
     ConsumerNameTaken,
     /// The user may not publish or subscribe on a subject.
     PermissionDenied,
-    /// Nobody answered the request (for example the JetStream API is not
-    /// reachable from this account).
+    /// Nobody listens on the subject a request went to. (On the JetStream
+    /// API this is reported as [`ServerErrorKind::JetStreamNotEnabled`].)
     NoResponders,
     /// The server did not answer in time.
     Timeout,
@@ -185,6 +186,14 @@ pub enum ServerErrorKind {
     BadRequest,
     /// The connection failed or was closed.
     Connection,
+    /// The server refused the credentials (wrong or missing user and
+    /// password, token, nkey or creds file), or the client could not sign
+    /// the server's challenge with them.
+    AuthenticationFailed,
+    /// The TLS handshake failed: the server's certificate is not trusted,
+    /// the server wants a client certificate, or the two sides do not agree
+    /// on TLS.
+    Tls,
     /// Anything else.
     Other,
 }
@@ -202,6 +211,8 @@ impl fmt::Display for ServerErrorKind {
             Self::LimitsExceeded => "account limits exceeded",
             Self::BadRequest => "bad request",
             Self::Connection => "connection failed",
+            Self::AuthenticationFailed => "authentication failed",
+            Self::Tls => "TLS handshake failed",
             Self::Other => "server error",
         };
         f.write_str(text)

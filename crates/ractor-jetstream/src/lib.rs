@@ -174,6 +174,7 @@ macro_rules! fault_point {
 }
 pub(crate) use fault_point;
 
+pub mod connect;
 pub mod consumer;
 pub mod delivery;
 pub mod ensure;
@@ -182,6 +183,7 @@ pub mod restart;
 pub mod spec;
 pub mod supervisor;
 
+pub use connect::{ConnectionSpec, connect, connect_jetstream};
 pub use consumer::pull::PullConsumer;
 pub use consumer::push::PushConsumer;
 pub use consumer::{

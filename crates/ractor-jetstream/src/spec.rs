@@ -35,6 +35,7 @@ use std::time::Duration;
 use async_nats::jetstream::{consumer, stream};
 use serde::{Deserialize, Serialize};
 
+use crate::connect::ConnectionSpec;
 use crate::error::{Error, FieldError, ValidationErrors, show_duration};
 use crate::restart::RestartKind;
 
@@ -809,6 +810,12 @@ pub struct Topology {
     /// The durable consumers that must exist, one child each.
     #[serde(default)]
     pub consumers: Vec<ConsumerSpec>,
+    /// How to reach the server (`[connection]` in TOML), for
+    /// [`connect`](crate::connect()); unset when the caller connects by other means.
+    /// Its secrets are redacted in `Debug` output but kept when
+    /// serialized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<ConnectionSpec>,
 }
 
 impl Topology {
@@ -891,6 +898,9 @@ impl Topology {
             if let Some(stream) = self.streams.iter().find(|s| s.name == consumer.stream) {
                 check_filters_covered(&at, consumer, stream, &mut errors);
             }
+        }
+        if let Some(connection) = &self.connection {
+            connection.validate_at("connection", &mut errors);
         }
         errors.into_result()
     }
