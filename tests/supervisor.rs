@@ -310,8 +310,11 @@ async fn a_crashed_child_is_restarted_and_resumes_from_the_durable() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
+    // An unnamed supervisor names its children after its own id.
+    let name = format!("jetstream-{}/CRASH/c", supervisor.get_id());
     assert!(
-        ractor::registry::where_is("CRASH/c").is_some_and(|c| c.get_id() == restarted.get_id())
+        ractor::registry::where_is(name.clone()).is_some_and(|c| c.get_id() == restarted.get_id()),
+        "{name} is the restarted child"
     );
     let second = fetch_via(&supervisor, "c", 100, Duration::from_millis(500))
         .await

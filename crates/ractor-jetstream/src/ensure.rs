@@ -140,7 +140,6 @@ pub(crate) fn api_error(op: &str, err: &jetstream::Error) -> Error {
         jetstream::ErrorCode(CONSUMER_ALREADY_EXISTS) => ServerErrorKind::ConsumerNameTaken,
         jetstream::ErrorCode(CONSUMER_DOES_NOT_EXIST) => ServerErrorKind::ConsumerNotFound,
         _ if err.code() == 400 => ServerErrorKind::BadRequest,
-        _ if err.code() == 404 => ServerErrorKind::Other,
         _ => ServerErrorKind::Other,
     };
     Error::server(op, kind, err)

@@ -171,7 +171,10 @@ pub enum ServerErrorKind {
     StreamNotFound,
     /// The consumer does not exist.
     ConsumerNotFound,
-    /// A consumer of that name exists with another configuration.
+    /// The server refused to create a consumer because one of that name
+    /// exists (a create that raced another). An existing durable whose
+    /// configuration conflicts with a spec is reported as
+    /// [`Error::ConsumerConflict`] instead.
     ConsumerNameTaken,
     /// The user may not publish or subscribe on a subject.
     PermissionDenied,

@@ -2,8 +2,9 @@
 //!
 //! [`JetStreamSupervisor`] makes the topology's streams and durable
 //! consumers exist, spawns one linked child per durable consumer (a
-//! [`PushConsumer`] or a [`PullConsumer`], named `<stream>/<durable>`,
-//! prefixed by the supervisor's own name and a `/` when it has one), routes
+//! [`PushConsumer`] or a [`PullConsumer`], named
+//! `<supervisor>/<stream>/<durable>`, where `<supervisor>` is the
+//! supervisor's own name, or `jetstream-<actor id>` when it has none), routes
 //! [`SupervisorMsg::Fetch`] to the right pull child, and restarts children
 //! that fail under its [`RestartPolicy`].
 //!
@@ -350,10 +351,13 @@ impl Actor for JetStreamSupervisor {
                 .map(|s| (s.name.clone(), s.clone()))
                 .collect(),
             children: HashMap::new(),
-            name_prefix: myself
-                .get_name()
-                .map(|n| format!("{n}/"))
-                .unwrap_or_default(),
+            // Actor names are global to the process: an unnamed supervisor
+            // prefixes its children with its own id, so two of them can
+            // manage the same stream and durable (on two servers, say).
+            name_prefix: myself.get_name().map_or_else(
+                || format!("jetstream-{}/", myself.get_id()),
+                |n| format!("{n}/"),
+            ),
             drained: false,
         };
         for spec in topology.consumers {
