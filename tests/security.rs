@@ -22,7 +22,7 @@ use nkeys::KeyPair;
 use ractor::Actor;
 use ractor_jetstream::{
     ConnectionSpec, ConsumerSpec, Error, JetStreamSupervisor, ServerErrorKind, StreamSpec,
-    SupervisorArgs, Topology, connect,
+    SupervisorArgs, SupervisorMsg, Topology, connect,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -636,6 +636,86 @@ async fn a_user_without_permission_gets_a_clear_error() {
         .await
         .expect("list consumers");
     assert!(consumers.is_empty(), "{consumers:?}");
+}
+
+#[tokio::test]
+async fn a_fetch_the_user_may_not_make_is_a_permission_error_and_the_child_stays_up() {
+    common::init_tracing();
+    let server = NatsServer::builder()
+        .config_snippet(
+            r#"authorization {
+                 users = [
+                   { user: "admin", password: "admin" }
+                   { user: "nofetch", password: "nofetch",
+                     permissions: {
+                       publish: { allow: ["$JS.API.INFO", "$JS.API.STREAM.>", "$JS.API.CONSUMER.INFO.>", "$JS.API.CONSUMER.CREATE.>", "$JS.ACK.>"] }
+                       subscribe: { allow: ["_INBOX.>"] }
+                     } }
+                 ]
+               }"#,
+        )
+        .start()
+        .await
+        .expect("start nats-server");
+    let spec = |user: &str| ConnectionSpec {
+        user: Some(user.into()),
+        password: Some(user.into()),
+        ..ConnectionSpec::new(server.url())
+    };
+    let js = spec("nofetch").jetstream().await.expect("connect");
+    let topology = Topology::new()
+        .stream(StreamSpec::new("ORDERS", ["orders.>"]))
+        .consumer(ConsumerSpec::pull("ORDERS", "billing", "worker"));
+    let (_target_ref, target, record) = common::acking_target().await;
+    let (supervisor, _) = Actor::spawn(
+        Some("nofetch-supervisor".into()),
+        JetStreamSupervisor,
+        SupervisorArgs::new(js, topology).target("worker", target),
+    )
+    .await
+    .expect("the consumer may be created");
+    let admin = spec("admin").jetstream().await.expect("connect");
+    admin
+        .publish("orders.new", "1".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    // The pull request is denied: the fetch says so (naming the subject),
+    // instead of pretending the stream was empty.
+    let result = common::fetch_via(&supervisor, "billing", 10, Duration::from_millis(500)).await;
+    let err = result.expect_err("a denied fetch is an error");
+    assert_eq!(
+        err.server_kind(),
+        Some(ServerErrorKind::PermissionDenied),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("CONSUMER.MSG.NEXT.ORDERS.billing"),
+        "{err}"
+    );
+    assert_eq!(record.count(), 0);
+    // The child was not failed or restarted over it.
+    let status = supervisor
+        .call(SupervisorMsg::Status, None)
+        .await
+        .expect("status");
+    let ractor::rpc::CallResult::Success(status) = status else {
+        panic!("no status");
+    };
+    assert_eq!(status.child("billing").map(|c| c.restarts), Some(0));
+    let info = admin
+        .get_stream("ORDERS")
+        .await
+        .expect("stream")
+        .consumer_info("billing")
+        .await
+        .expect("consumer");
+    assert_eq!(
+        (info.num_pending, info.num_ack_pending),
+        (1, 0),
+        "nothing moved"
+    );
 }
 
 // ---------------------------------------------------------------------------

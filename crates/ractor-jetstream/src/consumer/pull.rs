@@ -182,6 +182,10 @@ impl Fetcher<'_> {
             }
         };
         let mut connected = statistics.connects.load(Ordering::Relaxed);
+        // Permission violations come back on the connection, not to the
+        // request; remember where the connection's reports stand.
+        let denials = crate::connect::denials_of(&client);
+        let denials_since = denials.as_ref().map_or(0, |d| d.mark());
         if let Err(err) = self
             .send_request(request.batch, request.expires, &inbox_subject)
             .await
@@ -298,9 +302,16 @@ impl Fetcher<'_> {
             mut outcome,
             expired,
             failure,
-            refused,
+            mut refused,
             ..
         } = state;
+        if outcome.delivered == 0 && refused.is_none() {
+            // Nothing came: was the request, or its reply subject, denied?
+            let subject = format!("CONSUMER.MSG.NEXT.{}.{}", ctx.stream, ctx.durable);
+            if let Some(denial) = denials.and_then(|d| d.find(denials_since, &subject, true)) {
+                refused = Some(denial.to_error(&self.op()));
+            }
+        }
         outcome.expired = expired;
         if outcome.delivered == 0 && outcome.expired {
             ctx.counters.empty_fetches.fetch_add(1, Ordering::Relaxed);
