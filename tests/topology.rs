@@ -1165,135 +1165,36 @@ fn base_topology_is_valid() {
 #[test]
 fn each_invalid_stream_field_is_named() {
     type Edit = fn(&mut StreamSpec);
+    #[rustfmt::skip]
     let cases: Vec<(&str, Edit, &str)> = vec![
         ("empty name", |s| s.name = String::new(), "streams[1].name"),
-        (
-            "dot in name",
-            |s| s.name = "PAY.MENTS".into(),
-            "streams[1].name",
-        ),
-        (
-            "star in name",
-            |s| s.name = "PAY*".into(),
-            "streams[1].name",
-        ),
+        ("dot in name", |s| s.name = "PAY.MENTS".into(), "streams[1].name"),
+        ("star in name", |s| s.name = "PAY*".into(), "streams[1].name"),
         ("gt in name", |s| s.name = "PAY>".into(), "streams[1].name"),
-        (
-            "space in name",
-            |s| s.name = "PAY MENTS".into(),
-            "streams[1].name",
-        ),
-        (
-            "tab in name",
-            |s| s.name = "PAY\tMENTS".into(),
-            "streams[1].name",
-        ),
-        (
-            "slash in name",
-            |s| s.name = "PAY/MENTS".into(),
-            "streams[1].name",
-        ),
-        (
-            "backslash in name",
-            |s| s.name = "PAY\\MENTS".into(),
-            "streams[1].name",
-        ),
-        (
-            "NUL in name",
-            |s| s.name = "PAY\0".into(),
-            "streams[1].name",
-        ),
-        (
-            "256-char name",
-            |s| s.name = "P".repeat(256),
-            "streams[1].name",
-        ),
-        (
-            "256 non-ASCII chars",
-            |s| s.name = "é".repeat(256),
-            "streams[1].name",
-        ),
-        (
-            "same name twice",
-            |s| s.name = "ORDERS".into(),
-            "streams[1].name",
-        ),
+        ("space in name", |s| s.name = "PAY MENTS".into(), "streams[1].name"),
+        ("tab in name", |s| s.name = "PAY\tMENTS".into(), "streams[1].name"),
+        ("slash in name", |s| s.name = "PAY/MENTS".into(), "streams[1].name"),
+        ("backslash in name", |s| s.name = "PAY\\MENTS".into(), "streams[1].name"),
+        ("NUL in name", |s| s.name = "PAY\0".into(), "streams[1].name"),
+        ("256-char name", |s| s.name = "P".repeat(256), "streams[1].name"),
+        ("256 non-ASCII chars", |s| s.name = "é".repeat(256), "streams[1].name"),
+        ("same name twice", |s| s.name = "ORDERS".into(), "streams[1].name"),
         ("no subjects", |s| s.subjects.clear(), "streams[1].subjects"),
-        (
-            "empty subject",
-            |s| s.subjects = vec!["payments.*".into(), String::new()],
-            "streams[1].subjects[1]",
-        ),
-        (
-            "empty token",
-            |s| s.subjects = vec!["payments..x".into()],
-            "streams[1].subjects[0]",
-        ),
-        (
-            "trailing dot",
-            |s| s.subjects = vec!["payments.".into()],
-            "streams[1].subjects[0]",
-        ),
-        (
-            "gt not last",
-            |s| s.subjects = vec!["payments.>.x".into()],
-            "streams[1].subjects[0]",
-        ),
-        (
-            "partial wildcard",
-            |s| s.subjects = vec!["payments.a*".into()],
-            "streams[1].subjects[0]",
-        ),
-        (
-            "space in subject",
-            |s| s.subjects = vec!["pay ments".into()],
-            "streams[1].subjects[0]",
-        ),
-        (
-            "zero max_messages",
-            |s| s.max_messages = Some(0),
-            "streams[1].max_messages",
-        ),
-        (
-            "negative max_messages",
-            |s| s.max_messages = Some(-2),
-            "streams[1].max_messages",
-        ),
-        (
-            "min max_bytes",
-            |s| s.max_bytes = Some(i64::MIN),
-            "streams[1].max_bytes",
-        ),
-        (
-            "zero max_message_size",
-            |s| s.max_message_size = Some(0),
-            "streams[1].max_message_size",
-        ),
-        (
-            "negative max_message_size",
-            |s| s.max_message_size = Some(-7),
-            "streams[1].max_message_size",
-        ),
-        (
-            "zero max_age",
-            |s| s.max_age = Some(Duration::ZERO),
-            "streams[1].max_age",
-        ),
-        (
-            "zero duplicate_window",
-            |s| s.duplicate_window = Some(Duration::ZERO),
-            "streams[1].duplicate_window",
-        ),
-        (
-            "zero replicas",
-            |s| s.replicas = Some(0),
-            "streams[1].replicas",
-        ),
-        (
-            "six replicas",
-            |s| s.replicas = Some(6),
-            "streams[1].replicas",
-        ),
+        ("empty subject", |s| s.subjects = vec!["payments.*".into(), String::new()], "streams[1].subjects[1]"),
+        ("empty token", |s| s.subjects = vec!["payments..x".into()], "streams[1].subjects[0]"),
+        ("trailing dot", |s| s.subjects = vec!["payments.".into()], "streams[1].subjects[0]"),
+        ("gt not last", |s| s.subjects = vec!["payments.>.x".into()], "streams[1].subjects[0]"),
+        ("partial wildcard", |s| s.subjects = vec!["payments.a*".into()], "streams[1].subjects[0]"),
+        ("space in subject", |s| s.subjects = vec!["pay ments".into()], "streams[1].subjects[0]"),
+        ("zero max_messages", |s| s.max_messages = Some(0), "streams[1].max_messages"),
+        ("negative max_messages", |s| s.max_messages = Some(-2), "streams[1].max_messages"),
+        ("min max_bytes", |s| s.max_bytes = Some(i64::MIN), "streams[1].max_bytes"),
+        ("zero max_message_size", |s| s.max_message_size = Some(0), "streams[1].max_message_size"),
+        ("negative max_message_size", |s| s.max_message_size = Some(-7), "streams[1].max_message_size"),
+        ("zero max_age", |s| s.max_age = Some(Duration::ZERO), "streams[1].max_age"),
+        ("zero duplicate_window", |s| s.duplicate_window = Some(Duration::ZERO), "streams[1].duplicate_window"),
+        ("zero replicas", |s| s.replicas = Some(0), "streams[1].replicas"),
+        ("six replicas", |s| s.replicas = Some(6), "streams[1].replicas"),
     ];
     for (what, edit, expected) in cases {
         let mut t = base();
@@ -1306,250 +1207,56 @@ fn each_invalid_stream_field_is_named() {
 fn each_invalid_consumer_field_is_named() {
     type Edit = fn(&mut ConsumerSpec);
     // consumers[0] is pull, consumers[1] is push.
+    #[rustfmt::skip]
     let cases: Vec<(&str, usize, Edit, &str)> = vec![
-        (
-            "bad stream name",
-            0,
-            |c| c.stream = "OR DERS".into(),
-            "consumers[0].stream",
-        ),
-        (
-            "empty durable",
-            0,
-            |c| c.durable = String::new(),
-            "consumers[0].durable",
-        ),
-        (
-            "dot in durable",
-            0,
-            |c| c.durable = "bill.ing".into(),
-            "consumers[0].durable",
-        ),
-        (
-            "gt in durable",
-            1,
-            |c| c.durable = "a>".into(),
-            "consumers[1].durable",
-        ),
-        (
-            "256-char durable",
-            1,
-            |c| c.durable = "d".repeat(256),
-            "consumers[1].durable",
-        ),
-        (
-            "durable twice",
-            1,
-            |c| c.durable = "billing".into(),
-            "consumers[1].durable",
-        ),
-        (
-            "empty target",
-            0,
-            |c| c.target = String::new(),
-            "consumers[0].target",
-        ),
-        (
-            "blank target",
-            0,
-            |c| c.target = " \t".into(),
-            "consumers[0].target",
-        ),
-        (
-            "bad filter",
-            0,
-            |c| c.filter_subjects = vec!["orders.eu".into(), "orders..x".into()],
-            "consumers[0].filter_subjects[1]",
-        ),
-        (
-            "filter outside stream",
-            0,
-            |c| c.filter_subjects = vec!["payments.x".into()],
-            "consumers[0].filter_subjects[0]",
-        ),
-        (
-            "filter wider than stream",
-            0,
-            |c| c.filter_subjects = vec![">".into()],
-            "consumers[0].filter_subjects[0]",
-        ),
-        (
-            "zero ack_wait",
-            0,
-            |c| c.ack_wait = Some(Duration::ZERO),
-            "consumers[0].ack_wait",
-        ),
-        (
-            "zero decision_timeout",
-            0,
-            |c| c.decision_timeout = Some(Duration::ZERO),
-            "consumers[0].decision_timeout",
-        ),
-        (
-            "decision_timeout = ack_wait",
-            0,
-            |c| {
-                c.ack_wait = Some(Duration::from_secs(10));
-                c.decision_timeout = Some(Duration::from_secs(10));
-            },
-            "consumers[0].decision_timeout",
-        ),
-        (
-            "decision_timeout above the default ack_wait",
-            0,
-            |c| c.decision_timeout = Some(Duration::from_secs(31)),
-            "consumers[0].decision_timeout",
-        ),
-        (
-            "zero max_deliver",
-            0,
-            |c| c.max_deliver = Some(0),
-            "consumers[0].max_deliver",
-        ),
-        (
-            "max_deliver -2",
-            0,
-            |c| c.max_deliver = Some(-2),
-            "consumers[0].max_deliver",
-        ),
-        (
-            "zero max_ack_pending",
-            1,
-            |c| c.max_ack_pending = Some(0),
-            "consumers[1].max_ack_pending",
-        ),
-        (
-            "negative max_ack_pending",
-            1,
-            |c| c.max_ack_pending = Some(i64::MIN),
-            "consumers[1].max_ack_pending",
-        ),
-        (
-            "zero backoff entry",
-            0,
-            |c| c.backoff = vec![Duration::from_secs(1), Duration::ZERO],
-            "consumers[0].backoff[1]",
-        ),
-        (
-            "backoff as long as max_deliver",
-            0,
-            |c| {
-                c.max_deliver = Some(2);
-                c.backoff = vec![Duration::from_secs(1); 2];
-            },
-            "consumers[0].backoff",
-        ),
-        (
-            "start at sequence 0",
-            0,
-            |c| c.start = StartPosition::Sequence(0),
-            "consumers[0].start",
-        ),
-        (
-            "zero max_batch",
-            0,
-            |c| c.max_batch = Some(0),
-            "consumers[0].max_batch",
-        ),
-        (
-            "negative max_batch",
-            0,
-            |c| c.max_batch = Some(-10),
-            "consumers[0].max_batch",
-        ),
-        (
-            "zero max_expires",
-            0,
-            |c| c.max_expires = Some(Duration::ZERO),
-            "consumers[0].max_expires",
-        ),
-        (
-            "pull with deliver_subject",
-            0,
-            |c| c.deliver_subject = Some("deliver.x".into()),
-            "consumers[0].deliver_subject",
-        ),
-        (
-            "pull with deliver_group",
-            0,
-            |c| c.deliver_group = Some("g".into()),
-            "consumers[0].deliver_group",
-        ),
-        (
-            "pull with max_in_flight",
-            0,
-            |c| c.max_in_flight = Some(1),
-            "consumers[0].max_in_flight",
-        ),
-        (
-            "pull with idle_heartbeat",
-            0,
-            |c| c.idle_heartbeat = Some(Duration::from_secs(1)),
-            "consumers[0].idle_heartbeat",
-        ),
-        (
-            "push with max_batch",
-            1,
-            |c| c.max_batch = Some(10),
-            "consumers[1].max_batch",
-        ),
-        (
-            "push with max_expires",
-            1,
-            |c| c.max_expires = Some(Duration::from_secs(1)),
-            "consumers[1].max_expires",
-        ),
-        (
-            "wildcard deliver_subject",
-            1,
-            |c| c.deliver_subject = Some("deliver.*".into()),
-            "consumers[1].deliver_subject",
-        ),
-        (
-            "bad deliver_subject",
-            1,
-            |c| c.deliver_subject = Some("deliver x".into()),
-            "consumers[1].deliver_subject",
-        ),
-        (
-            "bad deliver_group",
-            1,
-            |c| c.deliver_group = Some("g.1".into()),
-            "consumers[1].deliver_group",
-        ),
-        (
-            "zero max_in_flight",
-            1,
-            |c| c.max_in_flight = Some(0),
-            "consumers[1].max_in_flight",
-        ),
-        (
-            "max_in_flight above max_ack_pending",
-            1,
-            |c| {
-                c.max_ack_pending = Some(100);
-                c.max_in_flight = Some(101);
-            },
-            "consumers[1].max_in_flight",
-        ),
-        (
-            "max_in_flight above the default max_ack_pending",
-            1,
-            |c| c.max_in_flight = Some(1001),
-            "consumers[1].max_in_flight",
-        ),
-        (
-            "zero idle_heartbeat",
-            1,
-            |c| c.idle_heartbeat = Some(Duration::ZERO),
-            "consumers[1].idle_heartbeat",
-        ),
-        (
-            "idle_heartbeat below 100ms",
-            1,
-            |c| c.idle_heartbeat = Some(Duration::from_millis(99)),
-            "consumers[1].idle_heartbeat",
-        ),
+        ("bad stream name", 0, |c| c.stream = "OR DERS".into(), "consumers[0].stream"),
+        ("empty durable", 0, |c| c.durable = String::new(), "consumers[0].durable"),
+        ("dot in durable", 0, |c| c.durable = "bill.ing".into(), "consumers[0].durable"),
+        ("gt in durable", 1, |c| c.durable = "a>".into(), "consumers[1].durable"),
+        ("256-char durable", 1, |c| c.durable = "d".repeat(256), "consumers[1].durable"),
+        ("durable twice", 1, |c| c.durable = "billing".into(), "consumers[1].durable"),
+        ("empty target", 0, |c| c.target = String::new(), "consumers[0].target"),
+        ("blank target", 0, |c| c.target = " \t".into(), "consumers[0].target"),
+        ("bad filter", 0, |c| c.filter_subjects = vec!["orders.eu".into(), "orders..x".into()], "consumers[0].filter_subjects[1]"),
+        ("filter outside stream", 0, |c| c.filter_subjects = vec!["payments.x".into()], "consumers[0].filter_subjects[0]"),
+        ("filter wider than stream", 0, |c| c.filter_subjects = vec![">".into()], "consumers[0].filter_subjects[0]"),
+        ("zero ack_wait", 0, |c| c.ack_wait = Some(Duration::ZERO), "consumers[0].ack_wait"),
+        ("zero decision_timeout", 0, |c| c.decision_timeout = Some(Duration::ZERO), "consumers[0].decision_timeout"),
+        ("decision_timeout = ack_wait", 0, |c| {
+            c.ack_wait = Some(Duration::from_secs(10));
+            c.decision_timeout = Some(Duration::from_secs(10));
+        }, "consumers[0].decision_timeout"),
+        ("decision_timeout above the default ack_wait", 0, |c| c.decision_timeout = Some(Duration::from_secs(31)), "consumers[0].decision_timeout"),
+        ("zero max_deliver", 0, |c| c.max_deliver = Some(0), "consumers[0].max_deliver"),
+        ("max_deliver -2", 0, |c| c.max_deliver = Some(-2), "consumers[0].max_deliver"),
+        ("zero max_ack_pending", 1, |c| c.max_ack_pending = Some(0), "consumers[1].max_ack_pending"),
+        ("negative max_ack_pending", 1, |c| c.max_ack_pending = Some(i64::MIN), "consumers[1].max_ack_pending"),
+        ("zero backoff entry", 0, |c| c.backoff = vec![Duration::from_secs(1), Duration::ZERO], "consumers[0].backoff[1]"),
+        ("backoff as long as max_deliver", 0, |c| {
+            c.max_deliver = Some(2);
+            c.backoff = vec![Duration::from_secs(1); 2];
+        }, "consumers[0].backoff"),
+        ("start at sequence 0", 0, |c| c.start = StartPosition::Sequence(0), "consumers[0].start"),
+        ("zero max_batch", 0, |c| c.max_batch = Some(0), "consumers[0].max_batch"),
+        ("negative max_batch", 0, |c| c.max_batch = Some(-10), "consumers[0].max_batch"),
+        ("zero max_expires", 0, |c| c.max_expires = Some(Duration::ZERO), "consumers[0].max_expires"),
+        ("pull with deliver_subject", 0, |c| c.deliver_subject = Some("deliver.x".into()), "consumers[0].deliver_subject"),
+        ("pull with deliver_group", 0, |c| c.deliver_group = Some("g".into()), "consumers[0].deliver_group"),
+        ("pull with max_in_flight", 0, |c| c.max_in_flight = Some(1), "consumers[0].max_in_flight"),
+        ("pull with idle_heartbeat", 0, |c| c.idle_heartbeat = Some(Duration::from_secs(1)), "consumers[0].idle_heartbeat"),
+        ("push with max_batch", 1, |c| c.max_batch = Some(10), "consumers[1].max_batch"),
+        ("push with max_expires", 1, |c| c.max_expires = Some(Duration::from_secs(1)), "consumers[1].max_expires"),
+        ("wildcard deliver_subject", 1, |c| c.deliver_subject = Some("deliver.*".into()), "consumers[1].deliver_subject"),
+        ("bad deliver_subject", 1, |c| c.deliver_subject = Some("deliver x".into()), "consumers[1].deliver_subject"),
+        ("bad deliver_group", 1, |c| c.deliver_group = Some("g.1".into()), "consumers[1].deliver_group"),
+        ("zero max_in_flight", 1, |c| c.max_in_flight = Some(0), "consumers[1].max_in_flight"),
+        ("max_in_flight above max_ack_pending", 1, |c| {
+            c.max_ack_pending = Some(100);
+            c.max_in_flight = Some(101);
+        }, "consumers[1].max_in_flight"),
+        ("max_in_flight above the default max_ack_pending", 1, |c| c.max_in_flight = Some(1001), "consumers[1].max_in_flight"),
+        ("zero idle_heartbeat", 1, |c| c.idle_heartbeat = Some(Duration::ZERO), "consumers[1].idle_heartbeat"),
+        ("idle_heartbeat below 100ms", 1, |c| c.idle_heartbeat = Some(Duration::from_millis(99)), "consumers[1].idle_heartbeat"),
     ];
     for (what, j, edit, expected) in cases {
         let mut t = base();
