@@ -707,7 +707,6 @@ fn ack_subject_fuzz_seeds_hold_the_contract() {
 /// creates the entries before it and then fails. Minimal input: a stream or
 /// durable named `"é".repeat(128)` (128 characters, 256 bytes).
 #[tokio::test]
-#[ignore = "library bug: name length is checked in characters, the server's 255 limit is in bytes"]
 async fn names_the_server_refuses_for_length_fail_validation() {
     let env = env().await;
     // At the limit in bytes, the server takes it.

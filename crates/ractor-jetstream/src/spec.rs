@@ -123,7 +123,7 @@ pub enum StartPosition {
 #[serde(deny_unknown_fields)]
 pub struct StreamSpec {
     /// The stream's name: no `.`, `*`, `>`, whitespace or path separators,
-    /// at most 255 characters.
+    /// at most 255 bytes.
     pub name: String,
     /// The subjects the stream captures (wildcards allowed).
     pub subjects: Vec<String>,
@@ -711,7 +711,7 @@ impl ConsumerSpec {
                         errors.add(field("max_in_flight"), window, "must be positive");
                     }
                     let pending = self.effective_max_ack_pending();
-                    if pending > 0 && window as i64 > pending {
+                    if pending > 0 && i64::try_from(window).map_or(true, |w| w > pending) {
                         errors.add(
                             field("max_in_flight"),
                             window,
@@ -953,10 +953,22 @@ fn parse_error(format: &str, message: &str) -> Error {
     )))
 }
 
-/// Pulls the field name out of serde's "unknown field `x`" message.
+/// Pulls the field name out of serde's "unknown field `x`, expected ..."
+/// message. The name itself may hold backticks, and may be empty (then it
+/// is reported as `""`, so that the error still names something).
 fn unknown_field_name(message: &str) -> Option<String> {
-    let rest = message.split("unknown field `").nth(1)?;
-    rest.split('`').next().map(str::to_string)
+    let rest = message.split_once("unknown field `")?.1;
+    let end = ["`, expected", "`, there are no fields"]
+        .iter()
+        .filter_map(|tail| rest.find(tail))
+        .min()
+        .or_else(|| rest.rfind('`'))?;
+    let name = &rest[..end];
+    Some(if name.is_empty() {
+        "\"\"".to_string()
+    } else {
+        name.to_string()
+    })
 }
 
 fn join_field(at: &str, name: &str) -> String {
@@ -976,11 +988,12 @@ fn quoted(value: &str) -> String {
 pub(crate) fn check_name(field: &str, name: &str, errors: &mut ValidationErrors) {
     if name.is_empty() {
         errors.add(field, "\"\"", "must not be empty");
-    } else if name.chars().count() > 255 {
+    } else if name.len() > 255 {
+        // The server counts bytes, not characters.
         errors.add(
             field,
-            format!("({} characters)", name.chars().count()),
-            "must be at most 255 characters",
+            format!("({} bytes)", name.len()),
+            "must be at most 255 bytes",
         );
     } else if let Some(bad) = name
         .chars()
