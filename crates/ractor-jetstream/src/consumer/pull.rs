@@ -95,6 +95,8 @@ async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox) -> Result<(), Error> {
         consumer: &consumer,
         in_flight: &mut in_flight,
         alarm: Alarm::new(),
+        client: ctx.js.client(),
+        denials: crate::connect::denials_of(&ctx.js.client()),
     };
     loop {
         tokio::select! {
@@ -132,6 +134,10 @@ struct Fetcher<'a> {
     /// One timer for every deadline of a fetch (expiry, reconnect check,
     /// decision timeouts), reused from fetch to fetch.
     alarm: Alarm,
+    client: async_nats::Client,
+    /// The connection's permission reports, when it was made by
+    /// [`crate::connect`].
+    denials: Option<std::sync::Arc<crate::connect::Denials>>,
 }
 
 impl Fetcher<'_> {
@@ -167,7 +173,7 @@ impl Fetcher<'_> {
     ) -> Result<Option<Result<(), Error>>, Error> {
         let ctx = self.ctx;
         ctx.counters.fetches.fetch_add(1, Ordering::Relaxed);
-        let client = ctx.js.client();
+        let client = &self.client;
         let statistics = client.statistics();
         let inbox_subject = client.new_inbox();
         let mut subscription = match client.subscribe(inbox_subject.clone()).await {
@@ -184,7 +190,7 @@ impl Fetcher<'_> {
         let mut connected = statistics.connects.load(Ordering::Relaxed);
         // Permission violations come back on the connection, not to the
         // request; remember where the connection's reports stand.
-        let denials = crate::connect::denials_of(&client);
+        let denials = self.denials.clone();
         let denials_since = denials.as_ref().map_or(0, |d| d.mark());
         if let Err(err) = self
             .send_request(request.batch, request.expires, &inbox_subject)
