@@ -760,9 +760,9 @@ fn write_reports(
     writeln!(table)?;
     writeln!(
         table,
-        "| case | messages | raw async-nats msg/s | ractor-jetstream msg/s | ratio | p50 µs | p99 µs | peak RSS MiB | max in flight |"
+        "| case | messages | raw async-nats msg/s | ractor-jetstream msg/s | ratio | paired ratio | p50 µs | p99 µs | peak RSS MiB | max in flight |"
     )?;
-    writeln!(table, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(table, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
     for r in results {
         let case = if r.mode == "pull" {
             format!("pull, batch {}", r.size)
@@ -771,11 +771,12 @@ fn write_reports(
         };
         writeln!(
             table,
-            "| {case} | {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.1} | {} |",
+            "| {case} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {:.1} | {} |",
             r.messages,
             r.raw,
             r.actor,
             r.ratio(),
+            r.paired_ratio,
             r.p50_us,
             r.p99_us,
             r.peak_rss_mib,
