@@ -204,28 +204,20 @@ async fn wait_for_stream(js: &async_nats::jetstream::Context, name: &str) {
 
 #[tokio::test]
 async fn chaos_at_a_small_size_loses_nothing() {
-    let bin = example_bin("chaos");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(bin)
-            .args([
-                "--messages",
-                "4000",
-                "--fault-every-ms",
-                "250",
-                "--min-faults",
-                "8",
-                "--seed",
-                "42",
-            ])
-            .env_remove("NATS_URL")
-            .output()
-            .expect("run chaos")
-    })
-    .await
-    .expect("join");
-    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
-    assert!(output.status.success(), "chaos failed: {stderr}\n{stdout}");
+    let stdout = run_embedded(
+        "chaos",
+        &[
+            "--messages",
+            "4000",
+            "--fault-every-ms",
+            "250",
+            "--min-faults",
+            "8",
+            "--seed",
+            "42",
+        ],
+    )
+    .await;
     let fields = last_line_fields(&stdout, "chaos: ");
     assert_eq!(fields["published"], 4000, "{stdout}");
     assert_eq!(fields["acked"], 4000, "{stdout}");
@@ -246,21 +238,7 @@ async fn chaos_at_a_small_size_loses_nothing() {
 
 #[tokio::test]
 async fn quickstart_ends_with_nothing_lost() {
-    let bin = example_bin("quickstart");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(bin)
-            .env_remove("NATS_URL")
-            .output()
-            .expect("run quickstart")
-    })
-    .await
-    .expect("join");
-    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
-    assert!(
-        output.status.success(),
-        "quickstart failed: {stderr}\n{stdout}"
-    );
+    let stdout = run_embedded("quickstart", &[]).await;
     let fields = last_line_fields(&stdout, "quickstart: ");
     assert_eq!(fields["published"], 10_000, "{stdout}");
     assert_eq!(fields["acked"], 10_000, "{stdout}");
