@@ -9,8 +9,8 @@ use std::time::Duration;
 use common::*;
 use ractor::{Actor, ActorRef};
 use ractor_jetstream::{
-    ChildState, ConsumerMode, ConsumerSpec, Error, JetStreamSupervisor, Retention, Storage,
-    StreamAction, StreamSpec, SupervisorArgs, SupervisorMsg, Topology, ensure_stream,
+    ChildState, ConsumerMode, ConsumerSpec, Error, JetStreamSupervisor, RestartKind, Retention,
+    Storage, StreamAction, StreamSpec, SupervisorArgs, SupervisorMsg, Topology, ensure_stream,
 };
 
 async fn status(supervisor: &ActorRef<SupervisorMsg>) -> ractor_jetstream::SupervisorStatus {
@@ -327,4 +327,76 @@ async fn a_crashed_child_is_restarted_and_resumes_from_the_durable() {
         i.ack_floor.stream_sequence == 20 && i.num_ack_pending == 0
     })
     .await;
+}
+
+#[tokio::test]
+async fn restart_kinds_decide_which_children_come_back() {
+    let env = env().await;
+    let (_t, target, _record) = acking_target().await;
+    let topology = Topology::new()
+        .stream(StreamSpec::new("KINDS", ["kinds.>"]))
+        .consumer(ConsumerSpec {
+            restart: RestartKind::Temporary,
+            ..ConsumerSpec::pull("KINDS", "temporary", "t")
+        })
+        .consumer(ConsumerSpec {
+            restart: RestartKind::Transient,
+            ..ConsumerSpec::pull("KINDS", "transient", "t")
+        })
+        .consumer(ConsumerSpec {
+            restart: RestartKind::Transient,
+            ..ConsumerSpec::pull("KINDS", "transient-drained", "t")
+        });
+    let (supervisor, _) = Actor::spawn(
+        None,
+        JetStreamSupervisor,
+        SupervisorArgs::new(env.js.clone(), topology).target("t", target),
+    )
+    .await
+    .expect("supervisor");
+    // Killed: a temporary child stays down, a transient one comes back.
+    lookup(&supervisor, "temporary")
+        .await
+        .expect("child")
+        .kill();
+    lookup(&supervisor, "transient")
+        .await
+        .expect("child")
+        .kill();
+    // Drained (a normal end): a transient child stays down.
+    let drained = lookup(&supervisor, "transient-drained")
+        .await
+        .expect("child");
+    drained
+        .call(
+            |reply| ractor_jetstream::ConsumerMsg::Drain {
+                timeout: Duration::from_secs(1),
+                reply,
+            },
+            None,
+        )
+        .await
+        .expect("drain");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let report = status(&supervisor).await;
+        let state = |d: &str| report.child(d).map(|c| (c.state.clone(), c.restarts));
+        if state("temporary") == Some((ChildState::Stopped, 0))
+            && state("transient") == Some((ChildState::Running, 1))
+            && state("transient-drained") == Some((ChildState::Stopped, 0))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "unexpected states: {report:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(lookup(&supervisor, "temporary").await.is_none());
+    assert!(lookup(&supervisor, "transient-drained").await.is_none());
+    match fetch_via(&supervisor, "temporary", 1, Duration::from_millis(200)).await {
+        Err(Error::Unavailable { reason, .. }) => assert!(reason.contains("stopped"), "{reason}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
 }

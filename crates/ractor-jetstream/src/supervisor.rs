@@ -445,7 +445,11 @@ impl Actor for JetStreamSupervisor {
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
                 if let Some(durable) = state.durable_of(&cell) {
                     tracing::debug!(%durable, ?reason, "consumer child stopped");
-                    state.child_ended(&myself, &durable, None)?;
+                    // A kill is an abnormal end, as in OTP: a transient
+                    // child is restarted after it, a drained one is not.
+                    let failure =
+                        (reason.as_deref() == Some("killed")).then(|| "killed".to_string());
+                    state.child_ended(&myself, &durable, failure)?;
                 }
             }
             SupervisionEvent::ActorStarted(_) | SupervisionEvent::ProcessGroupChanged(_) => {}
