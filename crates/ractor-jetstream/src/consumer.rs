@@ -69,6 +69,11 @@ pub enum ConsumerMsg {
     Stats(RpcReplyPort<ConsumerStats>),
     /// Stop taking new messages, wait up to `timeout` for the decisions on
     /// what is in flight, nak the rest, reply, and stop.
+    ///
+    /// This is a normal end: under a supervisor, a `permanent` child is
+    /// started again, a `transient` or `temporary` one is not. To drain for
+    /// good, use [`SupervisorMsg::Drain`](crate::SupervisorMsg::Drain) or
+    /// `RemoveConsumer`.
     Drain {
         /// How long to wait for outstanding decisions.
         timeout: Duration,
