@@ -353,6 +353,15 @@ impl InFlight {
     }
 
     /// The entry a token names, unless it was settled already.
+    fn current(&self, token: Token) -> Option<&Entry> {
+        let (index, generation) = split(token);
+        self.slots
+            .get(index)
+            .filter(|slot| slot.generation == generation)
+            .and_then(|slot| slot.entry.as_ref())
+    }
+
+    /// The entry a token names, unless it was settled already.
     fn current_mut(&mut self, token: Token) -> Option<&mut Entry> {
         let (index, generation) = split(token);
         self.slots
@@ -382,11 +391,7 @@ impl InFlight {
     }
 
     fn is_current(&self, token: Token, deadline: Instant) -> bool {
-        let (index, generation) = split(token);
-        self.slots.get(index).is_some_and(|slot| {
-            slot.generation == generation
-                && slot.entry.as_ref().is_some_and(|e| e.deadline == deadline)
-        })
+        self.current(token).is_some_and(|e| e.deadline == deadline)
     }
 
     /// Nak's every delivery whose decision timeout has passed (or terms it,
@@ -469,14 +474,10 @@ impl Drop for InFlight {
                 pending.push((sequence, reply, Bytes::from_static(NAK)));
                 continue;
             }
-            let (index, generation) = split(settlement.token);
-            let current = self
-                .slots
-                .get(index)
-                .is_some_and(|s| s.generation == generation && s.entry.is_some());
-            if !current {
+            if self.current(settlement.token).is_none() {
                 continue;
             }
+            let index = split(settlement.token).0;
             let decision = match settlement.verdict {
                 Verdict::Decided(decision) => decision,
                 Verdict::Abandoned | Verdict::Unread(_) => Decision::Nak(None),
