@@ -224,14 +224,82 @@ fn median(values: &mut [f64]) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// The actors and probes of one library run.
+struct ActorRun {
+    child: ActorRef<ConsumerMsg>,
+    target: ActorRef<TargetMsg>,
+    probe: Probe,
+    sampler: InFlightSampler,
+}
+
+/// What the rounds of one case measured.
+#[derive(Default)]
+struct Rounds {
+    raw: Vec<f64>,
+    actor: Vec<f64>,
+    latencies: Vec<u32>,
+    peak: f64,
+    max_in_flight: u64,
+}
+
+impl Rounds {
+    /// Records a library run that took `elapsed` for `n` messages, collects
+    /// its latencies, memory and window, checks the server saw every ack,
+    /// and stops its actors.
+    async fn finish_actor_run(
+        &mut self,
+        label: &str,
+        js: &jetstream::Context,
+        n: u64,
+        elapsed: Duration,
+        run: ActorRun,
+    ) -> Result<(), BoxError> {
+        self.actor.push(n as f64 / elapsed.as_secs_f64());
+        eprintln!(
+            "round: {label} raw={:.0} actor={:.0}",
+            self.raw.last().copied().unwrap_or_default(),
+            self.actor.last().copied().unwrap_or_default()
+        );
+        self.peak = self.peak.max(peak_rss_mib());
+        self.max_in_flight = self.max_in_flight.max(run.sampler.stop().await);
+        self.latencies
+            .extend(run.probe.latencies(&run.target).await?);
+        check_all_acked(js, "actor", n).await?;
+        run.child.stop(None);
+        run.target.stop(None);
+        Ok(())
+    }
+
+    fn result(mut self, mode: &'static str, size: usize, messages: u64) -> CaseResult {
+        let (p50_us, p99_us) = percentiles(&mut self.latencies);
+        let mut paired: Vec<f64> = self
+            .actor
+            .iter()
+            .zip(&self.raw)
+            .map(|(a, r)| a / r)
+            .collect();
+        CaseResult {
+            mode,
+            size,
+            messages,
+            paired_ratio: median(&mut paired),
+            raw: median(&mut self.raw),
+            actor: median(&mut self.actor),
+            p50_us,
+            p99_us,
+            peak_rss_mib: self.peak,
+            max_in_flight: self.max_in_flight,
+        }
+    }
+}
+
 async fn pull_case(
     js: &jetstream::Context,
     options: &Options,
     batch: usize,
 ) -> Result<CaseResult, BoxError> {
     let n = options.messages_for(batch);
-    let (mut raw, mut actor, mut latencies, mut peak, mut max_in_flight) =
-        (Vec::new(), Vec::new(), Vec::new(), 0f64, 0);
+    let mut rounds = Rounds::default();
     for _ in 0..options.rounds {
         fill(js, n).await?;
         let stream = js.get_stream("BENCH").await?;
@@ -258,7 +326,7 @@ async fn pull_case(
             }
         }
         js.client().flush().await?;
-        raw.push(n as f64 / started.elapsed().as_secs_f64());
+        rounds.raw.push(n as f64 / started.elapsed().as_secs_f64());
         check_all_acked(js, "raw", n).await?;
 
         fill(js, n).await?;
@@ -296,39 +364,29 @@ async fn pull_case(
             delivered += outcome.delivered as u64;
         }
         js.client().flush().await?;
-        actor.push(n as f64 / started.elapsed().as_secs_f64());
-        eprintln!(
-            "round: pull batch={batch} raw={:.0} actor={:.0}",
-            raw[raw.len() - 1],
-            actor[actor.len() - 1]
-        );
-        peak = peak.max(peak_rss_mib());
-        max_in_flight = max_in_flight.max(sampler.stop().await);
-        latencies.extend(probe.latencies(&target).await?);
-        check_all_acked(js, "actor", n).await?;
-        child.stop(None);
-        target.stop(None);
+        let elapsed = started.elapsed();
+        let label = format!("pull batch={batch}");
+        rounds
+            .finish_actor_run(
+                &label,
+                js,
+                n,
+                elapsed,
+                ActorRun {
+                    child,
+                    target,
+                    probe,
+                    sampler,
+                },
+            )
+            .await?;
     }
-    let (p50, p99) = percentiles(&mut latencies);
-    let mut paired: Vec<f64> = actor.iter().zip(&raw).map(|(a, r)| a / r).collect();
-    Ok(CaseResult {
-        mode: "pull",
-        size: batch,
-        messages: n,
-        paired_ratio: median(&mut paired),
-        raw: median(&mut raw),
-        actor: median(&mut actor),
-        p50_us: p50,
-        p99_us: p99,
-        peak_rss_mib: peak,
-        max_in_flight,
-    })
+    Ok(rounds.result("pull", batch, n))
 }
 
 async fn push_case(js: &jetstream::Context, options: &Options) -> Result<CaseResult, BoxError> {
     let n = options.messages;
-    let (mut raw, mut actor, mut latencies, mut peak, mut max_in_flight) =
-        (Vec::new(), Vec::new(), Vec::new(), 0f64, 0);
+    let mut rounds = Rounds::default();
     for _ in 0..options.rounds {
         fill(js, n).await?;
         let stream = js.get_stream("BENCH").await?;
@@ -357,7 +415,7 @@ async fn push_case(js: &jetstream::Context, options: &Options) -> Result<CaseRes
             }
         }
         js.client().flush().await?;
-        raw.push(n as f64 / started.elapsed().as_secs_f64());
+        rounds.raw.push(n as f64 / started.elapsed().as_secs_f64());
         drop(messages);
         check_all_acked(js, "raw", n).await?;
 
@@ -382,34 +440,24 @@ async fn push_case(js: &jetstream::Context, options: &Options) -> Result<CaseRes
         let sampler = InFlightSampler::start(child.clone());
         probe.wait_all().await?;
         js.client().flush().await?;
-        actor.push(n as f64 / started.elapsed().as_secs_f64());
-        eprintln!(
-            "round: push window={} raw={:.0} actor={:.0}",
-            options.window,
-            raw[raw.len() - 1],
-            actor[actor.len() - 1]
-        );
-        peak = peak.max(peak_rss_mib());
-        max_in_flight = max_in_flight.max(sampler.stop().await);
-        latencies.extend(probe.latencies(&target).await?);
-        check_all_acked(js, "actor", n).await?;
-        child.stop(None);
-        target.stop(None);
+        let elapsed = started.elapsed();
+        let label = format!("push window={}", options.window);
+        rounds
+            .finish_actor_run(
+                &label,
+                js,
+                n,
+                elapsed,
+                ActorRun {
+                    child,
+                    target,
+                    probe,
+                    sampler,
+                },
+            )
+            .await?;
     }
-    let (p50, p99) = percentiles(&mut latencies);
-    let mut paired: Vec<f64> = actor.iter().zip(&raw).map(|(a, r)| a / r).collect();
-    Ok(CaseResult {
-        mode: "push",
-        size: options.window,
-        messages: n,
-        paired_ratio: median(&mut paired),
-        raw: median(&mut raw),
-        actor: median(&mut actor),
-        p50_us: p50,
-        p99_us: p99,
-        peak_rss_mib: peak,
-        max_in_flight,
-    })
+    Ok(rounds.result("push", options.window, n))
 }
 
 /// The time from killing a pull child to the next delivery, median over
