@@ -25,6 +25,7 @@
 //! [`Error::FetchInterrupted`].
 
 pub(crate) mod dead_letter;
+pub(crate) mod effective;
 pub(crate) mod inflight;
 pub mod pull;
 pub mod push;
@@ -45,6 +46,7 @@ use crate::delivery::Delivery;
 use crate::ensure::ensure_consumer;
 use crate::error::{Error, show_duration};
 use crate::spec::{ConsumerMode, ConsumerSpec, DEFAULT_FETCH_EXPIRES};
+use effective::Effective;
 use inflight::Settled;
 
 /// Messages of a consumer child ([`PullConsumer`](crate::PullConsumer) or
@@ -201,6 +203,14 @@ pub struct ConsumerStats {
     pub resubscribes: u64,
     /// Terminated messages first published to the dead-letter subject.
     pub dead_lettered: u64,
+    /// `+WPI` sent to keep deliveries the target still holds alive.
+    pub kept_alive: u64,
+    /// The server's ack wait the child works with: the consumer's
+    /// `ack_wait`, or its shortest `backoff` step.
+    pub ack_wait: Duration,
+    /// How long the target may hold a delivery undecided (the decision
+    /// timeout in effect).
+    pub max_hold: Duration,
 }
 
 /// Lock-free counters shared by a child and its worker.
@@ -216,6 +226,7 @@ pub(crate) struct Counters {
     pub empty_fetches: AtomicU64,
     pub resubscribes: AtomicU64,
     pub dead_lettered: AtomicU64,
+    pub kept_alive: AtomicU64,
 }
 
 impl Counters {
@@ -230,7 +241,7 @@ impl Counters {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn snapshot(&self, spec: &ConsumerSpec) -> ConsumerStats {
+    fn snapshot(&self, spec: &ConsumerSpec, effective: &Effective) -> ConsumerStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let delivered = get(&self.delivered);
         let settled = get(&self.acked)
@@ -253,6 +264,9 @@ impl Counters {
             empty_fetches: get(&self.empty_fetches),
             resubscribes: get(&self.resubscribes),
             dead_lettered: get(&self.dead_lettered),
+            kept_alive: get(&self.kept_alive),
+            ack_wait: effective.ack_wait,
+            max_hold: effective.max_hold,
         }
     }
 }
@@ -320,6 +334,8 @@ pub(crate) struct WorkerCtx {
     pub js: jetstream::Context,
     pub spec: ConsumerSpec,
     pub info: jetstream::consumer::Info,
+    /// The settings in effect, from the server's view of the consumer.
+    pub effective: Effective,
     pub stream: Arc<str>,
     pub durable: Arc<str>,
     pub counters: Arc<Counters>,
@@ -333,13 +349,13 @@ impl WorkerCtx {
             self.stream.clone(),
             self.durable.clone(),
             self.spec.dead_letter_subject.clone(),
-            self.spec.max_deliver,
+            self.effective.max_deliver,
         );
         inflight::InFlight::new(
             self.js.client(),
             self.stream.clone(),
             self.durable.clone(),
-            self.spec.effective_decision_timeout(),
+            &self.effective,
             self.counters.clone(),
             dead_letters,
         )
@@ -371,8 +387,7 @@ pub struct ConsumerState {
     counters: Arc<Counters>,
     fetches: mpsc::UnboundedSender<FetchRequest>,
     control: mpsc::UnboundedSender<WorkerCtl>,
-    max_batch: i64,
-    max_expires: Duration,
+    effective: Effective,
     draining: bool,
     _worker: WorkerHandle,
 }
@@ -422,12 +437,13 @@ where
     let durable: Arc<str> = Arc::from(spec.durable.as_str());
     let (fetch_tx, fetch_rx) = mpsc::unbounded_channel();
     let (control_tx, control_rx) = mpsc::unbounded_channel();
-    let max_batch = info.config.max_batch;
-    let max_expires = info.config.max_expires;
+    let effective = Effective::from_server(&spec, &info.config);
+    tracing::debug!(durable = %spec.durable, ?effective, "settings in effect");
     let ctx = WorkerCtx {
         js,
         spec: spec.clone(),
         info,
+        effective: effective.clone(),
         stream: Arc::from(spec.stream.as_str()),
         durable: durable.clone(),
         counters: counters.clone(),
@@ -453,8 +469,7 @@ where
         counters,
         fetches: fetch_tx,
         control: control_tx,
-        max_batch,
-        max_expires,
+        effective,
         draining: false,
         _worker: WorkerHandle { task },
     })
@@ -496,7 +511,7 @@ pub(crate) fn handle_child_msg(
                 }));
                 return Ok(());
             }
-            let expires = match validate_fetch(batch, expires, state.max_batch, state.max_expires) {
+            let expires = match validate_fetch(batch, expires, &state.effective) {
                 Ok(expires) => expires,
                 Err(err) => {
                     let _ = reply.send(Err(err));
@@ -513,7 +528,7 @@ pub(crate) fn handle_child_msg(
             let _ = state.fetches.send(request);
         }
         ConsumerMsg::Stats(reply) => {
-            let _ = reply.send(state.counters.snapshot(&state.spec));
+            let _ = reply.send(state.counters.snapshot(&state.spec, &state.effective));
         }
         ConsumerMsg::Drain { timeout, reply } => {
             state.draining = true;
@@ -540,13 +555,23 @@ pub(crate) fn handle_child_msg(
     Ok(())
 }
 
-/// Checks a fetch request against the consumer's limits; returns the
-/// `expires` to use.
+/// The largest `batch` a fetch may ask for when the consumer sets no
+/// `max_batch`: the server reads it as a signed 64-bit count, and a fetch
+/// keeps its whole batch in flight, so anything near that is a mistake.
+pub const MAX_FETCH_BATCH: usize = 1 << 20;
+
+/// The longest `expires` a fetch may ask for when the consumer sets no
+/// `max_expires`. A fetch holds its caller that long; past a day it is a
+/// mistake, and far past it the deadline arithmetic would overflow.
+pub const MAX_FETCH_EXPIRES: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Checks a fetch request against the consumer's limits as the server has
+/// them; returns the `expires` to use. Every count and duration that
+/// reaches the wire or deadline arithmetic is bounded here.
 pub(crate) fn validate_fetch(
     batch: usize,
     expires: Option<Duration>,
-    max_batch: i64,
-    max_expires: Duration,
+    limits: &Effective,
 ) -> Result<Duration, Error> {
     if batch == 0 {
         return Err(Error::invalid(
@@ -555,14 +580,26 @@ pub(crate) fn validate_fetch(
             "a fetch must ask for at least one message",
         ));
     }
-    if max_batch > 0 && batch as u64 > max_batch as u64 {
-        return Err(Error::invalid(
-            "batch",
-            batch,
-            format!("above the consumer's max_batch ({max_batch})"),
-        ));
+    match limits.max_batch {
+        Some(max_batch) if batch as u64 > max_batch => {
+            return Err(Error::invalid(
+                "batch",
+                batch,
+                format!("above the consumer's max_batch ({max_batch})"),
+            ));
+        }
+        None if batch > MAX_FETCH_BATCH => {
+            return Err(Error::invalid(
+                "batch",
+                batch,
+                format!("above {MAX_FETCH_BATCH}, the most one fetch may ask for"),
+            ));
+        }
+        _ => {}
     }
-    let expires = expires.unwrap_or(DEFAULT_FETCH_EXPIRES);
+    let max_expires = limits.max_expires.unwrap_or(MAX_FETCH_EXPIRES);
+    // The default is fitted to the consumer's own limit.
+    let expires = expires.unwrap_or(DEFAULT_FETCH_EXPIRES.min(max_expires));
     if expires < Duration::from_millis(1) {
         return Err(Error::invalid(
             "expires",
@@ -570,14 +607,16 @@ pub(crate) fn validate_fetch(
             "must be at least 1ms",
         ));
     }
-    if !max_expires.is_zero() && expires > max_expires {
+    if expires > max_expires {
+        let whose = if limits.max_expires.is_some() {
+            "the consumer's max_expires"
+        } else {
+            "the longest a fetch may wait"
+        };
         return Err(Error::invalid(
             "expires",
             show_duration(expires),
-            format!(
-                "above the consumer's max_expires ({})",
-                show_duration(max_expires)
-            ),
+            format!("above {whose} ({})", show_duration(max_expires)),
         ));
     }
     Ok(expires)
@@ -654,27 +693,64 @@ impl Alarm {
 mod tests {
     use super::*;
 
+    fn limits(max_batch: Option<u64>, max_expires: Option<Duration>) -> Effective {
+        let config = jetstream::consumer::Config {
+            max_batch: max_batch.map_or(0, |b| b as i64),
+            max_expires: max_expires.unwrap_or_default(),
+            ..Default::default()
+        };
+        Effective::from_server(&ConsumerSpec::pull("S", "d", "t"), &config)
+    }
+
     #[test]
     fn fetch_validation() {
         let max = Duration::from_secs(10);
-        assert!(validate_fetch(0, None, 0, Duration::ZERO).is_err());
+        let open = limits(None, None);
+        let bounded = limits(Some(10), Some(max));
+        assert!(validate_fetch(0, None, &open).is_err());
         assert_eq!(
-            validate_fetch(1, None, 0, Duration::ZERO).ok(),
+            validate_fetch(1, None, &open).ok(),
             Some(DEFAULT_FETCH_EXPIRES)
         );
-        let err = validate_fetch(11, None, 10, max).expect_err("above max_batch");
+        let err = validate_fetch(11, None, &bounded).expect_err("above max_batch");
         assert!(
             err.validation().is_some_and(|e| e.has_field("batch")),
             "{err}"
         );
-        let err = validate_fetch(1, Some(Duration::ZERO), 10, max).expect_err("zero expires");
+        let err = validate_fetch(1, Some(Duration::ZERO), &bounded).expect_err("zero expires");
         assert!(
             err.validation().is_some_and(|e| e.has_field("expires")),
             "{err}"
         );
-        let err = validate_fetch(1, Some(Duration::from_secs(11)), 10, max)
+        let err = validate_fetch(1, Some(Duration::from_secs(11)), &bounded)
             .expect_err("above max_expires");
         assert!(err.to_string().contains("max_expires"), "{err}");
-        assert!(validate_fetch(10, Some(max), 10, max).is_ok());
+        assert!(validate_fetch(10, Some(max), &bounded).is_ok());
+    }
+
+    #[test]
+    fn fetch_bounds_without_consumer_limits() {
+        let open = limits(None, None);
+        for (batch, expires) in [
+            (usize::MAX, None),
+            (MAX_FETCH_BATCH + 1, None),
+            (1, Some(Duration::MAX)),
+            (1, Some(MAX_FETCH_EXPIRES + Duration::from_nanos(1))),
+        ] {
+            assert!(
+                validate_fetch(batch, expires, &open).is_err(),
+                "{batch} {expires:?}"
+            );
+        }
+        assert!(validate_fetch(MAX_FETCH_BATCH, Some(MAX_FETCH_EXPIRES), &open).is_ok());
+    }
+
+    #[test]
+    fn default_expires_fits_the_consumers_limit() {
+        let short = limits(None, Some(Duration::from_secs(2)));
+        assert_eq!(
+            validate_fetch(1, None, &short).ok(),
+            Some(Duration::from_secs(2))
+        );
     }
 }

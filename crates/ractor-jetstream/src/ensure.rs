@@ -399,7 +399,9 @@ fn reconcile(
         config.filter_subject = desired.filter_subject.clone();
         config.filter_subjects = desired.filter_subjects.clone();
     }
-    if spec.ack_wait.is_some() && set("ack_wait", desired.ack_wait != existing.ack_wait) {
+    if (spec.ack_wait.is_some() || !spec.backoff.is_empty())
+        && set("ack_wait", desired.ack_wait != existing.ack_wait)
+    {
         config.ack_wait = desired.ack_wait;
     }
     let max_deliver = |v: i64| if v <= 0 { -1 } else { v };

@@ -366,6 +366,12 @@ fn retention_config(retention: Retention) -> stream::RetentionPolicy {
 /// The `ack_wait` a consumer gets when its spec does not set one (the
 /// server's own default).
 pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
+/// How long a target may hold a delivery undecided when the spec does not
+/// set `decision_timeout` (the child keeps it alive on the server
+/// meanwhile). Five minutes, like Kafka's `max.poll.interval.ms`: long
+/// enough for slow work, short enough that a stuck target gives its
+/// messages back.
+pub const DEFAULT_DECISION_TIMEOUT: Duration = Duration::from_secs(300);
 /// The `expires` of a fetch that does not set one.
 pub const DEFAULT_FETCH_EXPIRES: Duration = Duration::from_secs(5);
 /// The push window when the spec does not set `max_in_flight`.
@@ -425,9 +431,12 @@ pub struct ConsumerSpec {
     /// Redelivery delays after missed acks (`["1s", "5s", "30s"]`).
     #[serde(default, with = "duration_list", skip_serializing_if = "Vec::is_empty")]
     pub backoff: Vec<Duration>,
-    /// How long the target has to decide on a delivery before the child
-    /// nak's it (default: four fifths of `ack_wait`). Must be below
-    /// `ack_wait`.
+    /// How long the target may hold a delivery without deciding before the
+    /// child nak's it (default 5 minutes). Meanwhile the child keeps the
+    /// delivery alive on the server (`+WPI` every half of the server's ack
+    /// wait), so a slow target never gets a message redelivered to another
+    /// worker while it still holds it. [`Delivery::in_progress`](crate::Delivery::in_progress)
+    /// starts this time over.
     #[serde(
         default,
         with = "humantime_serde",
@@ -553,10 +562,10 @@ impl ConsumerSpec {
         self.ack_wait.unwrap_or(DEFAULT_ACK_WAIT)
     }
 
-    /// The decision timeout in effect.
+    /// The decision timeout in effect: the longest a target may hold a
+    /// delivery undecided.
     pub fn effective_decision_timeout(&self) -> Duration {
-        self.decision_timeout
-            .unwrap_or_else(|| self.effective_ack_wait().mul_f64(0.8))
+        self.decision_timeout.unwrap_or(DEFAULT_DECISION_TIMEOUT)
     }
 
     /// The `max_ack_pending` in effect.
@@ -628,15 +637,6 @@ impl ConsumerSpec {
                 format!(
                     "max_deliver ({max_deliver}) must be larger than the number of backoff entries"
                 ),
-            );
-        }
-        let decision = self.effective_decision_timeout();
-        let ack_wait = self.effective_ack_wait();
-        if self.decision_timeout.is_some() && decision >= ack_wait {
-            errors.add(
-                field("decision_timeout"),
-                show_duration(decision),
-                format!("must be below ack_wait ({})", show_duration(ack_wait)),
             );
         }
         if let Some(subject) = &self.dead_letter_subject {
@@ -772,7 +772,14 @@ impl ConsumerSpec {
                 }
             },
             ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait: self.effective_ack_wait(),
+            // With backoff, the server waits backoff[0] for the first ack
+            // and reports it as the ack wait; say the same, so that a bind
+            // finds nothing to update.
+            ack_wait: self
+                .backoff
+                .first()
+                .copied()
+                .unwrap_or_else(|| self.effective_ack_wait()),
             max_deliver: self.max_deliver.unwrap_or(0),
             filter_subject,
             filter_subjects,

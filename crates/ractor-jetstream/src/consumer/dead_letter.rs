@@ -37,16 +37,14 @@ impl DeadLetters {
         stream: Arc<str>,
         consumer: Arc<str>,
         subject: Option<String>,
-        max_deliver: Option<i64>,
+        max_deliver: Option<u64>,
     ) -> Self {
         Self {
             js,
             stream,
             consumer,
             subject,
-            max_deliver: max_deliver
-                .and_then(|m| u64::try_from(m).ok())
-                .filter(|m| *m > 0),
+            max_deliver,
         }
     }
 

@@ -9,6 +9,15 @@
 //! still holds, so that the server delivers it again at once instead of
 //! after `ack_wait`.
 //!
+//! While the target holds a delivery undecided, the registry keeps it alive
+//! on the server: a `+WPI` every [`Effective::keep_alive`] (half the
+//! server's ack wait), so the server never hands a message the target is
+//! still working on to another worker. That lasts up to the maximum hold
+//! (the spec's `decision_timeout`); past it, the delivery is nak'ed. A
+//! target's own [`Delivery::in_progress`] starts the hold over, and is sent
+//! on only when no `+WPI` went out for that delivery within the last
+//! period, however often the target calls it.
+//!
 //! Slots are reused; a token carries the slot's generation, so a late
 //! verdict for a delivery that already timed out cannot settle the slot's
 //! next occupant.
@@ -26,6 +35,7 @@ use tokio::time::Instant;
 
 use super::Counters;
 use super::dead_letter::DeadLetters;
+use super::effective::Effective;
 use crate::delivery::{AckMeta, Decision, Delivery, Settlement, Token, Verdict};
 
 /// What became of one delivery, for the tally of a fetch.
@@ -51,7 +61,12 @@ struct Entry {
     reply: Subject,
     stream_sequence: u64,
     delivered: u64,
-    deadline: Instant,
+    /// When the child gives up on it and nak's it.
+    hold_until: Instant,
+    /// When it is next kept alive on the server.
+    renew_at: Instant,
+    /// When the server last heard of it (delivered, or a `+WPI`).
+    renewed: Instant,
 }
 
 #[derive(Default)]
@@ -69,8 +84,14 @@ pub(crate) struct InFlight {
     slots: Vec<Slot>,
     free: Vec<u32>,
     live: usize,
+    /// Hold deadlines, in the order they were set (which is time order:
+    /// each is now plus the same `max_hold`). Entries that moved or were
+    /// settled are skipped when they reach the front.
     deadlines: VecDeque<(Instant, Token)>,
-    decision_timeout: Duration,
+    /// Keep-alive times, in time order like `deadlines`.
+    renewals: VecDeque<(Instant, Token)>,
+    max_hold: Duration,
+    keep_alive: Duration,
     counters: Arc<Counters>,
     dead_letters: DeadLetters,
 }
@@ -109,7 +130,7 @@ impl InFlight {
         client: async_nats::Client,
         stream: Arc<str>,
         consumer: Arc<str>,
-        decision_timeout: Duration,
+        effective: &Effective,
         counters: Arc<Counters>,
         dead_letters: DeadLetters,
     ) -> Self {
@@ -124,7 +145,9 @@ impl InFlight {
             free: Vec::new(),
             live: 0,
             deadlines: VecDeque::new(),
-            decision_timeout,
+            renewals: VecDeque::new(),
+            max_hold: effective.max_hold,
+            keep_alive: effective.keep_alive,
             counters,
             dead_letters,
         }
@@ -161,7 +184,8 @@ impl InFlight {
         let delivered = meta.delivered;
         let info = meta.into_info();
         let now = Instant::now();
-        let deadline = now + self.decision_timeout;
+        let hold_until = now + self.max_hold;
+        let renew_at = now + self.keep_alive;
         let index = match self.free.pop() {
             Some(index) => index,
             None => {
@@ -174,11 +198,14 @@ impl InFlight {
             reply,
             stream_sequence,
             delivered,
-            deadline,
+            hold_until,
+            renew_at,
+            renewed: now,
         });
         let token = token(index, slot.generation);
         self.live += 1;
-        self.deadlines.push_back((deadline, token));
+        self.deadlines.push_back((hold_until, token));
+        self.renewals.push_back((renew_at, token));
         self.counters
             .delivered
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -231,12 +258,18 @@ impl InFlight {
                 return None;
             }
             Verdict::Progress => {
-                let deadline = Instant::now() + self.decision_timeout;
+                let now = Instant::now();
+                let (max_hold, keep_alive) = (self.max_hold, self.keep_alive);
                 let entry = self.current_mut(token)?;
-                entry.deadline = deadline;
-                let reply = entry.reply.clone();
-                self.deadlines.push_back((deadline, token));
-                self.publish(reply, Bytes::from_static(PROGRESS)).await;
+                entry.hold_until = now + max_hold;
+                let hold_until = entry.hold_until;
+                // Coalesced: the server hears at most one `+WPI` per
+                // delivery per keep-alive period.
+                let renew = now.duration_since(entry.renewed) >= keep_alive;
+                self.deadlines.push_back((hold_until, token));
+                if renew {
+                    self.renew(token, now).await;
+                }
                 return None;
             }
             Verdict::Abandoned => (Decision::Nak(None), Settled::Abandoned),
@@ -379,25 +412,69 @@ impl InFlight {
         Some(entry)
     }
 
-    /// When the oldest unsettled delivery runs out of time, if any is out.
+    /// The next time something is due: a delivery kept alive on the
+    /// server, or one whose hold runs out.
     pub fn next_deadline(&mut self) -> Option<Instant> {
-        while let Some(&(deadline, token)) = self.deadlines.front() {
-            if self.is_current(token, deadline) {
-                return Some(deadline);
+        let hold = self.next_hold();
+        let renewal = self.next_renewal();
+        match (hold, renewal) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// When the oldest hold runs out, if any delivery is out.
+    fn next_hold(&mut self) -> Option<Instant> {
+        while let Some(&(at, token)) = self.deadlines.front() {
+            if self.current(token).is_some_and(|e| e.hold_until == at) {
+                return Some(at);
             }
             self.deadlines.pop_front();
         }
         None
     }
 
-    fn is_current(&self, token: Token, deadline: Instant) -> bool {
-        self.current(token).is_some_and(|e| e.deadline == deadline)
+    /// When the next delivery is to be kept alive, if any is out.
+    fn next_renewal(&mut self) -> Option<Instant> {
+        while let Some(&(at, token)) = self.renewals.front() {
+            if self.current(token).is_some_and(|e| e.renew_at == at) {
+                return Some(at);
+            }
+            self.renewals.pop_front();
+        }
+        None
     }
 
-    /// Nak's every delivery whose decision timeout has passed (or terms it,
-    /// when it was its last allowed delivery), reporting each to `record`.
+    /// Sends `+WPI` for a delivery and schedules its next keep-alive.
+    async fn renew(&mut self, token: Token, now: Instant) {
+        let renew_at = now + self.keep_alive;
+        let Some(entry) = self.current_mut(token) else {
+            return;
+        };
+        entry.renewed = now;
+        entry.renew_at = renew_at;
+        let reply = entry.reply.clone();
+        self.renewals.push_back((renew_at, token));
+        self.counters
+            .kept_alive
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.publish(reply, Bytes::from_static(PROGRESS)).await;
+    }
+
+    /// Keeps alive every delivery whose keep-alive is due, and nak's every
+    /// delivery whose hold has run out (or terms it, when it was its last
+    /// allowed delivery), reporting each of those to `record`.
     pub async fn expire_due(&mut self, now: Instant, mut record: impl FnMut(Settled)) {
-        while let Some(deadline) = self.next_deadline() {
+        while let Some(at) = self.next_renewal() {
+            if at > now {
+                break;
+            }
+            let Some((_, token)) = self.renewals.pop_front() else {
+                break;
+            };
+            self.renew(token, now).await;
+        }
+        while let Some(deadline) = self.next_hold() {
             if deadline > now {
                 break;
             }
@@ -410,7 +487,7 @@ impl InFlight {
                     stream = %self.stream,
                     durable = %self.consumer,
                     stream_sequence = entry.stream_sequence,
-                    "no decision within the decision timeout; nak'ed"
+                    "no decision within the decision timeout (the maximum hold); nak'ed"
                 );
                 record(
                     self.finish(entry, Decision::Nak(None), Settled::TimedOut)
@@ -431,6 +508,7 @@ impl InFlight {
             }
         }
         self.deadlines.clear();
+        self.renewals.clear();
         naked
     }
 
