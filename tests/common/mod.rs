@@ -190,6 +190,8 @@ pub enum Action {
     Panic,
     /// Ack after a delay, from a task (the target goes on meanwhile).
     AckAfter(Duration),
+    /// Term after a delay, from a task (the target goes on meanwhile).
+    TermAfter(Duration),
 }
 
 /// One delivery as the target saw it.
@@ -332,8 +334,10 @@ impl Actor for RecordingTarget {
                 let action = (state.decide)(&delivery);
                 // Settled right here, as opposed to held, panicked on, or
                 // settled later.
-                let later = matches!(action, Action::Hold | Action::Panic | Action::AckAfter(_))
-                    || (matches!(action, Action::Ack) && state.batch_ack.is_some());
+                let later = matches!(
+                    action,
+                    Action::Hold | Action::Panic | Action::AckAfter(_) | Action::TermAfter(_)
+                ) || (matches!(action, Action::Ack) && state.batch_ack.is_some());
                 if !later {
                     state.record.0.lock().expect("record lock").outstanding -= 1;
                 }
@@ -361,6 +365,14 @@ impl Actor for RecordingTarget {
                             tokio::time::sleep(delay).await;
                             record.0.lock().expect("record lock").outstanding -= 1;
                             delivery.ack();
+                        });
+                    }
+                    Action::TermAfter(delay) => {
+                        let record = state.record.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            record.0.lock().expect("record lock").outstanding -= 1;
+                            delivery.term("test terminated it");
                         });
                     }
                 }

@@ -26,9 +26,12 @@
 
 pub(crate) mod dead_letter;
 pub(crate) mod effective;
+mod fetch;
+mod guard;
 pub(crate) mod inflight;
 pub mod pull;
 pub mod push;
+mod settle;
 
 use std::fmt;
 use std::panic::AssertUnwindSafe;
@@ -44,9 +47,12 @@ use tokio::task::JoinHandle;
 
 use crate::delivery::Delivery;
 use crate::ensure::ensure_consumer;
-use crate::error::{Error, show_duration};
-use crate::spec::{ConsumerMode, ConsumerSpec, DEFAULT_FETCH_EXPIRES};
-use effective::Effective;
+use crate::error::Error;
+use crate::spec::{ConsumerMode, ConsumerSpec};
+use effective::{Effective, SharedEffective};
+pub(crate) use fetch::FetchRequest;
+use fetch::validate_fetch;
+pub use fetch::{FetchEnd, FetchOutcome, MAX_FETCH_BATCH, MAX_FETCH_EXPIRES, MAX_QUEUED_FETCHES};
 use inflight::Settled;
 
 /// Messages of a consumer child ([`PullConsumer`](crate::PullConsumer) or
@@ -57,8 +63,12 @@ pub enum ConsumerMsg {
     /// decision, and reply. A push child answers [`Error::WrongMode`].
     ///
     /// Bad requests (`batch == 0`, `batch` above the consumer's
-    /// `max_batch`, `expires` zero or above its `max_expires`) are answered
-    /// with [`Error::Invalid`] and fetch nothing.
+    /// `max_batch` or [`MAX_FETCH_BATCH`], `expires` zero or above its
+    /// `max_expires` or [`MAX_FETCH_EXPIRES`]) are answered with
+    /// [`Error::Invalid`] and fetch nothing. Past [`MAX_QUEUED_FETCHES`]
+    /// waiting fetches, a fetch is answered [`Error::Busy`]. A fetch whose
+    /// caller has given up by the time its turn comes is not served, and
+    /// `expires` is cut to what is left of the caller's call timeout.
     Fetch {
         /// At most this many messages.
         batch: usize,
@@ -112,46 +122,6 @@ impl fmt::Debug for ConsumerMsg {
 #[derive(Debug)]
 pub struct WorkerExit {
     failure: Option<String>,
-}
-
-/// The reply to a fetch.
-///
-/// `delivered == acked + naked + termed + abandoned + timed_out`: every
-/// delivered message was settled before the reply was sent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FetchOutcome {
-    /// Messages forwarded to the target.
-    pub delivered: usize,
-    /// Of those, acknowledged.
-    pub acked: usize,
-    /// Of those, nak'ed by the target (delivered again).
-    pub naked: usize,
-    /// Of those, terminated by the target (never delivered again).
-    pub termed: usize,
-    /// Of those, dropped by the target without a decision (nak'ed).
-    pub abandoned: usize,
-    /// Of those, not decided within the decision timeout (nak'ed).
-    pub timed_out: usize,
-    /// The fetch ended because `expires` passed before `batch` messages
-    /// came. With `delivered == 0` this is the clean empty outcome.
-    pub expired: bool,
-}
-
-impl FetchOutcome {
-    pub(crate) fn record(&mut self, settled: Settled) {
-        match settled {
-            Settled::Acked => self.acked += 1,
-            Settled::Naked => self.naked += 1,
-            Settled::Termed => self.termed += 1,
-            Settled::Abandoned => self.abandoned += 1,
-            Settled::TimedOut => self.timed_out += 1,
-        }
-    }
-
-    /// Whether nothing was delivered.
-    pub fn is_empty(&self) -> bool {
-        self.delivered == 0
-    }
 }
 
 /// What a drain settled and what it nak'ed.
@@ -290,36 +260,6 @@ impl fmt::Debug for ConsumerArgs {
     }
 }
 
-/// A fetch waiting to be served. Dropped unanswered (the child stopped or
-/// crashed), it answers [`Error::FetchInterrupted`] by itself.
-pub(crate) struct FetchRequest {
-    pub batch: usize,
-    pub expires: Duration,
-    reply: Option<RpcReplyPort<Result<FetchOutcome, Error>>>,
-    durable: Arc<str>,
-}
-
-impl FetchRequest {
-    pub fn answer(mut self, result: Result<FetchOutcome, Error>) {
-        if let Some(port) = self.reply.take() {
-            // The caller may have given up waiting; nothing to do then.
-            let _ = port.send(result);
-        }
-    }
-}
-
-impl Drop for FetchRequest {
-    fn drop(&mut self) {
-        if let Some(port) = self.reply.take() {
-            let _ = port.send(Err(Error::FetchInterrupted {
-                durable: self.durable.to_string(),
-                reason: "the consumer child stopped or crashed; what was in flight was nak'ed"
-                    .into(),
-            }));
-        }
-    }
-}
-
 /// Control messages from a child to its worker.
 pub(crate) enum WorkerCtl {
     Drain {
@@ -334,8 +274,11 @@ pub(crate) struct WorkerCtx {
     pub js: jetstream::Context,
     pub spec: ConsumerSpec,
     pub info: jetstream::consumer::Info,
-    /// The settings in effect, from the server's view of the consumer.
+    /// The settings in effect when the child bound, from the server's view
+    /// of the consumer.
     pub effective: Effective,
+    /// The same, as the worker keeps them up to date.
+    pub limits: SharedEffective,
     pub stream: Arc<str>,
     pub durable: Arc<str>,
     pub counters: Arc<Counters>,
@@ -364,7 +307,7 @@ impl WorkerCtx {
 
 /// The channels a worker listens on.
 pub(crate) struct WorkerInbox {
-    pub fetches: mpsc::UnboundedReceiver<FetchRequest>,
+    pub fetches: mpsc::Receiver<FetchRequest>,
     pub control: mpsc::UnboundedReceiver<WorkerCtl>,
     pub target: DerivedActorRef<Delivery>,
 }
@@ -385,9 +328,9 @@ pub struct ConsumerState {
     spec: ConsumerSpec,
     durable: Arc<str>,
     counters: Arc<Counters>,
-    fetches: mpsc::UnboundedSender<FetchRequest>,
+    fetches: mpsc::Sender<FetchRequest>,
     control: mpsc::UnboundedSender<WorkerCtl>,
-    effective: Effective,
+    limits: SharedEffective,
     draining: bool,
     _worker: WorkerHandle,
 }
@@ -435,15 +378,17 @@ where
     tracing::debug!(stream = %spec.stream, durable = %spec.durable, ?action, "consumer child bound");
     let counters = Arc::new(Counters::default());
     let durable: Arc<str> = Arc::from(spec.durable.as_str());
-    let (fetch_tx, fetch_rx) = mpsc::unbounded_channel();
+    let (fetch_tx, fetch_rx) = mpsc::channel(MAX_QUEUED_FETCHES);
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let effective = Effective::from_server(&spec, &info.config);
     tracing::debug!(durable = %spec.durable, ?effective, "settings in effect");
+    let limits = SharedEffective::new(effective.clone());
     let ctx = WorkerCtx {
         js,
         spec: spec.clone(),
         info,
-        effective: effective.clone(),
+        effective,
+        limits: limits.clone(),
         stream: Arc::from(spec.stream.as_str()),
         durable: durable.clone(),
         counters: counters.clone(),
@@ -469,7 +414,7 @@ where
         counters,
         fetches: fetch_tx,
         control: control_tx,
-        effective,
+        limits,
         draining: false,
         _worker: WorkerHandle { task },
     })
@@ -511,24 +456,28 @@ pub(crate) fn handle_child_msg(
                 }));
                 return Ok(());
             }
-            let expires = match validate_fetch(batch, expires, &state.effective) {
+            let expires = match validate_fetch(batch, expires, &state.limits.get()) {
                 Ok(expires) => expires,
                 Err(err) => {
                     let _ = reply.send(Err(err));
                     return Ok(());
                 }
             };
-            let request = FetchRequest {
-                batch,
-                expires,
-                reply: Some(reply),
-                durable: state.durable.clone(),
-            };
-            // When the worker is gone, the request answers for itself.
-            let _ = state.fetches.send(request);
+            let request = FetchRequest::new(batch, expires, reply, state.durable.clone());
+            match state.fetches.try_send(request) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(request)) => {
+                    request.answer(Err(Error::Busy {
+                        durable: state.spec.durable.clone(),
+                        queued: MAX_QUEUED_FETCHES,
+                    }));
+                }
+                // The worker is gone: the request answers for itself.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
         }
         ConsumerMsg::Stats(reply) => {
-            let _ = reply.send(state.counters.snapshot(&state.spec, &state.effective));
+            let _ = reply.send(state.counters.snapshot(&state.spec, &state.limits.get()));
         }
         ConsumerMsg::Drain { timeout, reply } => {
             state.draining = true;
@@ -555,92 +504,37 @@ pub(crate) fn handle_child_msg(
     Ok(())
 }
 
-/// The largest `batch` a fetch may ask for when the consumer sets no
-/// `max_batch`: the server reads it as a signed 64-bit count, and a fetch
-/// keeps its whole batch in flight, so anything near that is a mistake.
-pub const MAX_FETCH_BATCH: usize = 1 << 20;
-
-/// The longest `expires` a fetch may ask for when the consumer sets no
-/// `max_expires`. A fetch holds its caller that long; past a day it is a
-/// mistake, and far past it the deadline arithmetic would overflow.
-pub const MAX_FETCH_EXPIRES: Duration = Duration::from_secs(24 * 60 * 60);
-
-/// Checks a fetch request against the consumer's limits as the server has
-/// them; returns the `expires` to use. Every count and duration that
-/// reaches the wire or deadline arithmetic is bounded here.
-pub(crate) fn validate_fetch(
-    batch: usize,
-    expires: Option<Duration>,
-    limits: &Effective,
-) -> Result<Duration, Error> {
-    if batch == 0 {
-        return Err(Error::invalid(
-            "batch",
-            0,
-            "a fetch must ask for at least one message",
-        ));
-    }
-    match limits.max_batch {
-        Some(max_batch) if batch as u64 > max_batch => {
-            return Err(Error::invalid(
-                "batch",
-                batch,
-                format!("above the consumer's max_batch ({max_batch})"),
-            ));
-        }
-        None if batch > MAX_FETCH_BATCH => {
-            return Err(Error::invalid(
-                "batch",
-                batch,
-                format!("above {MAX_FETCH_BATCH}, the most one fetch may ask for"),
-            ));
-        }
-        _ => {}
-    }
-    let max_expires = limits.max_expires.unwrap_or(MAX_FETCH_EXPIRES);
-    // The default is fitted to the consumer's own limit.
-    let expires = expires.unwrap_or(DEFAULT_FETCH_EXPIRES.min(max_expires));
-    if expires < Duration::from_millis(1) {
-        return Err(Error::invalid(
-            "expires",
-            show_duration(expires),
-            "must be at least 1ms",
-        ));
-    }
-    if expires > max_expires {
-        let whose = if limits.max_expires.is_some() {
-            "the consumer's max_expires"
-        } else {
-            "the longest a fetch may wait"
-        };
-        return Err(Error::invalid(
-            "expires",
-            show_duration(expires),
-            format!("above {whose} ({})", show_duration(max_expires)),
-        ));
-    }
-    Ok(expires)
-}
-
 /// Serves the control channel during a drain: waits up to `timeout` for the
 /// decisions on what is in flight, then nak's the rest.
 pub(crate) async fn drain_in_flight(
     in_flight: &mut inflight::InFlight,
     timeout: Duration,
+    report: DrainReport,
+) -> DrainReport {
+    drain_recording(in_flight, timeout, report, |_| {}).await
+}
+
+/// [`drain_in_flight`], reporting what became of each delivery a fetch
+/// counted to `record`.
+pub(crate) async fn drain_recording(
+    in_flight: &mut inflight::InFlight,
+    timeout: Duration,
     mut report: DrainReport,
+    mut record: impl FnMut(Settled),
 ) -> DrainReport {
     let deadline = tokio::time::Instant::now() + timeout;
-    while in_flight.live() > 0 {
+    while in_flight.undecided() > 0 {
         tokio::select! {
             settlement = in_flight.next_verdict() => {
-                if in_flight.apply(settlement).await.is_some() {
+                if let Some(settled) = in_flight.apply(settlement).await {
                     report.settled += 1;
+                    record(settled);
                 }
             }
             _ = tokio::time::sleep_until(deadline) => break,
         }
     }
-    report.naked += in_flight.nak_all().await;
+    report.naked += in_flight.settle_all(&mut record).await;
     in_flight.flush(Duration::from_secs(2)).await;
     report
 }
@@ -686,71 +580,5 @@ impl Alarm {
     pub async fn fired(&mut self) {
         self.sleep.as_mut().await;
         self.armed = None;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn limits(max_batch: Option<u64>, max_expires: Option<Duration>) -> Effective {
-        let config = jetstream::consumer::Config {
-            max_batch: max_batch.map_or(0, |b| b as i64),
-            max_expires: max_expires.unwrap_or_default(),
-            ..Default::default()
-        };
-        Effective::from_server(&ConsumerSpec::pull("S", "d", "t"), &config)
-    }
-
-    #[test]
-    fn fetch_validation() {
-        let max = Duration::from_secs(10);
-        let open = limits(None, None);
-        let bounded = limits(Some(10), Some(max));
-        assert!(validate_fetch(0, None, &open).is_err());
-        assert_eq!(
-            validate_fetch(1, None, &open).ok(),
-            Some(DEFAULT_FETCH_EXPIRES)
-        );
-        let err = validate_fetch(11, None, &bounded).expect_err("above max_batch");
-        assert!(
-            err.validation().is_some_and(|e| e.has_field("batch")),
-            "{err}"
-        );
-        let err = validate_fetch(1, Some(Duration::ZERO), &bounded).expect_err("zero expires");
-        assert!(
-            err.validation().is_some_and(|e| e.has_field("expires")),
-            "{err}"
-        );
-        let err = validate_fetch(1, Some(Duration::from_secs(11)), &bounded)
-            .expect_err("above max_expires");
-        assert!(err.to_string().contains("max_expires"), "{err}");
-        assert!(validate_fetch(10, Some(max), &bounded).is_ok());
-    }
-
-    #[test]
-    fn fetch_bounds_without_consumer_limits() {
-        let open = limits(None, None);
-        for (batch, expires) in [
-            (usize::MAX, None),
-            (MAX_FETCH_BATCH + 1, None),
-            (1, Some(Duration::MAX)),
-            (1, Some(MAX_FETCH_EXPIRES + Duration::from_nanos(1))),
-        ] {
-            assert!(
-                validate_fetch(batch, expires, &open).is_err(),
-                "{batch} {expires:?}"
-            );
-        }
-        assert!(validate_fetch(MAX_FETCH_BATCH, Some(MAX_FETCH_EXPIRES), &open).is_ok());
-    }
-
-    #[test]
-    fn default_expires_fits_the_consumers_limit() {
-        let short = limits(None, Some(Duration::from_secs(2)));
-        assert_eq!(
-            validate_fetch(1, None, &short).ok(),
-            Some(Duration::from_secs(2))
-        );
     }
 }

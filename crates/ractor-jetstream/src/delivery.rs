@@ -177,8 +177,12 @@ pub(crate) enum Verdict {
     Decided(Decision),
     /// The target asked for more time.
     Progress,
-    /// The delivery was dropped without a decision.
-    Abandoned,
+    /// The delivery was dropped without a decision; the message comes
+    /// back with it, so that one no target saw can be forwarded again.
+    Abandoned(Box<async_nats::Message>),
+    /// The dead-letter publish of a delivery finished: confirmed by the
+    /// dead-letter stream or not. Sent by the child's own dead-letter task.
+    DeadLettered(bool),
     /// A message that arrived but was never forwarded (its subscription
     /// was dropped); to be nak'ed.
     Unread(async_nats::Subject),
@@ -377,6 +381,13 @@ impl Delivery {
         }
     }
 
+    /// Takes the message back out of a delivery that never reached its
+    /// target, without settling it.
+    pub(crate) fn into_message(mut self) -> async_nats::Message {
+        self.settle = None;
+        std::mem::replace(&mut self.message, placeholder())
+    }
+
     fn send(&mut self, verdict: Verdict) {
         if let Some(tx) = self.settle.take() {
             // A closed channel means the child is gone and has nak'ed this
@@ -391,7 +402,23 @@ impl Delivery {
 
 impl Drop for Delivery {
     fn drop(&mut self) {
-        self.send(Verdict::Abandoned);
+        if self.settle.is_some() {
+            let message = std::mem::replace(&mut self.message, placeholder());
+            self.send(Verdict::Abandoned(Box::new(message)));
+        }
+    }
+}
+
+/// An empty message, left in a [`Delivery`] whose own was taken out.
+fn placeholder() -> async_nats::Message {
+    async_nats::Message {
+        subject: async_nats::Subject::from_static(""),
+        reply: None,
+        payload: Bytes::new(),
+        headers: None,
+        status: None,
+        description: None,
+        length: 0,
     }
 }
 

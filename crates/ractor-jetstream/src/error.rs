@@ -125,6 +125,29 @@ pub enum Error {
         reason: String,
     },
 
+    /// A pull child already has [`MAX_QUEUED_FETCHES`](crate::MAX_QUEUED_FETCHES)
+    /// fetches waiting; retry once one of them was answered.
+    #[error("consumer `{durable}` has {queued} fetches waiting already; retry later")]
+    Busy {
+        /// The durable consumer's name.
+        durable: String,
+        /// How many fetches are waiting.
+        queued: usize,
+    },
+
+    /// The server refused a pull request (for example a batch above a
+    /// `max_batch` that was lowered on the server after the child bound,
+    /// or a request it cannot parse). Nothing was delivered.
+    #[error("the server refused a fetch on `{durable}`: {code} {description}")]
+    FetchRefused {
+        /// The durable consumer's name.
+        durable: String,
+        /// The server's status code.
+        code: u16,
+        /// The server's description.
+        description: String,
+    },
+
     /// The consumer child is draining or stopping and takes no new work.
     #[error("consumer `{durable}` is draining and takes no new fetches")]
     Draining {

@@ -187,7 +187,8 @@ pub use connect::{ConnectionSpec, connect, connect_jetstream};
 pub use consumer::pull::PullConsumer;
 pub use consumer::push::PushConsumer;
 pub use consumer::{
-    ConsumerArgs, ConsumerMsg, ConsumerState, ConsumerStats, DrainReport, FetchOutcome,
+    ConsumerArgs, ConsumerMsg, ConsumerState, ConsumerStats, DrainReport, FetchEnd, FetchOutcome,
+    MAX_FETCH_BATCH, MAX_FETCH_EXPIRES, MAX_QUEUED_FETCHES,
 };
 pub use delivery::{Decision, Delivery, DeliveryInfo};
 pub use ensure::{ConsumerAction, StreamAction, ensure_consumer, ensure_stream};

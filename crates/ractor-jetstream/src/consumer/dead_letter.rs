@@ -17,12 +17,28 @@
 //! `Nats-DLQ-Error`. That publish must be confirmed by a stream capturing
 //! the subject before the term is sent; if it is not, the message is nak'ed
 //! instead (and comes back), so nothing is lost.
+//!
+//! Each dead letter carries a `Nats-Msg-Id` made of the stream, the
+//! sequence and the delivery count, so that one sent again (a retry, or a
+//! stopped child finishing what it started) is stored once.
+//!
+//! The publish runs in a task of its own (see [`super::settle`]): a slow or
+//! unavailable dead-letter stream holds up only the message being
+//! dead-lettered, which the child keeps alive meanwhile.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::{HeaderMap, jetstream};
+use tokio::time::Instant;
+
+/// How long one attempt to store a dead letter may take.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The pause between two attempts.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 /// Where poison messages go, and when a delivery is the last one.
+#[derive(Clone)]
 pub(crate) struct DeadLetters {
     js: jetstream::Context,
     stream: Arc<str>,
@@ -59,9 +75,59 @@ impl DeadLetters {
         self.max_deliver.filter(|max| delivered >= *max)
     }
 
+    /// Tries to store the dead letter until it is confirmed or `until`
+    /// passes (at least one attempt). Returns whether it was confirmed.
+    pub async fn send_until(
+        &self,
+        sequence: u64,
+        delivered: u64,
+        why: &str,
+        until: Instant,
+    ) -> bool {
+        loop {
+            if self.send_once(sequence, delivered, why).await {
+                return true;
+            }
+            if Instant::now() + RETRY_PAUSE >= until {
+                return false;
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// One attempt, bounded by [`ATTEMPT_TIMEOUT`]. Returns whether the
+    /// dead letter was confirmed; logs why not.
+    pub async fn send_once(&self, sequence: u64, delivered: u64, why: &str) -> bool {
+        let result = tokio::time::timeout(ATTEMPT_TIMEOUT, self.send(sequence, delivered, why))
+            .await
+            .unwrap_or_else(|_| Err(format!("not confirmed within {ATTEMPT_TIMEOUT:?}")));
+        match result {
+            Ok(()) => {
+                tracing::info!(
+                    stream = %self.stream,
+                    durable = %self.consumer,
+                    stream_sequence = sequence,
+                    reason = %why,
+                    "dead-lettered"
+                );
+                true
+            }
+            Err(error) => {
+                tracing::error!(
+                    stream = %self.stream,
+                    durable = %self.consumer,
+                    stream_sequence = sequence,
+                    %error,
+                    "could not dead-letter"
+                );
+                false
+            }
+        }
+    }
+
     /// Publishes the message with this stream sequence to the dead-letter
     /// subject and waits for the server to confirm it is stored.
-    pub async fn send(&self, sequence: u64, delivered: u64, error: &str) -> Result<(), String> {
+    async fn send(&self, sequence: u64, delivered: u64, error: &str) -> Result<(), String> {
         let Some(subject) = &self.subject else {
             return Err("no dead-letter subject is configured".into());
         };
@@ -86,6 +152,8 @@ impl DeadLetters {
         headers.insert("Nats-DLQ-Sequence", sequence.to_string().as_str());
         headers.insert("Nats-DLQ-Delivered", delivered.to_string().as_str());
         headers.insert("Nats-DLQ-Error", one_line(error).as_str());
+        let id = format!("dlq-{}-{sequence}-{delivered}", self.stream);
+        headers.insert("Nats-Msg-Id", id.as_str());
         let ack = self
             .js
             .publish_with_headers(subject.clone(), headers, original.payload)

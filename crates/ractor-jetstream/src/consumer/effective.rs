@@ -9,6 +9,7 @@
 //! `backoff[n]` after the n-th redelivery. So every timing the child relies
 //! on comes from [`Effective::from_server`], never from the spec alone.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer;
@@ -73,6 +74,32 @@ impl Effective {
             max_batch: positive(config.max_batch),
             max_expires: Some(config.max_expires).filter(|d| !d.is_zero()),
         }
+    }
+}
+
+/// The settings in effect, shared by a child and its worker: the worker
+/// reads them afresh from the server when the server says they changed
+/// (a fetch refused for a `max_batch` lowered after binding), and the
+/// child checks the next requests against what the worker learned.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedEffective(Arc<Mutex<Effective>>);
+
+impl SharedEffective {
+    pub fn new(effective: Effective) -> Self {
+        Self(Arc::new(Mutex::new(effective)))
+    }
+
+    /// The settings now.
+    pub fn get(&self) -> Effective {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the settings.
+    pub fn set(&self, effective: Effective) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = effective;
     }
 }
 

@@ -4,10 +4,11 @@
 //! target. It hands each [`Delivery`] a token, applies the target's verdicts
 //! on the server (publishing `+ACK`, `-NAK`, `+TERM` or `+WPI` to the
 //! message's reply subject; publishes are queued, never flushed one by one),
-//! nak's what is not decided within the decision timeout, and, when it is
-//! dropped (the child stopped, crashed or was aborted), nak's everything it
-//! still holds, so that the server delivers it again at once instead of
-//! after `ack_wait`.
+//! nak's what is not decided within the maximum hold, and, when it is
+//! dropped (the child stopped, crashed or was aborted), settles everything
+//! it still holds at once, so that the server delivers it again right away
+//! instead of after `ack_wait`. Every path settles through the one policy
+//! in [`super::settle`].
 //!
 //! While the target holds a delivery undecided, the registry keeps it alive
 //! on the server: a `+WPI` every [`Effective::keep_alive`] (half the
@@ -18,24 +19,33 @@
 //! on only when no `+WPI` went out for that delivery within the last
 //! period, however often the target calls it.
 //!
+//! A message that reaches the child when its target is not running is not
+//! forwarded: it is nak'ed, or kept (alive) when it is on its last allowed
+//! delivery, and handed to the target on the next fetch once it runs
+//! again. So a dead target never costs a message its deliveries.
+//!
 //! Slots are reused; a token carries the slot's generation, so a late
 //! verdict for a delivery that already timed out cannot settle the slot's
 //! next occupant.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::Subject;
 use bytes::Bytes;
-use futures::{FutureExt, StreamExt};
-use ractor::DerivedActorRef;
+use ractor::{ActorStatus, DerivedActorRef, MessagingErr};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::Counters;
 use super::dead_letter::DeadLetters;
 use super::effective::Effective;
+pub(crate) use super::guard::GuardedSubscription;
+use super::guard::ORPHAN;
+use super::settle::{self, NAK, PROGRESS, PendingDeadLetter, Plan, Seen};
 use crate::delivery::{AckMeta, Decision, Delivery, Settlement, Token, Verdict};
 
 /// What became of one delivery, for the tally of a fetch.
@@ -53,8 +63,21 @@ pub(crate) enum Settled {
 pub(crate) enum ForwardError {
     /// The message has no `$JS.ACK` reply subject; it was skipped.
     NotJetStream,
-    /// The target actor is gone; the message was nak'ed.
+    /// The target actor is not running; the message was nak'ed, or kept
+    /// for the next target when it was on its last allowed delivery.
     TargetGone,
+}
+
+/// Where one delivery stands.
+enum Stage {
+    /// At the target, waiting for its decision.
+    AtTarget,
+    /// No target could take it and it was on its last allowed delivery:
+    /// kept (and kept alive) until a target can.
+    Kept(Box<async_nats::Message>),
+    /// Being published to the dead-letter subject; settled with `then`
+    /// once that is confirmed.
+    DeadLettering { then: Decision, settled: Settled },
 }
 
 struct Entry {
@@ -67,6 +90,9 @@ struct Entry {
     renew_at: Instant,
     /// When the server last heard of it (delivered, or a `+WPI`).
     renewed: Instant,
+    /// Whether a fetch counted it as delivered to the target.
+    reached: bool,
+    stage: Stage,
 }
 
 #[derive(Default)]
@@ -79,11 +105,15 @@ pub(crate) struct InFlight {
     client: async_nats::Client,
     stream: Arc<str>,
     consumer: Arc<str>,
+    /// The target of the latest forward.
+    target: Option<DerivedActorRef<Delivery>>,
     settle_tx: mpsc::UnboundedSender<Settlement>,
     settle_rx: mpsc::UnboundedReceiver<Settlement>,
     slots: Vec<Slot>,
     free: Vec<u32>,
     live: usize,
+    /// Tokens of kept deliveries, oldest first.
+    kept: VecDeque<Token>,
     /// Hold deadlines, in the order they were set (which is time order:
     /// each is now plus the same `max_hold`). Entries that moved or were
     /// settled are skipped when they reach the front.
@@ -94,10 +124,19 @@ pub(crate) struct InFlight {
     keep_alive: Duration,
     counters: Arc<Counters>,
     dead_letters: DeadLetters,
+    /// Dead-letter publishes in progress; each reports back through the
+    /// settlement channel. Aborted with the registry, whose drop sends
+    /// what they had not finished again (the message id de-duplicates).
+    dead_lettering: JoinSet<()>,
 }
 
-/// The token of an unread message handed over by a subscription guard.
-const ORPHAN: Token = Token::MAX;
+/// Whether an actor can take messages.
+pub(crate) fn is_running(target: &DerivedActorRef<Delivery>) -> bool {
+    matches!(
+        target.get_status(),
+        ActorStatus::Starting | ActorStatus::Running | ActorStatus::Upgrading
+    )
+}
 
 fn token(index: u32, generation: u32) -> Token {
     (u64::from(generation) << 32) | u64::from(index)
@@ -105,24 +144,6 @@ fn token(index: u32, generation: u32) -> Token {
 
 fn split(token: Token) -> (usize, u32) {
     ((token & 0xffff_ffff) as usize, (token >> 32) as u32)
-}
-
-const ACK: &[u8] = b"+ACK";
-const NAK: &[u8] = b"-NAK";
-const TERM: &[u8] = b"+TERM";
-const PROGRESS: &[u8] = b"+WPI";
-
-/// The payload that applies a decision on the server.
-fn decision_payload(decision: &Decision) -> Bytes {
-    match decision {
-        Decision::Ack => Bytes::from_static(ACK),
-        Decision::Nak(None) => Bytes::from_static(NAK),
-        Decision::Nak(Some(delay)) => format!("-NAK {{\"delay\":{}}}", delay.as_nanos()).into(),
-        Decision::Term(None) => Bytes::from_static(TERM),
-        Decision::Term(Some(reason)) => {
-            format!("+TERM {}", reason.replace(['\r', '\n'], " ")).into()
-        }
-    }
 }
 
 impl InFlight {
@@ -139,33 +160,54 @@ impl InFlight {
             client,
             stream,
             consumer,
+            target: None,
             settle_tx,
             settle_rx,
             slots: Vec::new(),
             free: Vec::new(),
             live: 0,
+            kept: VecDeque::new(),
             deadlines: VecDeque::new(),
             renewals: VecDeque::new(),
             max_hold: effective.max_hold,
             keep_alive: effective.keep_alive,
             counters,
             dead_letters,
+            dead_lettering: JoinSet::new(),
         }
     }
 
     /// Wraps a subscription so that its unread messages are nak'ed by this
     /// registry when it is dropped.
     pub fn guard(&self, subscription: async_nats::Subscriber) -> GuardedSubscription {
-        GuardedSubscription {
-            subscription: Some(subscription),
-            orphans: self.settle_tx.clone(),
-            client: self.client.clone(),
+        GuardedSubscription::new(subscription, self.settle_tx.clone(), self.client.clone())
+    }
+
+    /// Points the registry at `target`, when it is another actor.
+    fn use_target(&mut self, target: &DerivedActorRef<Delivery>) {
+        if self
+            .target
+            .as_ref()
+            .is_none_or(|t| t.get_id() != target.get_id())
+        {
+            self.target = Some(target.clone());
         }
     }
 
-    /// How many deliveries are out and unsettled.
+    /// Whether the target actor can take deliveries.
+    pub fn target_running(&self) -> bool {
+        self.target.as_ref().is_none_or(is_running)
+    }
+
+    /// How many deliveries are out and unsettled (kept ones included).
     pub fn live(&self) -> usize {
         self.live
+    }
+
+    /// How many deliveries wait for a decision or a dead letter: those
+    /// out, less those kept for a target to come.
+    pub fn undecided(&self) -> usize {
+        self.live - self.kept.len()
     }
 
     /// Forwards one message to the target, tracking it until it is settled.
@@ -174,6 +216,7 @@ impl InFlight {
         message: async_nats::Message,
         target: &DerivedActorRef<Delivery>,
     ) -> Result<u64, ForwardError> {
+        self.use_target(target);
         let Some(reply) = message.reply.clone() else {
             return Err(ForwardError::NotJetStream);
         };
@@ -184,8 +227,6 @@ impl InFlight {
         let delivered = meta.delivered;
         let info = meta.into_info();
         let now = Instant::now();
-        let hold_until = now + self.max_hold;
-        let renew_at = now + self.keep_alive;
         let index = match self.free.pop() {
             Some(index) => index,
             None => {
@@ -198,24 +239,73 @@ impl InFlight {
             reply,
             stream_sequence,
             delivered,
-            hold_until,
-            renew_at,
+            hold_until: now + self.max_hold,
+            renew_at: now + self.keep_alive,
             renewed: now,
+            reached: false,
+            stage: Stage::AtTarget,
         });
         let token = token(index, slot.generation);
         self.live += 1;
+        self.renewals.push_back((now + self.keep_alive, token));
+        self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+        if !self.target_running() {
+            self.unseen(token, message);
+            return Err(ForwardError::TargetGone);
+        }
+        self.send_to_target(token, message, info, now)
+    }
+
+    /// Hands kept deliveries to the target, at most `max`. Returns how
+    /// many reached it.
+    pub fn forward_kept(&mut self, max: usize, target: &DerivedActorRef<Delivery>) -> usize {
+        self.use_target(target);
+        let mut forwarded = 0;
+        while forwarded < max && self.target_running() {
+            let Some(token) = self.kept.pop_front() else {
+                break;
+            };
+            let Some(entry) = self.current_mut(token) else {
+                continue;
+            };
+            let Stage::Kept(message) = std::mem::replace(&mut entry.stage, Stage::AtTarget) else {
+                continue;
+            };
+            let Some(meta) = AckMeta::parse(entry.reply.as_str()) else {
+                continue;
+            };
+            let info = meta.into_info();
+            if self
+                .send_to_target(token, *message, info, Instant::now())
+                .is_ok()
+            {
+                forwarded += 1;
+            }
+        }
+        forwarded
+    }
+
+    fn send_to_target(
+        &mut self,
+        token: Token,
+        message: async_nats::Message,
+        info: crate::DeliveryInfo,
+        now: Instant,
+    ) -> Result<u64, ForwardError> {
+        let hold_until = now + self.max_hold;
+        if let Some(entry) = self.current_mut(token) {
+            entry.hold_until = hold_until;
+            entry.reached = true;
+        }
         self.deadlines.push_back((hold_until, token));
-        self.renewals.push_back((renew_at, token));
-        self.counters
-            .delivered
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let span = tracing::debug_span!(
             "delivery",
             stream = %self.stream,
             durable = %self.consumer,
-            stream_sequence,
+            stream_sequence = info.stream_sequence,
             delivered = info.delivered,
         );
+        let stream_sequence = info.stream_sequence;
         let delivery = Delivery::new(
             message,
             info,
@@ -224,11 +314,61 @@ impl InFlight {
             span,
             now.into_std(),
         );
+        let Some(target) = self.target.as_ref() else {
+            return Err(ForwardError::TargetGone);
+        };
         match target.send_message(delivery) {
             Ok(()) => Ok(stream_sequence),
-            // The returned delivery is dropped here, which queues its
-            // abandonment; the nak goes out when the verdict is applied.
-            Err(_) => Err(ForwardError::TargetGone),
+            Err(MessagingErr::SendErr(delivery)) => {
+                let message = delivery.into_message();
+                if let Some(entry) = self.current_mut(token) {
+                    entry.reached = false;
+                }
+                self.unseen(token, message);
+                Err(ForwardError::TargetGone)
+            }
+            // The delivery was dropped on the way, which queued its
+            // abandonment; applied while the target is not running, it is
+            // taken as unseen.
+            Err(_) => {
+                if let Some(entry) = self.current_mut(token) {
+                    entry.reached = false;
+                }
+                Err(ForwardError::TargetGone)
+            }
+        }
+    }
+
+    /// A message no target took: kept when a nak would lose it, nak'ed
+    /// otherwise. Returns what the fetch that counted it should record.
+    fn unseen(&mut self, token: Token, message: async_nats::Message) -> Option<Settled> {
+        let entry = self.current(token)?;
+        let (delivered, reached) = (entry.delivered, entry.reached);
+        match settle::plan(
+            &self.dead_letters,
+            delivered,
+            Decision::Nak(None),
+            Settled::Abandoned,
+            Seen::No,
+        ) {
+            Plan::Keep => {
+                if let Some(entry) = self.current_mut(token) {
+                    tracing::warn!(
+                        stream_sequence = entry.stream_sequence,
+                        "the target is not running and this is the message's last allowed delivery; kept for the next target"
+                    );
+                    entry.stage = Stage::Kept(Box::new(message));
+                    entry.reached = false;
+                }
+                self.kept.push_back(token);
+                reached.then_some(Settled::Abandoned)
+            }
+            _ => {
+                let entry = self.release(split(token).0)?;
+                self.publish_now_or_later(entry.reply, Bytes::from_static(NAK));
+                self.counters.record(Settled::Abandoned);
+                reached.then_some(Settled::Abandoned)
+            }
         }
     }
 
@@ -248,7 +388,8 @@ impl InFlight {
     }
 
     /// Applies one verdict on the server. Returns what became of the
-    /// delivery, or `None` for a stale token or an in-progress extension.
+    /// delivery for the fetch that counted it, or `None` for a stale token,
+    /// an in-progress extension, or a delivery no fetch counted.
     pub async fn apply(&mut self, settlement: Settlement) -> Option<Settled> {
         crate::fault_point!("rj-before-apply");
         let Settlement { token, verdict } = settlement;
@@ -258,21 +399,17 @@ impl InFlight {
                 return None;
             }
             Verdict::Progress => {
-                let now = Instant::now();
-                let (max_hold, keep_alive) = (self.max_hold, self.keep_alive);
-                let entry = self.current_mut(token)?;
-                entry.hold_until = now + max_hold;
-                let hold_until = entry.hold_until;
-                // Coalesced: the server hears at most one `+WPI` per
-                // delivery per keep-alive period.
-                let renew = now.duration_since(entry.renewed) >= keep_alive;
-                self.deadlines.push_back((hold_until, token));
-                if renew {
-                    self.renew(token, now).await;
-                }
+                self.progress(token).await;
                 return None;
             }
-            Verdict::Abandoned => (Decision::Nak(None), Settled::Abandoned),
+            Verdict::DeadLettered(confirmed) => return self.dead_lettered(token, confirmed).await,
+            Verdict::Abandoned(message) => {
+                if !self.target_running() && token != ORPHAN {
+                    // Dropped in a dead target's mailbox: never seen.
+                    return self.unseen(token, *message);
+                }
+                (Decision::Nak(None), Settled::Abandoned)
+            }
             Verdict::Decided(decision) => {
                 let settled = match decision {
                     Decision::Ack => Settled::Acked,
@@ -282,107 +419,114 @@ impl InFlight {
                 (decision, settled)
             }
         };
-        self.current_mut(token)?;
-        let entry = self.release(split(token).0)?;
-        let settled = self.finish(entry, decision, settled).await;
-        Some(settled)
+        let entry = self.current(token)?;
+        if !matches!(entry.stage, Stage::AtTarget) {
+            return None;
+        }
+        self.settle(token, decision, settled).await
     }
 
-    /// Applies a decision on a released entry; a term may become a dead
-    /// letter, and a failed last delivery a term (see [`DeadLetters`]).
-    async fn finish(&mut self, entry: Entry, decision: Decision, settled: Settled) -> Settled {
-        let (payload, settled) = match decision {
-            Decision::Term(reason) if self.dead_letters.enabled() => {
-                let why = reason
-                    .clone()
-                    .unwrap_or_else(|| "terminated by the target".into());
-                self.dead_letter(&entry, &why, Decision::Term(reason), settled)
-                    .await
-            }
-            Decision::Nak(_) if self.dead_letters.last_delivery(entry.delivered).is_some() => {
-                let max = self
-                    .dead_letters
-                    .last_delivery(entry.delivered)
-                    .unwrap_or_default();
-                let how = match settled {
-                    Settled::Abandoned => "dropped without a decision",
-                    Settled::TimedOut => "not decided within the decision timeout",
-                    _ => "nak'ed",
-                };
-                let reason = format!("max_deliver ({max}) reached and the last delivery was {how}");
-                if self.dead_letters.enabled() {
-                    self.dead_letter(
-                        &entry,
-                        &reason,
-                        Decision::Term(Some(reason.clone())),
-                        settled,
-                    )
-                    .await
-                } else {
-                    tracing::warn!(
-                        stream = %self.stream,
-                        durable = %self.consumer,
-                        stream_sequence = entry.stream_sequence,
-                        %reason,
-                        "terminated (no dead-letter subject is configured)"
-                    );
-                    (
-                        decision_payload(&Decision::Term(Some(reason))),
-                        Settled::Termed,
-                    )
-                }
-            }
-            other => (decision_payload(&other), settled),
+    /// The target asked for more time.
+    async fn progress(&mut self, token: Token) {
+        let now = Instant::now();
+        let (max_hold, keep_alive) = (self.max_hold, self.keep_alive);
+        let Some(entry) = self.current_mut(token) else {
+            return;
         };
-        tracing::trace!(stream_sequence = entry.stream_sequence, ?settled, "settled");
+        if !matches!(entry.stage, Stage::AtTarget) {
+            return;
+        }
+        entry.hold_until = now + max_hold;
+        // Coalesced: the server hears at most one `+WPI` per delivery per
+        // keep-alive period.
+        let renew = now.duration_since(entry.renewed) >= keep_alive;
+        self.deadlines.push_back((now + max_hold, token));
+        if renew {
+            self.renew(token, now).await;
+        }
+    }
+
+    /// Settles a delivery the target had, through the settle policy.
+    async fn settle(
+        &mut self,
+        token: Token,
+        decision: Decision,
+        settled: Settled,
+    ) -> Option<Settled> {
+        let entry = self.current(token)?;
+        let plan = settle::plan(
+            &self.dead_letters,
+            entry.delivered,
+            decision,
+            settled,
+            Seen::Yes,
+        );
+        match plan {
+            Plan::Publish(payload, settled) => {
+                let entry = self.release(split(token).0)?;
+                tracing::trace!(stream_sequence = entry.stream_sequence, ?settled, "settled");
+                self.publish(entry.reply, payload).await;
+                self.counters.record(settled);
+                Some(settled)
+            }
+            Plan::DeadLetter { why, then, settled } => {
+                self.start_dead_letter(token, why, then, settled);
+                None
+            }
+            Plan::Keep => None,
+        }
+    }
+
+    /// Starts the dead-letter publish of a delivery in its own task; the
+    /// delivery stays out (and kept alive) until it reports back.
+    fn start_dead_letter(&mut self, token: Token, why: String, then: Decision, settled: Settled) {
+        let last = self
+            .current(token)
+            .is_some_and(|e| self.dead_letters.last_delivery(e.delivered).is_some());
+        let Some(entry) = self.current_mut(token) else {
+            return;
+        };
+        entry.stage = Stage::DeadLettering { then, settled };
+        let (sequence, delivered) = (entry.stream_sequence, entry.delivered);
+        // A term that is not stored is nak'ed and comes back, so one
+        // attempt will do; on a last delivery a nak would lose the message,
+        // so the child keeps trying (and keeps it alive) up to its hold.
+        let until = if last {
+            entry.hold_until
+        } else {
+            Instant::now()
+        };
+        let dead_letters = self.dead_letters.clone();
+        let report = self.settle_tx.clone();
+        self.dead_lettering.spawn(async move {
+            let confirmed = dead_letters
+                .send_until(sequence, delivered, &why, until)
+                .await;
+            let _ = report.send(Settlement {
+                token,
+                verdict: Verdict::DeadLettered(confirmed),
+            });
+        });
+    }
+
+    /// A dead-letter publish finished: term the delivery, or nak it when
+    /// the dead letter was not stored.
+    async fn dead_lettered(&mut self, token: Token, confirmed: bool) -> Option<Settled> {
+        // Reap the finished task.
+        while self.dead_lettering.try_join_next().is_some() {}
+        let entry = self.current(token)?;
+        let Stage::DeadLettering { then, settled } = &entry.stage else {
+            return None;
+        };
+        let (payload, settled) = settle::after_dead_letter(confirmed, then, *settled);
+        let reached = entry.reached;
+        let entry = self.release(split(token).0)?;
+        if confirmed {
+            self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        }
         self.publish(entry.reply, payload).await;
         self.counters.record(settled);
-        settled
-    }
-
-    /// Publishes the message to the dead-letter subject, then settles it
-    /// with `then`; if the dead letter is not confirmed, nak's it instead.
-    async fn dead_letter(
-        &self,
-        entry: &Entry,
-        why: &str,
-        then: Decision,
-        settled: Settled,
-    ) -> (Bytes, Settled) {
-        match self
-            .dead_letters
-            .send(entry.stream_sequence, entry.delivered, why)
-            .await
-        {
-            Ok(()) => {
-                self.counters
-                    .dead_lettered
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::info!(
-                    stream = %self.stream,
-                    durable = %self.consumer,
-                    stream_sequence = entry.stream_sequence,
-                    reason = %why,
-                    "dead-lettered"
-                );
-                (decision_payload(&then), Settled::Termed)
-            }
-            Err(err) => {
-                tracing::error!(
-                    stream = %self.stream,
-                    durable = %self.consumer,
-                    stream_sequence = entry.stream_sequence,
-                    error = %err,
-                    "could not dead-letter; nak'ed instead"
-                );
-                let settled = if settled == Settled::Termed {
-                    Settled::Naked
-                } else {
-                    settled
-                };
-                (Bytes::from_static(NAK), settled)
-            }
-        }
+        reached.then_some(settled)
     }
 
     /// The entry a token names, unless it was settled already.
@@ -409,6 +553,10 @@ impl InFlight {
         slot.generation = slot.generation.wrapping_add(1);
         self.free.push(index as u32);
         self.live -= 1;
+        if matches!(entry.stage, Stage::Kept(_)) {
+            let token = token(index as u32, slot.generation.wrapping_sub(1));
+            self.kept.retain(|t| *t != token);
+        }
         Some(entry)
     }
 
@@ -423,10 +571,13 @@ impl InFlight {
         }
     }
 
-    /// When the oldest hold runs out, if any delivery is out.
+    /// When the oldest hold runs out, if any delivery is at the target.
     fn next_hold(&mut self) -> Option<Instant> {
         while let Some(&(at, token)) = self.deadlines.front() {
-            if self.current(token).is_some_and(|e| e.hold_until == at) {
+            if self
+                .current(token)
+                .is_some_and(|e| e.hold_until == at && matches!(e.stage, Stage::AtTarget))
+            {
                 return Some(at);
             }
             self.deadlines.pop_front();
@@ -455,15 +606,14 @@ impl InFlight {
         entry.renew_at = renew_at;
         let reply = entry.reply.clone();
         self.renewals.push_back((renew_at, token));
-        self.counters
-            .kept_alive
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.counters.kept_alive.fetch_add(1, Ordering::Relaxed);
         self.publish(reply, Bytes::from_static(PROGRESS)).await;
     }
 
     /// Keeps alive every delivery whose keep-alive is due, and nak's every
-    /// delivery whose hold has run out (or terms it, when it was its last
-    /// allowed delivery), reporting each of those to `record`.
+    /// delivery whose hold has run out (or settles it as the policy says,
+    /// when it was its last allowed delivery), reporting each of those to
+    /// `record`.
     pub async fn expire_due(&mut self, now: Instant, mut record: impl FnMut(Settled)) {
         while let Some(at) = self.next_renewal() {
             if at > now {
@@ -481,35 +631,78 @@ impl InFlight {
             let Some((_, token)) = self.deadlines.pop_front() else {
                 break;
             };
-            let (index, _) = split(token);
-            if let Some(entry) = self.release(index) {
+            if let Some(entry) = self.current(token) {
                 tracing::debug!(
                     stream = %self.stream,
                     durable = %self.consumer,
                     stream_sequence = entry.stream_sequence,
                     "no decision within the decision timeout (the maximum hold); nak'ed"
                 );
-                record(
-                    self.finish(entry, Decision::Nak(None), Settled::TimedOut)
-                        .await,
-                );
+            }
+            if let Some(settled) = self
+                .settle(token, Decision::Nak(None), Settled::TimedOut)
+                .await
+            {
+                record(settled);
             }
         }
     }
 
-    /// Nak's every delivery still out (used by drain). Returns how many.
-    pub async fn nak_all(&mut self) -> usize {
-        let mut naked = 0;
+    /// Settles every delivery still out, as a stopping child must (used by
+    /// drain): decided ones as decided, the rest as abandoned, each through
+    /// the settle policy, with dead letters awaited here. Reports what
+    /// became of each delivery a fetch counted to `record`; returns how
+    /// many were not decided by the target.
+    pub async fn settle_all(&mut self, mut record: impl FnMut(Settled)) -> usize {
+        // Decisions that arrived meanwhile are applied as decided.
+        while let Some(settlement) = self.try_verdict() {
+            if let Some(settled) = self.apply(settlement).await {
+                record(settled);
+            }
+        }
+        self.dead_lettering.abort_all();
+        let mut abandoned = 0;
         for index in 0..self.slots.len() {
-            if let Some(entry) = self.release(index) {
-                self.publish(entry.reply, Bytes::from_static(NAK)).await;
-                self.counters.record(Settled::Abandoned);
-                naked += 1;
+            let Some(entry) = self.slots[index].entry.as_ref() else {
+                continue;
+            };
+            let (seen, decision, settled) = match &entry.stage {
+                Stage::AtTarget => (Seen::Yes, Decision::Nak(None), Settled::Abandoned),
+                Stage::Kept(_) => (Seen::NoAndStopping, Decision::Nak(None), Settled::Abandoned),
+                Stage::DeadLettering { then, settled } => (Seen::Yes, then.clone(), *settled),
+            };
+            let (delivered, reached) = (entry.delivered, entry.reached);
+            let Some(entry) = self.release(index) else {
+                continue;
+            };
+            if seen != Seen::Yes || matches!(decision, Decision::Nak(_)) {
+                abandoned += 1;
+            }
+            let (payload, settled) =
+                match settle::plan(&self.dead_letters, delivered, decision, settled, seen) {
+                    Plan::Publish(payload, settled) => (payload, settled),
+                    Plan::DeadLetter { why, then, settled } => {
+                        let confirmed = self
+                            .dead_letters
+                            .send_once(entry.stream_sequence, delivered, &why)
+                            .await;
+                        if confirmed {
+                            self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                        }
+                        settle::after_dead_letter(confirmed, &then, settled)
+                    }
+                    Plan::Keep => (Bytes::from_static(NAK), Settled::Abandoned),
+                };
+            self.publish(entry.reply, payload).await;
+            self.counters.record(settled);
+            if reached {
+                record(settled);
             }
         }
         self.deadlines.clear();
         self.renewals.clear();
-        naked
+        self.kept.clear();
+        abandoned
     }
 
     async fn publish(&self, subject: Subject, payload: Bytes) {
@@ -518,6 +711,16 @@ impl InFlight {
             // ack_wait. Nothing else can be done from here.
             tracing::warn!(stream = %self.stream, durable = %self.consumer, error = %err, "could not send a decision");
         }
+    }
+
+    /// Queues a publish from a context that does not wait.
+    fn publish_now_or_later(&self, subject: Subject, payload: Bytes) {
+        settle::settle_stopped(
+            &self.client,
+            &self.dead_letters,
+            vec![(subject, payload)],
+            Vec::new(),
+        );
     }
 
     /// Flushes the connection, so that the decisions applied so far have
@@ -532,176 +735,83 @@ impl InFlight {
     }
 }
 
-/// Queues a publish without waiting: succeeds when the client's outbound
-/// queue has room, which is the case unless the connection is saturated.
-fn publish_now(client: &async_nats::Client, subject: Subject, payload: Bytes) -> bool {
-    tokio::task::unconstrained(client.publish(subject, payload))
-        .now_or_never()
-        .is_some_and(|r| r.is_ok())
-}
-
 impl Drop for InFlight {
-    /// The drop guard: whatever is still out is settled now. Verdicts that
-    /// already arrived are applied; everything else is nak'ed, so that it
-    /// comes back at once rather than after `ack_wait`.
+    /// The drop guard: whatever is still out is settled now, through the
+    /// settle policy. Verdicts that already arrived are applied; everything
+    /// else is nak'ed (so that it comes back at once rather than after
+    /// `ack_wait`), or dead-lettered when a nak would lose it.
     fn drop(&mut self) {
-        let mut pending: Vec<(u64, Subject, Bytes)> = Vec::new();
+        let mut publishes: Vec<(u64, Subject, Bytes)> = Vec::new();
+        let mut letters = Vec::new();
+        let mut decided: Vec<Option<(Decision, Settled)>> = vec![None; self.slots.len()];
         while let Ok(settlement) = self.settle_rx.try_recv() {
-            if let Verdict::Unread(reply) = settlement.verdict {
-                let sequence = AckMeta::parse(reply.as_str()).map_or(0, |m| m.stream_sequence);
-                pending.push((sequence, reply, Bytes::from_static(NAK)));
-                continue;
+            match settlement.verdict {
+                Verdict::Unread(reply) => {
+                    let sequence = AckMeta::parse(reply.as_str()).map_or(0, |m| m.stream_sequence);
+                    publishes.push((sequence, reply, Bytes::from_static(NAK)));
+                }
+                Verdict::Decided(decision) if self.current(settlement.token).is_some() => {
+                    let settled = match decision {
+                        Decision::Ack => Settled::Acked,
+                        Decision::Nak(_) => Settled::Naked,
+                        Decision::Term(_) => Settled::Termed,
+                    };
+                    if let Some(slot) = decided.get_mut(split(settlement.token).0) {
+                        *slot = Some((decision, settled));
+                    }
+                }
+                _ => {}
             }
-            if self.current(settlement.token).is_none() {
+        }
+        for (slot, decided) in self.slots.iter_mut().zip(decided) {
+            let Some(entry) = slot.entry.take() else {
                 continue;
-            }
-            let index = split(settlement.token).0;
-            let decision = match settlement.verdict {
-                Verdict::Decided(decision) => decision,
-                Verdict::Abandoned | Verdict::Unread(_) => Decision::Nak(None),
-                Verdict::Progress => continue,
             };
-            if let Some(entry) = self.release(index) {
-                pending.push((
-                    entry.stream_sequence,
-                    entry.reply,
-                    decision_payload(&decision),
-                ));
+            let (decision, settled, seen) = match (&entry.stage, decided) {
+                (Stage::Kept(_), _) => {
+                    (Decision::Nak(None), Settled::Abandoned, Seen::NoAndStopping)
+                }
+                (Stage::DeadLettering { then, settled }, _) => (then.clone(), *settled, Seen::Yes),
+                (Stage::AtTarget, Some((decision, settled))) => (decision, settled, Seen::Yes),
+                (Stage::AtTarget, None) => (Decision::Nak(None), Settled::Abandoned, Seen::Yes),
+            };
+            match settle::plan(&self.dead_letters, entry.delivered, decision, settled, seen) {
+                Plan::Publish(payload, _) => {
+                    publishes.push((entry.stream_sequence, entry.reply, payload));
+                }
+                Plan::DeadLetter { why, then, .. } => letters.push(PendingDeadLetter {
+                    reply: entry.reply,
+                    stream_sequence: entry.stream_sequence,
+                    delivered: entry.delivered,
+                    why,
+                    then,
+                }),
+                Plan::Keep => {
+                    publishes.push((entry.stream_sequence, entry.reply, Bytes::from_static(NAK)));
+                }
             }
         }
-        for index in 0..self.slots.len() {
-            if let Some(entry) = self.release(index) {
-                pending.push((entry.stream_sequence, entry.reply, Bytes::from_static(NAK)));
-            }
-        }
-        if pending.is_empty() {
+        if publishes.is_empty() && letters.is_empty() {
             return;
         }
         // In stream order, so that the server delivers them again in the
         // order they were first delivered.
-        pending.sort_unstable_by_key(|(sequence, _, _)| *sequence);
+        publishes.sort_unstable_by_key(|(sequence, _, _)| *sequence);
         tracing::debug!(
             stream = %self.stream,
             durable = %self.consumer,
-            count = pending.len(),
+            count = publishes.len(),
+            dead_letters = letters.len(),
             "settling in-flight deliveries of a stopped consumer child"
         );
-        publish_all_now(
+        settle::settle_stopped(
             &self.client,
-            pending
+            &self.dead_letters,
+            publishes
                 .into_iter()
                 .map(|(_, subject, payload)| (subject, payload))
                 .collect(),
+            letters,
         );
-    }
-}
-
-/// Queues every publish at once, from a context that cannot wait (a drop
-/// guard). When the client's outbound queue is full, the remainder goes to
-/// a short task that exists only to queue them and ends as soon as they
-/// are queued (async-nats' own `Subscriber` drop does the same).
-fn publish_all_now(client: &async_nats::Client, publishes: Vec<(Subject, Bytes)>) {
-    let mut rest = Vec::new();
-    for (subject, payload) in publishes {
-        if !publish_now(client, subject.clone(), payload.clone()) {
-            rest.push((subject, payload));
-        }
-    }
-    if rest.is_empty() {
-        return;
-    }
-    if let Ok(handle) = tokio::runtime::Handle::try_current() {
-        let client = client.clone();
-        handle.spawn(async move {
-            for (subject, payload) in rest {
-                let _ = client.publish(subject, payload).await;
-            }
-        });
-    } else {
-        tracing::warn!(
-            count = rest.len(),
-            "no runtime to settle in-flight deliveries; they return after ack_wait"
-        );
-    }
-}
-
-/// A subscription whose unread messages are nak'ed when it is dropped.
-///
-/// On drop it takes the JetStream messages still buffered in it, hands them
-/// to its [`InFlight`] (which nak's them together with its own deliveries,
-/// in stream order), and only then unsubscribes, so that nothing nak'ed is
-/// pushed straight back into the dying subscription.
-pub(crate) struct GuardedSubscription {
-    subscription: Option<async_nats::Subscriber>,
-    orphans: mpsc::UnboundedSender<Settlement>,
-    client: async_nats::Client,
-}
-
-impl GuardedSubscription {
-    /// The next message; `None` when the subscription is closed.
-    pub async fn next(&mut self) -> Option<async_nats::Message> {
-        match self.subscription.as_mut() {
-            Some(subscription) => subscription.next().await,
-            None => None,
-        }
-    }
-
-    /// A message that has already arrived: `Some(Some(_))`, `Some(None)` when
-    /// the subscription is closed, `None` when nothing is waiting.
-    pub fn try_next(&mut self) -> Option<Option<async_nats::Message>> {
-        match self.subscription.as_mut() {
-            Some(subscription) => subscription.next().now_or_never(),
-            None => Some(None),
-        }
-    }
-
-    /// Stops the subscription and nak's whatever it still delivers, without
-    /// forwarding it (used by drain). Bounded: gives up after two seconds.
-    /// Returns how many messages were nak'ed.
-    pub async fn drain_and_nak(&mut self) -> usize {
-        let Some(mut subscription) = self.subscription.take() else {
-            return 0;
-        };
-        if subscription.drain().await.is_err() {
-            return 0;
-        }
-        let mut naked = 0;
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while let Ok(Some(message)) = tokio::time::timeout_at(deadline, subscription.next()).await {
-            if let Some(reply) = js_reply(&message) {
-                let _ = self.client.publish(reply, Bytes::from_static(NAK)).await;
-                naked += 1;
-            }
-        }
-        naked
-    }
-}
-
-/// The `$JS.ACK` reply subject of a JetStream message (not of a status
-/// message).
-fn js_reply(message: &async_nats::Message) -> Option<Subject> {
-    message
-        .reply
-        .clone()
-        .filter(|reply| message.status.is_none() && reply.as_str().starts_with("$JS.ACK."))
-}
-
-impl Drop for GuardedSubscription {
-    fn drop(&mut self) {
-        let Some(mut subscription) = self.subscription.take() else {
-            return;
-        };
-        while let Some(Some(message)) = subscription.next().now_or_never() {
-            if let Some(reply) = js_reply(&message) {
-                // The registry outlives this guard (declared first, dropped
-                // last); if it is gone, the message returns after ack_wait.
-                let _ = self.orphans.send(Settlement {
-                    token: ORPHAN,
-                    verdict: Verdict::Unread(reply),
-                });
-            }
-        }
-        // Dropping the subscriber unsubscribes.
-        drop(subscription);
     }
 }
