@@ -408,12 +408,13 @@ fn start_removal(
     supervisor: &ActorRef<SupervisorMsg>,
     durable: &str,
     drain: Duration,
+    delete: bool,
 ) -> tokio::sync::oneshot::Receiver<Result<ractor_jetstream::DrainReport, Error>> {
     let (tx, rx) = ractor::concurrency::oneshot();
     supervisor
         .cast(SupervisorMsg::RemoveConsumer {
             durable: durable.into(),
-            delete: false,
+            delete,
             drain,
             reply: tx.into(),
         })
@@ -425,7 +426,8 @@ fn start_removal(
 /// delivery, so that draining `slow` takes its whole drain timeout.
 fn with_slow_durable(topology: Topology, stream: &str) -> Topology {
     topology.consumer(
-        ConsumerSpec::push(stream, "slow", "holder").with_filter([format!("{}.slow", stream.to_lowercase())]),
+        ConsumerSpec::push(stream, "slow", "holder")
+            .with_filter([format!("{}.slow", stream.to_lowercase())]),
     )
 }
 
@@ -451,15 +453,17 @@ async fn a_slow_drain_blocks_neither_fetches_nor_status() {
     .expect("supervisor");
     publish_n(&env.js, "busy.slow", 3).await;
     let fast = publish_n(&env.js, "busy.fast", 2).await;
-    wait_until("the slow durable's target holds 3 deliveries", PATIENCE, || {
-        held.count() == 3
-    })
+    wait_until(
+        "the slow durable's target holds 3 deliveries",
+        PATIENCE,
+        || held.count() == 3,
+    )
     .await;
 
     // The drain of `slow` waits 5 s for decisions that never come.
     let drain = Duration::from_secs(5);
     let removal_started = tokio::time::Instant::now();
-    let mut removal = start_removal(&supervisor, "slow", drain);
+    let mut removal = start_removal(&supervisor, "slow", drain, true);
 
     let asked = tokio::time::Instant::now();
     let report = supervisor
@@ -483,7 +487,11 @@ async fn a_slow_drain_blocks_neither_fetches_nor_status() {
     );
     assert_eq!((outcome.delivered, outcome.acked), (2, 2));
     assert_eq!(record.sequences(), fast);
-    assert!(report.child("fast").is_some_and(|c| c.state == ChildState::Running));
+    assert!(
+        report
+            .child("fast")
+            .is_some_and(|c| c.state == ChildState::Running)
+    );
 
     // The removal itself ends after its drain, and nak's what was held.
     let removed = tokio::time::timeout(drain + PATIENCE, removal)
@@ -498,10 +506,11 @@ async fn a_slow_drain_blocks_neither_fetches_nor_status() {
         removal_started.elapsed()
     );
     assert!(status(&supervisor).await.child("slow").is_none());
-    wait_for_consumer(&env.js, "BUSY", "slow", "the held deliveries nak'ed", |i| {
-        i.num_ack_pending == 0
-    })
-    .await;
+    let stream = env.js.get_stream("BUSY").await.expect("stream");
+    assert!(
+        stream.consumer_info("slow").await.is_err(),
+        "deleted on the server"
+    );
 }
 
 #[tokio::test]
@@ -546,11 +555,13 @@ async fn a_killed_push_child_forwards_nothing_after_its_kill() {
     // Keep the supervisor busy (a 5 s drain of `slow`), then kill the
     // victim.
     publish_n(&env.js, "kill.slow", 3).await;
-    wait_until("the slow durable's target holds 3 deliveries", PATIENCE, || {
-        held.count() == 3
-    })
+    wait_until(
+        "the slow durable's target holds 3 deliveries",
+        PATIENCE,
+        || held.count() == 3,
+    )
     .await;
-    let removal = start_removal(&supervisor, "slow", Duration::from_secs(5));
+    let removal = start_removal(&supervisor, "slow", Duration::from_secs(5), false);
     victim.kill();
     victim
         .wait(Some(PATIENCE))
@@ -566,8 +577,7 @@ async fn a_killed_push_child_forwards_nothing_after_its_kill() {
     while tokio::time::Instant::now() < watch {
         let late = record.with(|r| r.seen.iter().filter(|s| s.at > dead_at + grace).count());
         assert_eq!(
-            late,
-            0,
+            late, 0,
             "{late} deliveries reached the target more than {grace:?} after the child was killed ({seen_at_death} before)"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -594,7 +604,10 @@ async fn a_killed_push_child_forwards_nothing_after_its_kill() {
         .expect("the removal answers");
     assert!(removed.is_ok(), "{removed:?}");
     assert_eq!(
-        status(&supervisor).await.child("victim").map(|c| c.state.clone()),
+        status(&supervisor)
+            .await
+            .child("victim")
+            .map(|c| c.state.clone()),
         Some(ChildState::Stopped)
     );
 }
@@ -640,9 +653,7 @@ async fn a_killed_push_child_stops_forwarding_however_busy_its_parent_is() {
     let env = env().await;
     create_stream(&env.js, "ORPHAN", &["orphan.>"]).await;
     let (_t, target, record) = acking_target().await;
-    let (parent, _) = Actor::spawn(None, BusyParent, ())
-        .await
-        .expect("parent");
+    let (parent, _) = Actor::spawn(None, BusyParent, ()).await.expect("parent");
     let (child, _) = Actor::spawn_linked(
         None,
         ractor_jetstream::PushConsumer,
@@ -672,7 +683,10 @@ async fn a_killed_push_child_stops_forwarding_however_busy_its_parent_is() {
         .cast(Duration::from_secs(5))
         .expect("the parent takes work");
     child.kill();
-    child.wait(Some(PATIENCE)).await.expect("the killed child ends");
+    child
+        .wait(Some(PATIENCE))
+        .await
+        .expect("the killed child ends");
     let dead_at = std::time::Instant::now();
     let seen_at_death = record.count();
     let grace = Duration::from_millis(500);
@@ -680,8 +694,7 @@ async fn a_killed_push_child_stops_forwarding_however_busy_its_parent_is() {
     while tokio::time::Instant::now() < watch {
         let late = record.with(|r| r.seen.iter().filter(|s| s.at > dead_at + grace).count());
         assert_eq!(
-            late,
-            0,
+            late, 0,
             "{late} deliveries reached the target more than {grace:?} after the child was killed ({seen_at_death} before)"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
