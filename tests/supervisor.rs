@@ -715,3 +715,100 @@ async fn a_killed_push_child_stops_forwarding_however_busy_its_parent_is() {
     );
     publisher.abort();
 }
+
+#[tokio::test]
+async fn a_child_stopped_from_outside_while_working_comes_back_like_a_killed_one() {
+    let env = env().await;
+    let (_t, target, record) = acking_target().await;
+    let topology = Topology::new()
+        .stream(StreamSpec::new("OUTSIDE", ["outside.>"]))
+        .consumer(ConsumerSpec {
+            restart: RestartKind::Transient,
+            ..ConsumerSpec::pull("OUTSIDE", "p", "t")
+        });
+    let (supervisor, _) = Actor::spawn(
+        None,
+        JetStreamSupervisor,
+        SupervisorArgs::new(env.js.clone(), topology).target("t", target),
+    )
+    .await
+    .expect("supervisor");
+    // Neither the supervisor nor a drain asked for this stop: an abnormal
+    // end, whatever the reason text says.
+    let child = lookup(&supervisor, "p").await.expect("child");
+    child.stop(Some("drained".into()));
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let report = status(&supervisor).await;
+        let p = report.child("p").cloned();
+        if p.as_ref()
+            .is_some_and(|p| p.state == ChildState::Running && p.restarts == 1)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the transient child stopped from outside was not restarted: {p:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seqs = publish_n(&env.js, "outside.x", 3).await;
+    let outcome = fetch_via(&supervisor, "p", 3, Duration::from_secs(2))
+        .await
+        .expect("fetch from the restarted child");
+    assert_eq!(outcome.acked, 3);
+    assert_eq!(record.sequences(), seqs);
+}
+
+#[tokio::test]
+async fn a_second_add_of_a_durable_being_added_is_a_duplicate() {
+    let env = env().await;
+    let (_t, target, _record) = acking_target().await;
+    let topology = Topology::new().stream(StreamSpec::new("TWICE", ["twice.>"]));
+    let (supervisor, _) = Actor::spawn(
+        None,
+        JetStreamSupervisor,
+        SupervisorArgs::new(env.js.clone(), topology).target("t", target),
+    )
+    .await
+    .expect("supervisor");
+    // Both are queued before the first can have finished binding.
+    let add = || {
+        let (tx, rx) = ractor::concurrency::oneshot();
+        supervisor
+            .cast(SupervisorMsg::AddConsumer {
+                spec: ConsumerSpec::pull("TWICE", "d", "t"),
+                target: None,
+                reply: tx.into(),
+            })
+            .expect("the supervisor takes AddConsumer");
+        rx
+    };
+    let (first, second) = (add(), add());
+    let second = tokio::time::timeout(PATIENCE, second)
+        .await
+        .expect("the second add is answered")
+        .expect("reply");
+    assert!(
+        matches!(&second, Err(Error::DuplicateConsumer { durable }) if durable == "d"),
+        "{second:?}"
+    );
+    let first = tokio::time::timeout(PATIENCE, first)
+        .await
+        .expect("the first add is answered")
+        .expect("reply")
+        .expect("the first add succeeds");
+    assert_eq!(
+        lookup(&supervisor, "d").await.map(|c| c.get_id()),
+        Some(first.get_id())
+    );
+    let report = status(&supervisor).await;
+    assert_eq!(report.children.len(), 1);
+    assert!(
+        consumer_info(&env.js, "TWICE", "d")
+            .await
+            .config
+            .deliver_subject
+            .is_none()
+    );
+}
