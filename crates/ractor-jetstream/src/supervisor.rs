@@ -2,7 +2,8 @@
 //!
 //! [`JetStreamSupervisor`] makes the topology's streams and durable
 //! consumers exist, spawns one linked child per durable consumer (a
-//! [`PushConsumer`] or a [`PullConsumer`], named
+//! [`PushConsumer`](crate::PushConsumer) or a
+//! [`PullConsumer`](crate::PullConsumer), named
 //! `<supervisor>/<stream>/<durable>`, where `<supervisor>` is the
 //! supervisor's own name, or `jetstream-<actor id>` when it has none), routes
 //! [`SupervisorMsg::Fetch`] to the right pull child, and restarts children
