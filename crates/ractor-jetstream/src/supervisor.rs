@@ -315,6 +315,18 @@ struct Child {
     retiring: bool,
     /// A `RemoveConsumer` is in progress.
     removing: bool,
+    /// A restart is spawning its child.
+    starting: bool,
+    /// A `RemoveConsumer` that waits for that spawn, so that it drains the
+    /// new child (and a delete cannot run before the new child binds).
+    pending_removal: Option<Removal>,
+}
+
+/// A `RemoveConsumer`'s request.
+struct Removal {
+    delete: bool,
+    drain: Duration,
+    reply: RpcReplyPort<Result<DrainReport, Error>>,
 }
 
 impl Child {
@@ -329,6 +341,8 @@ impl Child {
             generation: 0,
             retiring: false,
             removing: false,
+            starting: false,
+            pending_removal: None,
         }
     }
 }
@@ -367,6 +381,9 @@ pub struct SupervisorState {
     children: HashMap<String, Child>,
     name_prefix: String,
     drained: bool,
+    /// How many times the children were drained (an add that began before
+    /// a drain and ends after it is retired too).
+    drains: u64,
     /// The slow work in progress; dropped (so aborted) with the state.
     tasks: JoinSet<()>,
     /// Durables whose `AddConsumer` is in progress.
@@ -439,6 +456,7 @@ impl Actor for JetStreamSupervisor {
                 |n| format!("{n}/"),
             ),
             drained: false,
+            drains: 0,
             tasks: JoinSet::new(),
             adding: HashSet::new(),
             starting: 0,
@@ -646,14 +664,15 @@ impl SupervisorState {
             return;
         }
         self.adding.insert(spec.durable.clone());
-        self.start_child(myself, spec, Start::Add(reply));
+        let drains = self.drains;
+        self.start_child(myself, spec, Start::Add { reply, drains });
     }
 
     /// Spawns a child in a task, which reports back with
     /// [`Done::ChildStarted`]. An added consumer is bound first.
     fn start_child(&mut self, myself: &ActorRef<SupervisorMsg>, spec: ConsumerSpec, start: Start) {
         let launch = self.launch(myself, &spec);
-        let bind = matches!(start, Start::Add(_));
+        let bind = matches!(start, Start::Add { .. });
         let myself = myself.clone();
         self.starting += 1;
         self.spawn_task(async move {
@@ -720,7 +739,7 @@ impl SupervisorState {
         }
         let durable = spec.durable.clone();
         match start {
-            Start::Add(reply) => {
+            Start::Add { reply, drains } => {
                 self.adding.remove(&durable);
                 let actor = match result {
                     Ok(actor) => actor,
@@ -729,23 +748,58 @@ impl SupervisorState {
                         return Ok(());
                     }
                 };
-                self.children
-                    .insert(durable.clone(), Child::running(spec, actor.clone()));
-                let _ = reply.send(Ok(actor));
+                let mut child = Child::running(spec, actor.clone());
+                if drains != self.drains {
+                    // The children were drained while this one started: it
+                    // is retired with them.
+                    child.retiring = true;
+                    actor.stop(Some("drained while starting".into()));
+                    let _ = reply.send(Err(Error::Unavailable {
+                        durable: durable.clone(),
+                        reason: "the supervisor was drained while the consumer was being added"
+                            .into(),
+                    }));
+                } else {
+                    let _ = reply.send(Ok(actor));
+                }
+                self.children.insert(durable.clone(), child);
             }
             Start::Restart { generation } => {
                 let current = self
                     .children
                     .get_mut(&durable)
-                    .filter(|c| c.generation == generation && c.actor.is_none() && !c.retiring);
+                    .filter(|c| c.generation == generation && c.actor.is_none());
                 let Some(child) = current else {
-                    // Removed or drained while it started: not wanted any
-                    // more.
+                    // Superseded while it started: not wanted.
                     if let Ok(actor) = result {
-                        actor.stop(Some("retired while starting".into()));
+                        actor.stop(Some("superseded while starting".into()));
                     }
                     return Ok(());
                 };
+                child.starting = false;
+                if child.retiring {
+                    // Removed or drained while it started. The new child is
+                    // booked, so that its end is, and then retired.
+                    let actor = result.ok();
+                    child.actor = actor.clone();
+                    if actor.is_none() {
+                        child.state = ChildState::Stopped;
+                    }
+                    match child.pending_removal.take() {
+                        Some(removal) => {
+                            self.start_removal(myself, durable.clone(), actor, removal)
+                        }
+                        None => {
+                            if let Some(actor) = actor {
+                                actor.stop(Some("drained while starting".into()));
+                            }
+                        }
+                    }
+                    return match ended {
+                        Some(end) => self.child_ended(myself, &durable, end),
+                        None => Ok(()),
+                    };
+                }
                 match result {
                     Ok(actor) => {
                         child.actor = Some(actor);
@@ -900,6 +954,7 @@ impl SupervisorState {
         // A new generation for the attempt: a second ticket for the same
         // end cannot start a second child.
         child.generation += 1;
+        child.starting = true;
         let start = Start::Restart {
             generation: child.generation,
         };
@@ -928,8 +983,37 @@ impl SupervisorState {
         }
         child.retiring = true;
         child.removing = true;
+        let removal = Removal {
+            delete,
+            drain,
+            reply,
+        };
+        if child.starting {
+            child.pending_removal = Some(removal);
+            return;
+        }
         let actor = child.actor.clone();
-        let stream = child.spec.stream.clone();
+        self.start_removal(myself, durable, actor, removal);
+    }
+
+    /// Retires a child in a task, deletes its consumer when asked, and
+    /// reports back with [`Done::Removed`].
+    fn start_removal(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        durable: String,
+        actor: Option<ActorRef<ConsumerMsg>>,
+        removal: Removal,
+    ) {
+        let Some(stream) = self.children.get(&durable).map(|c| c.spec.stream.clone()) else {
+            let _ = removal.reply.send(Err(Error::UnknownConsumer { durable }));
+            return;
+        };
+        let Removal {
+            delete,
+            drain,
+            reply,
+        } = removal;
         let js = self.js.clone();
         let myself = myself.clone();
         self.spawn_task(async move {
@@ -957,6 +1041,7 @@ impl SupervisorState {
     /// running children, to be retired.
     fn retire_all(&mut self) -> Vec<ActorRef<ConsumerMsg>> {
         self.drained = true;
+        self.drains += 1;
         let mut actors = Vec::new();
         for child in self.children.values_mut() {
             child.retiring = true;

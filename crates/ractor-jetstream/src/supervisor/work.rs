@@ -54,6 +54,9 @@ impl fmt::Debug for WorkDone {
 }
 
 /// What a task did.
+// One report per slow operation, and ractor boxes each message anyway: the
+// variants' sizes cost nothing worth a box of their own.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Done {
     /// A stream was made to exist (or could not be).
     StreamEnsured {
@@ -78,8 +81,12 @@ pub(super) enum Done {
 
 /// Why a child is being started.
 pub(super) enum Start {
-    /// `AddConsumer`: the caller waits for the child.
-    Add(RpcReplyPort<Result<ActorRef<ConsumerMsg>, Error>>),
+    /// `AddConsumer`: the caller waits for the child. `drains` is the
+    /// supervisor's drain count when the add began.
+    Add {
+        reply: RpcReplyPort<Result<ActorRef<ConsumerMsg>, Error>>,
+        drains: u64,
+    },
     /// A restart, valid only while the child is still at this generation.
     Restart { generation: u64 },
 }
