@@ -812,3 +812,79 @@ async fn a_second_add_of_a_durable_being_added_is_a_duplicate() {
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn a_removal_during_a_restart_waits_for_the_new_child_and_retires_it() {
+    let env = env().await;
+    let (_t, target, _record) = acking_target().await;
+    let topology = Topology::new()
+        .stream(StreamSpec::new("RACE", ["race.>"]))
+        .consumer(ConsumerSpec::pull("RACE", "r", "t"));
+    let policy = ractor_jetstream::RestartPolicy {
+        initial_backoff: Duration::from_millis(200),
+        jitter: 0.0,
+        ..Default::default()
+    };
+    let (supervisor, _) = Actor::spawn(
+        Some("sup-race".into()),
+        JetStreamSupervisor,
+        SupervisorArgs::new(env.js.clone(), topology)
+            .target("t", target)
+            .restart_policy(policy),
+    )
+    .await
+    .expect("supervisor");
+    let old = lookup(&supervisor, "r").await.expect("child");
+
+    // With the server frozen, the restart's new child hangs in its
+    // pre_start (binding the consumer). Its name is registered as soon as
+    // its spawn begins.
+    env.server.pause().expect("pause");
+    old.kill();
+    let name = "sup-race/RACE/r";
+    wait_until("the restart spawns a new child", PATIENCE, || {
+        ractor::registry::where_is(name.to_string()).is_some_and(|c| c.get_id() != old.get_id())
+    })
+    .await;
+    let asked = tokio::time::Instant::now();
+    let during = supervisor
+        .call(SupervisorMsg::Status, Some(Duration::from_secs(2)))
+        .await
+        .expect("status");
+    let status_took = asked.elapsed();
+    let mut removal = start_removal(&supervisor, "r", Duration::from_secs(1), true);
+    let removal_pending = removal.try_recv().is_err();
+    env.server.resume().expect("resume");
+    let ractor::rpc::CallResult::Success(during) = during else {
+        panic!(
+            "Status was not answered while a restart was binding: {during:?} after {status_took:?}"
+        );
+    };
+    assert!(
+        status_took < Duration::from_millis(100),
+        "Status took {status_took:?} while a restart was binding"
+    );
+    assert_eq!(
+        during.child("r").map(|c| c.state.clone()),
+        Some(ChildState::Restarting)
+    );
+    assert!(removal_pending, "the removal waits for the new child");
+
+    // The removal retires the new child once it has bound, then deletes.
+    let removed = tokio::time::timeout(PATIENCE, removal)
+        .await
+        .expect("the removal ends")
+        .expect("the removal answers");
+    assert!(removed.is_ok(), "{removed:?}");
+    assert!(lookup(&supervisor, "r").await.is_none());
+    assert!(status(&supervisor).await.child("r").is_none());
+    wait_until("the new child is gone", PATIENCE, || {
+        ractor::registry::where_is(name.to_string()).is_none()
+    })
+    .await;
+    let stream = env.js.get_stream("RACE").await.expect("stream");
+    assert!(
+        stream.consumer_info("r").await.is_err(),
+        "deleted on the server, and not re-created by the new child"
+    );
+}
