@@ -841,9 +841,9 @@ async fn a_removal_during_a_restart_waits_for_the_new_child_and_retires_it() {
     // its spawn begins.
     env.server.pause().expect("pause");
     old.kill();
-    let name = "sup-race/RACE/r";
+    let name = String::from("sup-race/RACE/r");
     wait_until("the restart spawns a new child", PATIENCE, || {
-        ractor::registry::where_is(name.to_string()).is_some_and(|c| c.get_id() != old.get_id())
+        ractor::registry::where_is(name.clone()).is_some_and(|c| c.get_id() != old.get_id())
     })
     .await;
     let asked = tokio::time::Instant::now();
@@ -879,7 +879,7 @@ async fn a_removal_during_a_restart_waits_for_the_new_child_and_retires_it() {
     assert!(lookup(&supervisor, "r").await.is_none());
     assert!(status(&supervisor).await.child("r").is_none());
     wait_until("the new child is gone", PATIENCE, || {
-        ractor::registry::where_is(name.to_string()).is_none()
+        ractor::registry::where_is(name.clone()).is_none()
     })
     .await;
     let stream = env.js.get_stream("RACE").await.expect("stream");
