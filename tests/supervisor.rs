@@ -400,3 +400,491 @@ async fn restart_kinds_decide_which_children_come_back() {
         other => panic!("expected Unavailable, got {other:?}"),
     }
 }
+
+/// Sends `RemoveConsumer` with a reply port of our own, so that the
+/// messages sent after it are queued behind it. Returns where its reply
+/// comes.
+fn start_removal(
+    supervisor: &ActorRef<SupervisorMsg>,
+    durable: &str,
+    drain: Duration,
+    delete: bool,
+) -> tokio::sync::oneshot::Receiver<Result<ractor_jetstream::DrainReport, Error>> {
+    let (tx, rx) = ractor::concurrency::oneshot();
+    supervisor
+        .cast(SupervisorMsg::RemoveConsumer {
+            durable: durable.into(),
+            delete,
+            drain,
+            reply: tx.into(),
+        })
+        .expect("the supervisor takes RemoveConsumer");
+    rx
+}
+
+/// A topology whose push durable `slow` goes to a target that holds every
+/// delivery, so that draining `slow` takes its whole drain timeout.
+fn with_slow_durable(topology: Topology, stream: &str) -> Topology {
+    topology.consumer(
+        ConsumerSpec::push(stream, "slow", "holder")
+            .with_filter([format!("{}.slow", stream.to_lowercase())]),
+    )
+}
+
+#[tokio::test]
+async fn a_slow_drain_blocks_neither_fetches_nor_status() {
+    let env = env().await;
+    let (_h, holder, held) = spawn_target(|_| Action::Hold).await;
+    let (_t, target, record) = acking_target().await;
+    let topology = with_slow_durable(
+        Topology::new()
+            .stream(StreamSpec::new("BUSY", ["busy.>"]))
+            .consumer(ConsumerSpec::pull("BUSY", "fast", "t").with_filter(["busy.fast"])),
+        "BUSY",
+    );
+    let (supervisor, _) = Actor::spawn(
+        None,
+        JetStreamSupervisor,
+        SupervisorArgs::new(env.js.clone(), topology)
+            .target("holder", holder)
+            .target("t", target),
+    )
+    .await
+    .expect("supervisor");
+    publish_n(&env.js, "busy.slow", 3).await;
+    let fast = publish_n(&env.js, "busy.fast", 2).await;
+    wait_until(
+        "the slow durable's target holds 3 deliveries",
+        PATIENCE,
+        || held.count() == 3,
+    )
+    .await;
+
+    // The drain of `slow` waits 5 s for decisions that never come.
+    let drain = Duration::from_secs(5);
+    let removal_started = tokio::time::Instant::now();
+    let mut removal = start_removal(&supervisor, "slow", drain, true);
+
+    let asked = tokio::time::Instant::now();
+    let report = supervisor
+        .call(SupervisorMsg::Status, Some(PATIENCE))
+        .await
+        .expect("status")
+        .success_or_panic();
+    let status_took = asked.elapsed();
+    let asked = tokio::time::Instant::now();
+    let outcome = fetch_via(&supervisor, "fast", 2, Duration::from_secs(2))
+        .await
+        .expect("fetch from the other durable");
+    let fetch_took = asked.elapsed();
+    assert!(
+        status_took < Duration::from_millis(100) && fetch_took < Duration::from_millis(100),
+        "while `slow` drains, Status took {status_took:?} and a Fetch to `fast` took {fetch_took:?} (limit 100ms each)"
+    );
+    assert!(
+        removal.try_recv().is_err(),
+        "the removal was still draining while Status and Fetch were answered"
+    );
+    assert_eq!((outcome.delivered, outcome.acked), (2, 2));
+    assert_eq!(record.sequences(), fast);
+    assert!(
+        report
+            .child("fast")
+            .is_some_and(|c| c.state == ChildState::Running)
+    );
+
+    // The removal itself ends after its drain, and nak's what was held.
+    let removed = tokio::time::timeout(drain + PATIENCE, removal)
+        .await
+        .expect("the removal ends")
+        .expect("the removal answers")
+        .expect("removed");
+    assert_eq!((removed.settled, removed.naked), (0, 3));
+    assert!(
+        removal_started.elapsed() >= drain - Duration::from_millis(500),
+        "the drain really waited: {:?}",
+        removal_started.elapsed()
+    );
+    assert!(status(&supervisor).await.child("slow").is_none());
+    let stream = env.js.get_stream("BUSY").await.expect("stream");
+    assert!(
+        stream.consumer_info("slow").await.is_err(),
+        "deleted on the server"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_push_child_forwards_nothing_after_its_kill() {
+    let env = env().await;
+    let (_h, holder, held) = spawn_target(|_| Action::Hold).await;
+    let (_t, target, record) = acking_target().await;
+    let topology = with_slow_durable(
+        Topology::new()
+            .stream(StreamSpec::new("KILL", ["kill.>"]))
+            .consumer(ConsumerSpec {
+                // Not restarted: whatever reaches the target after the kill
+                // came from the killed child.
+                restart: RestartKind::Temporary,
+                ..ConsumerSpec::push("KILL", "victim", "t").with_filter(["kill.victim"])
+            }),
+        "KILL",
+    );
+    let (supervisor, _) = Actor::spawn(
+        None,
+        JetStreamSupervisor,
+        SupervisorArgs::new(env.js.clone(), topology)
+            .target("holder", holder)
+            .target("t", target),
+    )
+    .await
+    .expect("supervisor");
+    let victim = lookup(&supervisor, "victim").await.expect("victim child");
+
+    // A steady stream of messages for the victim, until the test ends.
+    let js = env.js.clone();
+    let publisher = tokio::spawn(async move {
+        loop {
+            if let Ok(ack) = js.publish("kill.victim", "tick".into()).await {
+                let _ = ack.await;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    wait_until("the victim forwards", PATIENCE, || record.count() >= 20).await;
+
+    // Keep the supervisor busy (a 5 s drain of `slow`), then kill the
+    // victim.
+    publish_n(&env.js, "kill.slow", 3).await;
+    wait_until(
+        "the slow durable's target holds 3 deliveries",
+        PATIENCE,
+        || held.count() == 3,
+    )
+    .await;
+    let removal = start_removal(&supervisor, "slow", Duration::from_secs(5), false);
+    victim.kill();
+    victim
+        .wait(Some(PATIENCE))
+        .await
+        .expect("the killed child ends");
+    let dead_at = std::time::Instant::now();
+    let seen_at_death = record.count();
+
+    // What was already in the target's mailbox lands at once; anything
+    // arriving later was forwarded by a worker that outlived its actor.
+    let grace = Duration::from_millis(500);
+    let watch = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < watch {
+        let late = record.with(|r| r.seen.iter().filter(|s| s.at > dead_at + grace).count());
+        assert_eq!(
+            late, 0,
+            "{late} deliveries reached the target more than {grace:?} after the child was killed ({seen_at_death} before)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // There was something to forward all along.
+    let stored = env
+        .js
+        .get_stream("KILL")
+        .await
+        .expect("stream")
+        .get_info()
+        .await
+        .expect("info")
+        .state
+        .messages;
+    assert!(
+        stored as usize > seen_at_death + 3 + 50,
+        "the publisher kept going: {stored} stored, {seen_at_death} forwarded"
+    );
+    publisher.abort();
+    let removed = tokio::time::timeout(PATIENCE, removal)
+        .await
+        .expect("the removal ends")
+        .expect("the removal answers");
+    assert!(removed.is_ok(), "{removed:?}");
+    assert_eq!(
+        status(&supervisor)
+            .await
+            .child("victim")
+            .map(|c| c.state.clone()),
+        Some(ChildState::Stopped)
+    );
+}
+
+/// A parent that is busy (sleeping in its handler) whenever told to be.
+struct BusyParent;
+
+impl Actor for BusyParent {
+    type Msg = Duration;
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Duration>,
+        _args: (),
+    ) -> Result<(), ractor::ActorProcessingErr> {
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Duration>,
+        busy_for: Duration,
+        _state: &mut (),
+    ) -> Result<(), ractor::ActorProcessingErr> {
+        tokio::time::sleep(busy_for).await;
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<Duration>,
+        _event: ractor::SupervisionEvent,
+        _state: &mut (),
+    ) -> Result<(), ractor::ActorProcessingErr> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_killed_push_child_stops_forwarding_however_busy_its_parent_is() {
+    let env = env().await;
+    create_stream(&env.js, "ORPHAN", &["orphan.>"]).await;
+    let (_t, target, record) = acking_target().await;
+    let (parent, _) = Actor::spawn(None, BusyParent, ()).await.expect("parent");
+    let (child, _) = Actor::spawn_linked(
+        None,
+        ractor_jetstream::PushConsumer,
+        ractor_jetstream::ConsumerArgs {
+            js: env.js.clone(),
+            spec: ConsumerSpec::push("ORPHAN", "child", "t"),
+            target,
+        },
+        parent.get_cell(),
+    )
+    .await
+    .expect("push child");
+    let js = env.js.clone();
+    let publisher = tokio::spawn(async move {
+        loop {
+            if let Ok(ack) = js.publish("orphan.x", "tick".into()).await {
+                let _ = ack.await;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    wait_until("the child forwards", PATIENCE, || record.count() >= 20).await;
+
+    // The parent cannot look at the child's end for 5 s: whatever stops
+    // the worker must not depend on it.
+    parent
+        .cast(Duration::from_secs(5))
+        .expect("the parent takes work");
+    child.kill();
+    child
+        .wait(Some(PATIENCE))
+        .await
+        .expect("the killed child ends");
+    let dead_at = std::time::Instant::now();
+    let seen_at_death = record.count();
+    let grace = Duration::from_millis(500);
+    let watch = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < watch {
+        let late = record.with(|r| r.seen.iter().filter(|s| s.at > dead_at + grace).count());
+        assert_eq!(
+            late, 0,
+            "{late} deliveries reached the target more than {grace:?} after the child was killed ({seen_at_death} before)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stored = env
+        .js
+        .get_stream("ORPHAN")
+        .await
+        .expect("stream")
+        .get_info()
+        .await
+        .expect("info")
+        .state
+        .messages;
+    assert!(
+        stored as usize > seen_at_death + 50,
+        "the publisher kept going: {stored} stored, {seen_at_death} forwarded"
+    );
+    publisher.abort();
+}
+
+#[tokio::test]
+async fn a_child_stopped_from_outside_while_working_comes_back_like_a_killed_one() {
+    let env = env().await;
+    let (_t, target, record) = acking_target().await;
+    let topology = Topology::new()
+        .stream(StreamSpec::new("OUTSIDE", ["outside.>"]))
+        .consumer(ConsumerSpec {
+            restart: RestartKind::Transient,
+            ..ConsumerSpec::pull("OUTSIDE", "p", "t")
+        });
+    let (supervisor, _) = Actor::spawn(
+        None,
+        JetStreamSupervisor,
+        SupervisorArgs::new(env.js.clone(), topology).target("t", target),
+    )
+    .await
+    .expect("supervisor");
+    // Neither the supervisor nor a drain asked for this stop: an abnormal
+    // end, whatever the reason text says.
+    let child = lookup(&supervisor, "p").await.expect("child");
+    child.stop(Some("drained".into()));
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let report = status(&supervisor).await;
+        let p = report.child("p").cloned();
+        if p.as_ref()
+            .is_some_and(|p| p.state == ChildState::Running && p.restarts == 1)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the transient child stopped from outside was not restarted: {p:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seqs = publish_n(&env.js, "outside.x", 3).await;
+    let outcome = fetch_via(&supervisor, "p", 3, Duration::from_secs(2))
+        .await
+        .expect("fetch from the restarted child");
+    assert_eq!(outcome.acked, 3);
+    assert_eq!(record.sequences(), seqs);
+}
+
+#[tokio::test]
+async fn a_second_add_of_a_durable_being_added_is_a_duplicate() {
+    let env = env().await;
+    let (_t, target, _record) = acking_target().await;
+    let topology = Topology::new().stream(StreamSpec::new("TWICE", ["twice.>"]));
+    let (supervisor, _) = Actor::spawn(
+        None,
+        JetStreamSupervisor,
+        SupervisorArgs::new(env.js.clone(), topology).target("t", target),
+    )
+    .await
+    .expect("supervisor");
+    // Both are queued before the first can have finished binding.
+    let add = || {
+        let (tx, rx) = ractor::concurrency::oneshot();
+        supervisor
+            .cast(SupervisorMsg::AddConsumer {
+                spec: ConsumerSpec::pull("TWICE", "d", "t"),
+                target: None,
+                reply: tx.into(),
+            })
+            .expect("the supervisor takes AddConsumer");
+        rx
+    };
+    let (first, second) = (add(), add());
+    let second = tokio::time::timeout(PATIENCE, second)
+        .await
+        .expect("the second add is answered")
+        .expect("reply");
+    assert!(
+        matches!(&second, Err(Error::DuplicateConsumer { durable }) if durable == "d"),
+        "{second:?}"
+    );
+    let first = tokio::time::timeout(PATIENCE, first)
+        .await
+        .expect("the first add is answered")
+        .expect("reply")
+        .expect("the first add succeeds");
+    assert_eq!(
+        lookup(&supervisor, "d").await.map(|c| c.get_id()),
+        Some(first.get_id())
+    );
+    let report = status(&supervisor).await;
+    assert_eq!(report.children.len(), 1);
+    assert!(
+        consumer_info(&env.js, "TWICE", "d")
+            .await
+            .config
+            .deliver_subject
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_removal_during_a_restart_waits_for_the_new_child_and_retires_it() {
+    let env = env().await;
+    let (_t, target, _record) = acking_target().await;
+    let topology = Topology::new()
+        .stream(StreamSpec::new("RACE", ["race.>"]))
+        .consumer(ConsumerSpec::pull("RACE", "r", "t"));
+    let policy = ractor_jetstream::RestartPolicy {
+        initial_backoff: Duration::from_millis(200),
+        jitter: 0.0,
+        ..Default::default()
+    };
+    let (supervisor, _) = Actor::spawn(
+        Some("sup-race".into()),
+        JetStreamSupervisor,
+        SupervisorArgs::new(env.js.clone(), topology)
+            .target("t", target)
+            .restart_policy(policy),
+    )
+    .await
+    .expect("supervisor");
+    let old = lookup(&supervisor, "r").await.expect("child");
+
+    // With the server frozen, the restart's new child hangs in its
+    // pre_start (binding the consumer). Its name is registered as soon as
+    // its spawn begins.
+    env.server.pause().expect("pause");
+    old.kill();
+    let name = String::from("sup-race/RACE/r");
+    wait_until("the restart spawns a new child", PATIENCE, || {
+        ractor::registry::where_is(name.clone()).is_some_and(|c| c.get_id() != old.get_id())
+    })
+    .await;
+    let asked = tokio::time::Instant::now();
+    let during = supervisor
+        .call(SupervisorMsg::Status, Some(Duration::from_secs(2)))
+        .await
+        .expect("status");
+    let status_took = asked.elapsed();
+    let mut removal = start_removal(&supervisor, "r", Duration::from_secs(1), true);
+    let removal_pending = removal.try_recv().is_err();
+    env.server.resume().expect("resume");
+    let ractor::rpc::CallResult::Success(during) = during else {
+        panic!(
+            "Status was not answered while a restart was binding: {during:?} after {status_took:?}"
+        );
+    };
+    assert!(
+        status_took < Duration::from_millis(100),
+        "Status took {status_took:?} while a restart was binding"
+    );
+    assert_eq!(
+        during.child("r").map(|c| c.state.clone()),
+        Some(ChildState::Restarting)
+    );
+    assert!(removal_pending, "the removal waits for the new child");
+
+    // The removal retires the new child once it has bound, then deletes.
+    let removed = tokio::time::timeout(PATIENCE, removal)
+        .await
+        .expect("the removal ends")
+        .expect("the removal answers");
+    assert!(removed.is_ok(), "{removed:?}");
+    assert!(lookup(&supervisor, "r").await.is_none());
+    assert!(status(&supervisor).await.child("r").is_none());
+    wait_until("the new child is gone", PATIENCE, || {
+        ractor::registry::where_is(name.clone()).is_none()
+    })
+    .await;
+    let stream = env.js.get_stream("RACE").await.expect("stream");
+    assert!(
+        stream.consumer_info("r").await.is_err(),
+        "deleted on the server, and not re-created by the new child"
+    );
+}

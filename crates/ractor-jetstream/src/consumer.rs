@@ -332,7 +332,17 @@ pub struct ConsumerState {
     control: mpsc::UnboundedSender<WorkerCtl>,
     limits: SharedEffective,
     draining: bool,
+    /// The worker finished its work (a drain) and the child stopped itself:
+    /// a normal end. A child killed or stopped from outside never sets it.
+    finished: bool,
     _worker: WorkerHandle,
+}
+
+impl ConsumerState {
+    /// Whether the child ended by itself, its work done.
+    pub(crate) fn finished(&self) -> bool {
+        self.finished
+    }
 }
 
 impl fmt::Debug for ConsumerState {
@@ -400,10 +410,16 @@ where
     };
     let work = run(ctx, inbox);
     let task = tokio::spawn(async move {
-        let failure = match AssertUnwindSafe(work).catch_unwind().await {
-            Ok(Ok(())) => None,
-            Ok(Err(err)) => Some(err.to_string()),
-            Err(panic) => Some(panic_message(panic.as_ref())),
+        let failure = tokio::select! {
+            result = AssertUnwindSafe(work).catch_unwind() => match result {
+                Ok(Ok(())) => None,
+                Ok(Err(err)) => Some(err.to_string()),
+                Err(panic) => Some(panic_message(panic.as_ref())),
+            },
+            // A killed actor's state (this task's handle with it) travels
+            // to its supervisor inside the termination event, so the worker
+            // ends itself with its actor instead of waiting for that.
+            _ = myself.wait(None) => return,
         };
         // The actor may be gone already; then there is nobody to tell.
         let _ = myself.cast(ConsumerMsg::WorkerExited(WorkerExit { failure }));
@@ -416,6 +432,7 @@ where
         control: control_tx,
         limits,
         draining: false,
+        finished: false,
         _worker: WorkerHandle { task },
     })
 }
@@ -497,6 +514,7 @@ pub(crate) fn handle_child_msg(
             }
             None => {
                 tracing::debug!(durable = %state.durable, "consumer worker finished; stopping");
+                state.finished = true;
                 myself.stop(Some("drained".into()));
             }
         },

@@ -3,7 +3,8 @@
 //! Two settings, named as in OTP and kameo:
 //!
 //! - [`RestartKind`], per child: `permanent` (always restarted), `transient`
-//!   (restarted only after a failure) or `temporary` (never restarted);
+//!   (restarted only after an abnormal end: a failure or a kill) or
+//!   `temporary` (never restarted);
 //! - [`RestartPolicy`], per supervisor: at most `max_restarts` within
 //!   `within`, each after a growing, jittered backoff. A child that exceeds
 //!   the intensity makes the supervisor itself fail, with an error naming the
@@ -34,7 +35,9 @@ pub enum RestartKind {
     /// Always restarted, whether it failed or stopped. The default.
     #[default]
     Permanent,
-    /// Restarted only after a failure; a clean stop is final.
+    /// Restarted only after an abnormal end: a failure, a kill, or a stop
+    /// from outside while it was working. An end it was asked for (a
+    /// drain, `RemoveConsumer`) is final.
     Transient,
     /// Never restarted.
     Temporary,

@@ -2,7 +2,8 @@
 //!
 //! [`JetStreamSupervisor`] makes the topology's streams and durable
 //! consumers exist, spawns one linked child per durable consumer (a
-//! [`PushConsumer`] or a [`PullConsumer`], named
+//! [`PushConsumer`](crate::PushConsumer) or a
+//! [`PullConsumer`](crate::PullConsumer), named
 //! `<supervisor>/<stream>/<durable>`, where `<supervisor>` is the
 //! supervisor's own name, or `jetstream-<actor id>` when it has none), routes
 //! [`SupervisorMsg::Fetch`] to the right pull child, and restarts children
@@ -33,28 +34,45 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The supervisor never waits on a fetch: it forwards the request with its
-//! reply port, and the child answers the caller directly.
+//! The supervisor never blocks. It never waits on a fetch: it forwards the
+//! request with its reply port, and the child answers the caller directly.
+//! Its slow work (JetStream API calls, spawning a child, which binds it on
+//! the server, draining children) runs in tasks it owns, which report back
+//! by message (see `work.rs`); its handlers only do bookkeeping. So a
+//! `Fetch`, a `Status` or a child's end is handled at once, even while a
+//! drain of another durable takes seconds.
+//!
+//! How a child ended decides whether it comes back (see
+//! [`RestartKind`](crate::RestartKind)). A child ends normally only when
+//! its work is done (it was drained, and stopped itself) or when the
+//! supervisor retired it (`RemoveConsumer`, `Drain`). Any other end is
+//! abnormal: a failure, and also a kill, or a stop from outside while it was
+//! working, as in OTP, so a `transient` child comes back after those. The
+//! supervisor tells them apart by what it asked for and by what the child
+//! recorded in its final state, never by the text of an exit reason.
 
-use std::collections::HashMap;
+mod work;
+
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use futures::future::join_all;
+use ractor::actor::messages::BoxedState;
 use ractor::{
-    Actor, ActorCell, ActorProcessingErr, ActorRef, DerivedActorRef, MessagingErr, RpcReplyPort,
-    SupervisionEvent,
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, DerivedActorRef, MessagingErr,
+    RpcReplyPort, SupervisionEvent,
 };
-use tokio::time::Instant;
+use tokio::task::JoinSet;
 
-use crate::consumer::{ConsumerArgs, ConsumerMsg, DrainReport, FetchOutcome};
+use crate::consumer::{ConsumerMsg, ConsumerState, DrainReport, FetchOutcome};
 use crate::delivery::Delivery;
-use crate::ensure::{StreamAction, ensure_consumer, ensure_stream};
+use crate::ensure::{StreamAction, ensure_stream};
 use crate::error::{Error, ValidationErrors};
 use crate::restart::{RestartPolicy, RestartTracker};
 use crate::spec::{ConsumerMode, ConsumerSpec, StreamSpec, Topology, check_filters_covered};
-use crate::{PullConsumer, PushConsumer};
+pub use work::WorkDone;
+use work::{Done, Launch, Start};
 
 /// The supervisor actor. See the [module docs](self).
 #[derive(Debug, Clone, Copy, Default)]
@@ -124,7 +142,9 @@ pub enum SupervisorMsg {
         reply: RpcReplyPort<Result<StreamAction, Error>>,
     },
     /// Make a durable consumer exist and spawn its child. `target`, when
-    /// given, is registered under the spec's target name first.
+    /// given, is registered under the spec's target name first. While one
+    /// `AddConsumer` of a durable is in progress, another of the same
+    /// durable is answered with [`Error::DuplicateConsumer`].
     AddConsumer {
         /// The consumer.
         spec: ConsumerSpec,
@@ -134,7 +154,10 @@ pub enum SupervisorMsg {
         reply: RpcReplyPort<Result<ActorRef<ConsumerMsg>, Error>>,
     },
     /// Stop a consumer's child (after draining it for up to `drain`), and
-    /// delete the durable consumer on the server when `delete` is set.
+    /// delete the durable consumer on the server when `delete` is set. The
+    /// child is not restarted meanwhile; a second `RemoveConsumer` of the
+    /// same durable while the first is in progress is answered with
+    /// [`Error::Unavailable`].
     RemoveConsumer {
         /// The durable name.
         durable: String,
@@ -186,6 +209,9 @@ pub enum SupervisorMsg {
     /// A delayed restart coming due. Sent by the supervisor to itself; it
     /// cannot be built outside this crate.
     RestartDue(RestartTicket),
+    /// Slow work that the supervisor started in a task has finished. Sent
+    /// by those tasks; it cannot be built outside this crate.
+    Done(WorkDone),
 }
 
 impl fmt::Debug for SupervisorMsg {
@@ -219,6 +245,7 @@ impl fmt::Debug for SupervisorMsg {
                 f.debug_struct("Drain").field("timeout", timeout).finish()
             }
             Self::RestartDue(ticket) => f.debug_tuple("RestartDue").field(ticket).finish(),
+            Self::Done(done) => f.debug_tuple("Done").field(done).finish(),
         }
     }
 }
@@ -281,9 +308,67 @@ struct Child {
     restarts: u64,
     tracker: RestartTracker,
     last_failure: Option<String>,
+    /// Bumped on every end and every restart attempt, so that a stale
+    /// restart (ticket or spawned child) is told from the current one.
     generation: u64,
     /// A stop was asked for (remove or drain): do not restart.
     retiring: bool,
+    /// A `RemoveConsumer` is in progress.
+    removing: bool,
+    /// A restart is spawning its child.
+    starting: bool,
+    /// A `RemoveConsumer` that waits for that spawn, so that it drains the
+    /// new child (and a delete cannot run before the new child binds).
+    pending_removal: Option<Removal>,
+}
+
+/// A `RemoveConsumer`'s request.
+struct Removal {
+    delete: bool,
+    drain: Duration,
+    reply: RpcReplyPort<Result<DrainReport, Error>>,
+}
+
+impl Child {
+    fn running(spec: ConsumerSpec, actor: ActorRef<ConsumerMsg>) -> Self {
+        Self {
+            spec,
+            actor: Some(actor),
+            state: ChildState::Running,
+            restarts: 0,
+            tracker: RestartTracker::default(),
+            last_failure: None,
+            generation: 0,
+            retiring: false,
+            removing: false,
+            starting: false,
+            pending_removal: None,
+        }
+    }
+}
+
+/// How a child ended, as far as restarting it goes.
+#[derive(Debug)]
+enum End {
+    /// Its work was done: it was drained and stopped itself.
+    Normal,
+    /// It failed, was killed, or was stopped from outside while working.
+    Abnormal(String),
+}
+
+impl End {
+    /// A terminated child's end, read from the final state ractor hands
+    /// over. A killed child's state never says it finished.
+    fn of_terminated(last_state: Option<BoxedState>) -> Self {
+        let finished = last_state
+            .and_then(|mut state| state.take::<ConsumerState>().ok())
+            .is_some_and(|state| state.finished());
+        if finished {
+            Self::Normal
+        } else {
+            Self::Abnormal("killed, or stopped from outside before its work was done".into())
+        }
+    }
 }
 
 /// The supervisor's state.
@@ -296,6 +381,18 @@ pub struct SupervisorState {
     children: HashMap<String, Child>,
     name_prefix: String,
     drained: bool,
+    /// How many times the children were drained (an add that began before
+    /// a drain and ends after it is retired too).
+    drains: u64,
+    /// The slow work in progress; dropped (so aborted) with the state.
+    tasks: JoinSet<()>,
+    /// Durables whose `AddConsumer` is in progress.
+    adding: HashSet<String>,
+    /// How many child spawns are in progress.
+    starting: usize,
+    /// Children that ended before the task that spawned them reported
+    /// back (their end is acted on when the report comes).
+    ended_early: HashMap<ActorId, End>,
 }
 
 impl fmt::Debug for SupervisorState {
@@ -359,9 +456,20 @@ impl Actor for JetStreamSupervisor {
                 |n| format!("{n}/"),
             ),
             drained: false,
+            drains: 0,
+            tasks: JoinSet::new(),
+            adding: HashSet::new(),
+            starting: 0,
+            ended_early: HashMap::new(),
         };
+        // Nothing else can reach the supervisor before it has started, so
+        // its first children are started here, in order.
         for spec in topology.consumers {
-            state.add_consumer(&myself, spec).await?;
+            state.check_new(&spec)?;
+            let actor = state.launch(&myself, &spec).spawn(true).await?;
+            state
+                .children
+                .insert(spec.durable.clone(), Child::running(spec, actor));
         }
         Ok(state)
     }
@@ -374,11 +482,7 @@ impl Actor for JetStreamSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             SupervisorMsg::EnsureStream { spec, reply } => {
-                let result = ensure_stream(&state.js, &spec).await;
-                if result.is_ok() {
-                    state.streams.insert(spec.name.clone(), spec);
-                }
-                let _ = reply.send(result);
+                state.ensure_stream(&myself, spec, reply)
             }
             SupervisorMsg::AddConsumer {
                 spec,
@@ -388,18 +492,14 @@ impl Actor for JetStreamSupervisor {
                 if let Some(target) = target {
                     state.targets.insert(spec.target.clone(), target);
                 }
-                let result = state.add_consumer(&myself, spec).await;
-                let _ = reply.send(result);
+                state.add_consumer(&myself, spec, reply);
             }
             SupervisorMsg::RemoveConsumer {
                 durable,
                 delete,
                 drain,
                 reply,
-            } => {
-                let result = state.remove_consumer(&durable, delete, drain).await;
-                let _ = reply.send(result);
-            }
+            } => state.remove_consumer(&myself, durable, delete, drain, reply),
             SupervisorMsg::Lookup { durable, reply } => {
                 let child = state.children.get(&durable).and_then(|c| c.actor.clone());
                 let _ = reply.send(child);
@@ -422,10 +522,13 @@ impl Actor for JetStreamSupervisor {
                 let _ = reply.send(state.status());
             }
             SupervisorMsg::Drain { timeout, reply } => {
-                let report = state.drain_all(timeout).await;
-                let _ = reply.send(report);
+                let actors = state.retire_all();
+                state.spawn_task(async move {
+                    let _ = reply.send(work::retire_all(actors, timeout).await);
+                });
             }
-            SupervisorMsg::RestartDue(ticket) => state.restart_due(&myself, ticket).await?,
+            SupervisorMsg::RestartDue(ticket) => state.restart_due(&myself, ticket),
+            SupervisorMsg::Done(WorkDone(done)) => state.done(&myself, done)?,
         }
         Ok(())
     }
@@ -436,23 +539,24 @@ impl Actor for JetStreamSupervisor {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        match event {
-            SupervisionEvent::ActorFailed(cell, err) => {
-                if let Some(durable) = state.durable_of(&cell) {
-                    state.child_ended(&myself, &durable, Some(err.to_string()))?;
-                }
+        let (cell, end) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, End::Abnormal(err.to_string())),
+            SupervisionEvent::ActorTerminated(cell, last_state, reason) => {
+                tracing::debug!(?reason, "a consumer child stopped");
+                (cell, End::of_terminated(last_state))
             }
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                if let Some(durable) = state.durable_of(&cell) {
-                    tracing::debug!(%durable, ?reason, "consumer child stopped");
-                    // A kill is an abnormal end, as in OTP: a transient
-                    // child is restarted after it, a drained one is not.
-                    let failure =
-                        (reason.as_deref() == Some("killed")).then(|| "killed".to_string());
-                    state.child_ended(&myself, &durable, failure)?;
-                }
+            SupervisionEvent::ActorStarted(_) | SupervisionEvent::ProcessGroupChanged(_) => {
+                return Ok(());
             }
-            SupervisionEvent::ActorStarted(_) | SupervisionEvent::ProcessGroupChanged(_) => {}
+        };
+        match state.durable_of(&cell) {
+            Some(durable) => state.child_ended(&myself, &durable, end)?,
+            // Spawned by a task that has not reported back yet: its report
+            // acts on this end.
+            None if state.starting > 0 => {
+                state.ended_early.insert(cell.get_id(), end);
+            }
+            None => {}
         }
         Ok(())
     }
@@ -464,12 +568,14 @@ impl Actor for JetStreamSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         // A graceful stop drains the children, so that nothing waits for
         // ack_wait. (A killed supervisor's children are killed with it;
-        // their drop guards nak what they held.)
+        // their drop guards nak what they held.) Nothing else is served
+        // any more, so this is awaited here.
         if !state.drained {
-            let timeout = state.drain_timeout;
-            let report = state.drain_all(timeout).await;
+            let actors = state.retire_all();
+            let report = work::retire_all(actors, state.drain_timeout).await;
             tracing::debug!(?report, "supervisor stopped; children drained");
         }
+        state.tasks.abort_all();
         Ok(())
     }
 }
@@ -487,18 +593,43 @@ impl SupervisorState {
         format!("{}{}/{}", self.name_prefix, spec.stream, spec.durable)
     }
 
-    async fn add_consumer(
+    /// Starts a task that owns its work; finished tasks are reaped first, so
+    /// that the set only holds what is in progress.
+    fn spawn_task(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        while self.tasks.try_join_next().is_some() {}
+        self.tasks.spawn(task);
+    }
+
+    fn ensure_stream(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
-        spec: ConsumerSpec,
-    ) -> Result<ActorRef<ConsumerMsg>, Error> {
+        spec: StreamSpec,
+        reply: RpcReplyPort<Result<StreamAction, Error>>,
+    ) {
+        let js = self.js.clone();
+        let myself = myself.clone();
+        self.spawn_task(async move {
+            let result = ensure_stream(&js, &spec).await;
+            let done = Done::StreamEnsured {
+                spec,
+                result,
+                reply,
+            };
+            let _ = myself.cast(SupervisorMsg::Done(WorkDone(done)));
+        });
+    }
+
+    /// Whether `spec` may be added: valid, covered by its stream's
+    /// subjects, not a durable managed (or being added) already, and with a
+    /// registered target.
+    fn check_new(&self, spec: &ConsumerSpec) -> Result<(), Error> {
         let mut errors = ValidationErrors::new();
         spec.validate_at("", &mut errors);
         if let Some(stream) = self.streams.get(&spec.stream) {
-            check_filters_covered("", &spec, stream, &mut errors);
+            check_filters_covered("", spec, stream, &mut errors);
         }
         errors.into_result()?;
-        if self.children.contains_key(&spec.durable) {
+        if self.children.contains_key(&spec.durable) || self.adding.contains(&spec.durable) {
             return Err(Error::DuplicateConsumer {
                 durable: spec.durable.clone(),
             });
@@ -509,51 +640,185 @@ impl SupervisorState {
                 target: spec.target.clone(),
             });
         }
-        // Create or bind here, so that a conflict comes back as a typed
-        // error; the child binds again by name when it starts.
-        ensure_consumer(&self.js, &spec).await?;
-        let actor = self.spawn_child(myself, &spec).await?;
-        self.children.insert(
-            spec.durable.clone(),
-            Child {
-                spec,
-                actor: Some(actor.clone()),
-                state: ChildState::Running,
-                restarts: 0,
-                tracker: RestartTracker::default(),
-                last_failure: None,
-                generation: 0,
-                retiring: false,
-            },
-        );
-        Ok(actor)
+        Ok(())
     }
 
-    async fn spawn_child(
-        &self,
-        myself: &ActorRef<SupervisorMsg>,
-        spec: &ConsumerSpec,
-    ) -> Result<ActorRef<ConsumerMsg>, Error> {
-        let target =
-            self.targets
-                .get(&spec.target)
-                .cloned()
-                .ok_or_else(|| Error::UnknownTarget {
-                    durable: spec.durable.clone(),
-                    target: spec.target.clone(),
-                })?;
-        let args = ConsumerArgs {
+    fn launch(&self, myself: &ActorRef<SupervisorMsg>, spec: &ConsumerSpec) -> Launch {
+        Launch {
             js: self.js.clone(),
             spec: spec.clone(),
-            target,
+            target: self.targets.get(&spec.target).cloned(),
+            name: self.child_name(spec),
+            supervisor: myself.get_cell(),
+        }
+    }
+
+    fn add_consumer(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        spec: ConsumerSpec,
+        reply: RpcReplyPort<Result<ActorRef<ConsumerMsg>, Error>>,
+    ) {
+        if let Err(err) = self.check_new(&spec) {
+            let _ = reply.send(Err(err));
+            return;
+        }
+        self.adding.insert(spec.durable.clone());
+        let drains = self.drains;
+        self.start_child(myself, spec, Start::Add { reply, drains });
+    }
+
+    /// Spawns a child in a task, which reports back with
+    /// [`Done::ChildStarted`]. An added consumer is bound first.
+    fn start_child(&mut self, myself: &ActorRef<SupervisorMsg>, spec: ConsumerSpec, start: Start) {
+        let launch = self.launch(myself, &spec);
+        let bind = matches!(start, Start::Add { .. });
+        let myself = myself.clone();
+        self.starting += 1;
+        self.spawn_task(async move {
+            let result = launch.spawn(bind).await;
+            let done = Done::ChildStarted {
+                spec,
+                start,
+                result,
+            };
+            let _ = myself.cast(SupervisorMsg::Done(WorkDone(done)));
+        });
+    }
+
+    /// Books what a task did.
+    fn done(&mut self, myself: &ActorRef<SupervisorMsg>, done: Done) -> Result<(), Error> {
+        match done {
+            Done::StreamEnsured {
+                spec,
+                result,
+                reply,
+            } => {
+                if result.is_ok() {
+                    self.streams.insert(spec.name.clone(), spec);
+                }
+                let _ = reply.send(result);
+            }
+            Done::ChildStarted {
+                spec,
+                start,
+                result,
+            } => return self.child_started(myself, spec, start, result),
+            Done::Removed {
+                durable,
+                result,
+                reply,
+            } => {
+                if let Some(Child {
+                    actor: Some(actor), ..
+                }) = self.children.remove(&durable)
+                {
+                    // Out of the map: its end is not acted on.
+                    actor.stop(Some("removed".into()));
+                }
+                let _ = reply.send(result);
+            }
+        }
+        Ok(())
+    }
+
+    fn child_started(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        spec: ConsumerSpec,
+        start: Start,
+        result: Result<ActorRef<ConsumerMsg>, Error>,
+    ) -> Result<(), Error> {
+        self.starting = self.starting.saturating_sub(1);
+        let ended = match &result {
+            Ok(actor) => self.ended_early.remove(&actor.get_id()),
+            Err(_) => None,
         };
-        let name = Some(self.child_name(spec));
-        let supervisor = myself.get_cell();
-        let (actor, _) = match spec.mode {
-            ConsumerMode::Pull => Actor::spawn_linked(name, PullConsumer, args, supervisor).await?,
-            ConsumerMode::Push => Actor::spawn_linked(name, PushConsumer, args, supervisor).await?,
-        };
-        Ok(actor)
+        if self.starting == 0 {
+            self.ended_early.clear();
+        }
+        let durable = spec.durable.clone();
+        match start {
+            Start::Add { reply, drains } => {
+                self.adding.remove(&durable);
+                let actor = match result {
+                    Ok(actor) => actor,
+                    Err(err) => {
+                        let _ = reply.send(Err(err));
+                        return Ok(());
+                    }
+                };
+                let mut child = Child::running(spec, actor.clone());
+                if drains != self.drains {
+                    // The children were drained while this one started: it
+                    // is retired with them.
+                    child.retiring = true;
+                    actor.stop(Some("drained while starting".into()));
+                    let _ = reply.send(Err(Error::Unavailable {
+                        durable: durable.clone(),
+                        reason: "the supervisor was drained while the consumer was being added"
+                            .into(),
+                    }));
+                } else {
+                    let _ = reply.send(Ok(actor));
+                }
+                self.children.insert(durable.clone(), child);
+            }
+            Start::Restart { generation } => {
+                let current = self
+                    .children
+                    .get_mut(&durable)
+                    .filter(|c| c.generation == generation && c.actor.is_none());
+                let Some(child) = current else {
+                    // Superseded while it started: not wanted.
+                    if let Ok(actor) = result {
+                        actor.stop(Some("superseded while starting".into()));
+                    }
+                    return Ok(());
+                };
+                child.starting = false;
+                if child.retiring {
+                    // Removed or drained while it started. The new child is
+                    // booked, so that its end is, and then retired.
+                    let actor = result.ok();
+                    child.actor = actor.clone();
+                    if actor.is_none() {
+                        child.state = ChildState::Stopped;
+                    }
+                    match child.pending_removal.take() {
+                        Some(removal) => {
+                            self.start_removal(myself, durable.clone(), actor, removal)
+                        }
+                        None => {
+                            if let Some(actor) = actor {
+                                actor.stop(Some("drained while starting".into()));
+                            }
+                        }
+                    }
+                    return match ended {
+                        Some(end) => self.child_ended(myself, &durable, end),
+                        None => Ok(()),
+                    };
+                }
+                match result {
+                    Ok(actor) => {
+                        child.actor = Some(actor);
+                        child.state = ChildState::Running;
+                        child.restarts += 1;
+                    }
+                    // Could not start (server unreachable, consumer
+                    // conflict...): counts as another failure.
+                    Err(err) => {
+                        let end = End::Abnormal(format!("restart failed: {err}"));
+                        return self.child_ended(myself, &durable, end);
+                    }
+                }
+            }
+        }
+        match ended {
+            Some(end) => self.child_ended(myself, &durable, end),
+            None => Ok(()),
+        }
     }
 
     fn route_fetch(
@@ -622,14 +887,13 @@ impl SupervisorState {
         }
     }
 
-    /// A child stopped (`failure` is `None`) or failed. Decides whether and
-    /// when it is restarted; fails the supervisor when the restart
-    /// intensity is exceeded.
+    /// A child ended. Decides whether and when it is restarted; fails the
+    /// supervisor when the restart intensity is exceeded.
     fn child_ended(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
         durable: &str,
-        failure: Option<String>,
+        end: End,
     ) -> Result<(), Error> {
         let policy = self.policy.clone();
         let Some(child) = self.children.get_mut(durable) else {
@@ -637,11 +901,20 @@ impl SupervisorState {
         };
         child.actor = None;
         child.generation += 1;
-        if let Some(failure) = &failure {
-            tracing::warn!(%durable, %failure, "consumer child failed");
-            child.last_failure = Some(failure.clone());
+        if child.retiring {
+            // Its supervisor asked for this end.
+            child.state = ChildState::Stopped;
+            return Ok(());
         }
-        if child.retiring || !child.spec.restart.restarts_after(failure.is_some()) {
+        let failed = match end {
+            End::Normal => false,
+            End::Abnormal(failure) => {
+                tracing::warn!(%durable, %failure, "consumer child failed");
+                child.last_failure = Some(failure);
+                true
+            }
+        };
+        if !child.spec.restart.restarts_after(failed) {
             child.state = ChildState::Stopped;
             return Ok(());
         }
@@ -671,108 +944,109 @@ impl SupervisorState {
         Ok(())
     }
 
-    async fn restart_due(
+    fn restart_due(&mut self, myself: &ActorRef<SupervisorMsg>, ticket: RestartTicket) {
+        let Some(child) = self.children.get_mut(&ticket.durable) else {
+            return;
+        };
+        if child.generation != ticket.generation || child.actor.is_some() || child.retiring {
+            return;
+        }
+        // A new generation for the attempt: a second ticket for the same
+        // end cannot start a second child.
+        child.generation += 1;
+        child.starting = true;
+        let start = Start::Restart {
+            generation: child.generation,
+        };
+        let spec = child.spec.clone();
+        self.start_child(myself, spec, start);
+    }
+
+    fn remove_consumer(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
-        ticket: RestartTicket,
-    ) -> Result<(), Error> {
-        let spec = match self.children.get(&ticket.durable) {
-            Some(child)
-                if child.generation == ticket.generation
-                    && child.actor.is_none()
-                    && !child.retiring =>
-            {
-                child.spec.clone()
-            }
-            _ => return Ok(()),
-        };
-        match self.spawn_child(myself, &spec).await {
-            Ok(actor) => {
-                if let Some(child) = self.children.get_mut(&ticket.durable) {
-                    child.actor = Some(actor);
-                    child.state = ChildState::Running;
-                    child.restarts += 1;
-                }
-                Ok(())
-            }
-            // Could not start (server unreachable, consumer conflict...):
-            // counts as another failure.
-            Err(err) => self.child_ended(
-                myself,
-                &ticket.durable,
-                Some(format!("restart failed: {err}")),
-            ),
-        }
-    }
-
-    async fn remove_consumer(
-        &mut self,
-        durable: &str,
+        durable: String,
         delete: bool,
         drain: Duration,
-    ) -> Result<DrainReport, Error> {
-        let Some(child) = self.children.get_mut(durable) else {
-            return Err(Error::UnknownConsumer {
-                durable: durable.to_string(),
-            });
+        reply: RpcReplyPort<Result<DrainReport, Error>>,
+    ) {
+        let Some(child) = self.children.get_mut(&durable) else {
+            let _ = reply.send(Err(Error::UnknownConsumer { durable }));
+            return;
         };
+        if child.removing {
+            let _ = reply.send(Err(Error::Unavailable {
+                durable,
+                reason: "it is being removed already".into(),
+            }));
+            return;
+        }
         child.retiring = true;
-        let report = match child.actor.clone() {
-            Some(actor) => drain_child(&actor, drain).await,
-            None => DrainReport::default(),
+        child.removing = true;
+        let removal = Removal {
+            delete,
+            drain,
+            reply,
         };
-        let Some(child) = self.children.remove(durable) else {
-            return Ok(report);
-        };
-        if let Some(actor) = &child.actor {
-            // Already gone from the map, so its termination is not acted on.
-            actor.stop(Some("removed".into()));
+        if child.starting {
+            child.pending_removal = Some(removal);
+            return;
         }
-        if delete {
-            let op = format!("delete consumer {}/{}", child.spec.stream, durable);
-            let subject = format!("CONSUMER.DELETE.{}.{}", child.spec.stream, durable);
-            let _: serde_json::Value =
-                crate::ensure::api_request(&self.js, &op, subject, &serde_json::json!({})).await?;
-        }
-        Ok(report)
+        let actor = child.actor.clone();
+        self.start_removal(myself, durable, actor, removal);
     }
 
-    async fn drain_all(&mut self, timeout: Duration) -> DrainReport {
+    /// Retires a child in a task, deletes its consumer when asked, and
+    /// reports back with [`Done::Removed`].
+    fn start_removal(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        durable: String,
+        actor: Option<ActorRef<ConsumerMsg>>,
+        removal: Removal,
+    ) {
+        let Some(stream) = self.children.get(&durable).map(|c| c.spec.stream.clone()) else {
+            let _ = removal.reply.send(Err(Error::UnknownConsumer { durable }));
+            return;
+        };
+        let Removal {
+            delete,
+            drain,
+            reply,
+        } = removal;
+        let js = self.js.clone();
+        let myself = myself.clone();
+        self.spawn_task(async move {
+            let report = match &actor {
+                Some(actor) => work::retire(actor, drain).await,
+                None => DrainReport::default(),
+            };
+            let result = if delete {
+                work::delete_consumer(&js, &stream, &durable)
+                    .await
+                    .map(|()| report)
+            } else {
+                Ok(report)
+            };
+            let done = Done::Removed {
+                durable,
+                result,
+                reply,
+            };
+            let _ = myself.cast(SupervisorMsg::Done(WorkDone(done)));
+        });
+    }
+
+    /// Marks the supervisor drained and every child retiring; returns the
+    /// running children, to be retired.
+    fn retire_all(&mut self) -> Vec<ActorRef<ConsumerMsg>> {
         self.drained = true;
+        self.drains += 1;
         let mut actors = Vec::new();
         for child in self.children.values_mut() {
             child.retiring = true;
-            if let Some(actor) = &child.actor {
-                actors.push(actor.clone());
-            }
+            actors.extend(child.actor.clone());
         }
-        let reports = join_all(actors.iter().map(|actor| drain_child(actor, timeout))).await;
-        let mut total = DrainReport::default();
-        for report in reports {
-            total.merge(report);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        for actor in actors {
-            // Children stop by themselves after a drain; wait for it,
-            // bounded.
-            let _ = tokio::time::timeout_at(deadline, actor.wait(None)).await;
-        }
-        total
-    }
-}
-
-/// Asks one child to drain and waits for its report, bounded by the drain
-/// timeout plus a margin.
-async fn drain_child(actor: &ActorRef<ConsumerMsg>, timeout: Duration) -> DrainReport {
-    let margin = Duration::from_secs(5);
-    match actor
-        .call(
-            |reply| ConsumerMsg::Drain { timeout, reply },
-            Some(timeout + margin),
-        )
-        .await
-    {
-        Ok(ractor::rpc::CallResult::Success(report)) => report,
-        _ => DrainReport::default(),
+        actors
     }
 }
