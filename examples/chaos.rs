@@ -10,14 +10,14 @@
 //! Duplicates are allowed and counted.
 //!
 //! ```text
-//! cargo run --release --example chaos -- [--messages 100000] [--fault-every-ms 1000] [--cluster] [--seed N] [--min-faults K]
+//! cargo run --release --example chaos -- [--messages 100000] [--fault-every-ms 1000] [--cluster] [--seed N] [--min-faults K] [--budget-s S]
 //! ```
 //!
 //! Server faults need a server this program controls, so it always starts
 //! its own (a single node, or a 3-node cluster with `--cluster`). Its last
 //! line is `chaos: published=P acked=A lost=L duplicates=D faults=F restarts=R`,
 //! and it exits non-zero when `lost` is not 0, when it ran out of time
-//! (2 minutes plus 1 ms per 10 messages), or when SIGTERM or ctrl-c ended
+//! (`--budget-s`, by default 2 minutes plus 1 ms per 10 messages), or when SIGTERM or ctrl-c ended
 //! it early; each of these still prints the summary.
 //!
 //! The publisher keeps a window of messages awaiting their acks through
@@ -56,6 +56,9 @@ struct Args {
     cluster: bool,
     seed: u64,
     min_faults: u64,
+    /// How long the run may take; `None` for the default, which grows with
+    /// the number of messages.
+    budget: Option<Duration>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -64,6 +67,7 @@ fn parse_args() -> Result<Args, String> {
         fault_every: Duration::from_millis(1000),
         cluster: false,
         min_faults: 0,
+        budget: None,
         seed: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64),
@@ -84,6 +88,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--seed" => args.seed = number(&flag, argv.next())?,
             "--min-faults" => args.min_faults = number(&flag, argv.next())?,
+            "--budget-s" => args.budget = Some(Duration::from_secs(number(&flag, argv.next())?)),
             "--cluster" => args.cluster = true,
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -390,7 +395,9 @@ async fn run() -> Result<(End, u64), String> {
 
     // 4. Faults, until everything is published and acked (or time is up).
     let started = Instant::now();
-    let budget = Duration::from_secs(120) + Duration::from_millis(args.messages / 10);
+    let budget = args
+        .budget
+        .unwrap_or(Duration::from_secs(120) + Duration::from_millis(args.messages / 10));
     let mut rng = Rng(args.seed | 1);
     let mut faults = 0u64;
     let mut last_report = Instant::now();
