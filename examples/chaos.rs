@@ -17,8 +17,9 @@
 //! its own (a single node, or a 3-node cluster with `--cluster`). Its last
 //! line is `chaos: published=P acked=A lost=L duplicates=D faults=F restarts=R`,
 //! and it exits non-zero when `lost` is not 0, when it ran out of time
-//! (`--budget-s`, by default 2 minutes plus 1 ms per 10 messages), or when SIGTERM or ctrl-c ended
-//! it early; each of these still prints the summary.
+//! (`--budget-s`; by default 2 minutes, plus 1 ms per 10 messages, plus
+//! the fault interval and 3 s per `--min-faults`), or when SIGTERM or
+//! ctrl-c ended it early; each of these still prints the summary.
 //!
 //! The publisher keeps a window of messages awaiting their acks through
 //! every fault: a failed publish is retried alongside the others, not one
@@ -48,7 +49,8 @@ const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(2);
 /// The pause before a failed publish is sent again.
 const PUBLISH_RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// How long each step of the final report may take once the run has ended.
-const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Long enough for a cluster to elect a new leader for a consumer.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Args {
     messages: u64,
@@ -395,9 +397,7 @@ async fn run() -> Result<(End, u64), String> {
 
     // 4. Faults, until everything is published and acked (or time is up).
     let started = Instant::now();
-    let budget = args
-        .budget
-        .unwrap_or(Duration::from_secs(120) + Duration::from_millis(args.messages / 10));
+    let budget = args.budget.unwrap_or_else(|| default_budget(&args));
     let mut rng = Rng(args.seed | 1);
     let mut faults = 0u64;
     let mut last_report = Instant::now();
@@ -498,6 +498,15 @@ async fn run() -> Result<(End, u64), String> {
         ledger.duplicates.load(Ordering::Relaxed),
     );
     Ok((end, lost))
+}
+
+/// Two minutes, plus 1 ms per 10 messages, plus for each fault asked for
+/// with `--min-faults` its interval and 3 s to carry it out (restarting a
+/// cluster node and waiting for it to catch up takes about that).
+fn default_budget(args: &Args) -> Duration {
+    let per_fault = args.fault_every + Duration::from_secs(3);
+    let faults = per_fault.saturating_mul(u32::try_from(args.min_faults).unwrap_or(u32::MAX));
+    (Duration::from_secs(120) + Duration::from_millis(args.messages / 10)).saturating_add(faults)
 }
 
 async fn inject(
