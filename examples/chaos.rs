@@ -10,13 +10,20 @@
 //! Duplicates are allowed and counted.
 //!
 //! ```text
-//! cargo run --release --example chaos -- [--messages 100000] [--fault-every-ms 1000] [--cluster] [--seed N] [--min-faults K]
+//! cargo run --release --example chaos -- [--messages 100000] [--fault-every-ms 1000] [--cluster] [--seed N] [--min-faults K] [--budget-s S]
 //! ```
 //!
 //! Server faults need a server this program controls, so it always starts
 //! its own (a single node, or a 3-node cluster with `--cluster`). Its last
 //! line is `chaos: published=P acked=A lost=L duplicates=D faults=F restarts=R`,
-//! and it exits non-zero when `lost` is not 0.
+//! and it exits non-zero when `lost` is not 0, when it ran out of time
+//! (`--budget-s`; by default 2 minutes, plus 1 ms per 10 messages, plus
+//! the fault interval and 3 s per `--min-faults`), or when SIGTERM or
+//! ctrl-c ended it early; each of these still prints the summary.
+//!
+//! The publisher keeps a window of messages awaiting their acks through
+//! every fault: a failed publish is retried alongside the others, not one
+//! after another, and its message id lets the server store it only once.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,12 +31,26 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
 use nats_harness::{NatsCluster, NatsServer};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use ractor_jetstream::{
     ConsumerSpec, Delivery, JetStreamSupervisor, RestartPolicy, StreamSpec, SupervisorArgs,
     SupervisorMsg, Topology,
 };
+use tokio::signal::unix::{SignalKind, signal};
+
+/// How many publishes await their acks at once.
+const PUBLISH_WINDOW: usize = 1024;
+/// How long one publish waits for its ack before it is sent again: past a
+/// pause of the server (1.5 s), short of stalling the window for long.
+const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(2);
+/// The pause before a failed publish is sent again.
+const PUBLISH_RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// How long each step of the final report may take once the run has ended.
+/// Long enough for a cluster to elect a new leader for a consumer.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Args {
     messages: u64,
@@ -37,6 +58,9 @@ struct Args {
     cluster: bool,
     seed: u64,
     min_faults: u64,
+    /// How long the run may take; `None` for the default, which grows with
+    /// the number of messages.
+    budget: Option<Duration>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -45,6 +69,7 @@ fn parse_args() -> Result<Args, String> {
         fault_every: Duration::from_millis(1000),
         cluster: false,
         min_faults: 0,
+        budget: None,
         seed: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64),
@@ -65,6 +90,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--seed" => args.seed = number(&flag, argv.next())?,
             "--min-faults" => args.min_faults = number(&flag, argv.next())?,
+            "--budget-s" => args.budget = Some(Duration::from_secs(number(&flag, argv.next())?)),
             "--cluster" => args.cluster = true,
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -255,10 +281,21 @@ impl Rng {
     }
 }
 
+/// Why the fault loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Everything was published and acked, after at least `--min-faults`.
+    Finished,
+    /// The time budget ran out first.
+    OutOfTime,
+    /// SIGTERM or ctrl-c.
+    Interrupted,
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     match run().await {
-        Ok(0) => ExitCode::SUCCESS,
+        Ok((End::Finished, 0)) => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,
         Err(err) => {
             eprintln!("chaos: error: {err}");
@@ -267,8 +304,12 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run() -> Result<u64, String> {
+async fn run() -> Result<(End, u64), String> {
     let args = parse_args()?;
+    // Listen before any server starts, so an early SIGTERM also ends the
+    // run through the summary (and the servers' drop).
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     // Injected panics are expected: one line each instead of a backtrace.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -344,30 +385,44 @@ async fn run() -> Result<u64, String> {
     }
 
     // 3. Publish in the background (retrying through faults; the message
-    //    id makes a retry idempotent), and fetch in a loop.
+    //    id makes a retry idempotent), and fetch in a loop. The publisher
+    //    has its own context, whose timeout bounds each ack wait.
     let published = Arc::new(AtomicU64::new(0));
-    let publisher = tokio::spawn(publish_all(js.clone(), args.messages, published.clone()));
+    let publish_js = jetstream::ContextBuilder::new()
+        .timeout(PUBLISH_ACK_TIMEOUT)
+        .build(js.client());
+    let publisher = tokio::spawn(publish_all(publish_js, args.messages, published.clone()));
     let stop = Arc::new(AtomicBool::new(false));
     let fetcher = tokio::spawn(fetch_loop(supervisor.clone(), stop.clone()));
 
     // 4. Faults, until everything is published and acked (or time is up).
     let started = Instant::now();
-    let budget = Duration::from_secs(120) + Duration::from_millis(args.messages / 10);
+    let budget = args.budget.unwrap_or_else(|| default_budget(&args));
     let mut rng = Rng(args.seed | 1);
     let mut faults = 0u64;
     let mut last_report = Instant::now();
     let mut last_fault = Instant::now();
-    loop {
+    let end = loop {
         let all_acked =
             publisher.is_finished() && ledger.distinct.load(Ordering::Relaxed) >= args.messages;
         if all_acked && faults >= args.min_faults {
-            break;
+            break End::Finished;
         }
         if started.elapsed() > budget {
-            eprintln!("chaos: out of time");
-            break;
+            eprintln!("chaos: out of time after {budget:?}");
+            break End::OutOfTime;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = terminate.recv() => {
+                eprintln!("chaos: SIGTERM, ending the run");
+                break End::Interrupted;
+            }
+            _ = interrupt.recv() => {
+                eprintln!("chaos: interrupted, ending the run");
+                break End::Interrupted;
+            }
+        }
         if last_fault.elapsed() >= args.fault_every {
             last_fault = Instant::now();
             faults += 1;
@@ -382,18 +437,24 @@ async fn run() -> Result<u64, String> {
                 ledger.distinct.load(Ordering::Relaxed)
             );
         }
-    }
+    };
+    // A finished run lets the last fetch end; an unfinished one ends now.
     stop.store(true, Ordering::Relaxed);
-    let _ = fetcher.await;
-    let published = publisher.await.map_err(|e| text(&e))??;
+    if end == End::Finished {
+        let _ = fetcher.await;
+    } else {
+        fetcher.abort();
+    }
+    publisher.abort();
+    let published = published.load(Ordering::Relaxed);
 
-    // 5. The verdict, from the ledger and from the server.
+    // 5. The verdict, from the ledger and from the server. Every step is
+    //    bounded, so that a run that ended badly still prints its summary.
     let status = supervisor
-        .call(SupervisorMsg::Status, Some(Duration::from_secs(10)))
-        .await
-        .map_err(|e| text(&e))?;
+        .call(SupervisorMsg::Status, Some(REPORT_TIMEOUT))
+        .await;
     let restarts: u64 = match status {
-        ractor::rpc::CallResult::Success(status) => {
+        Ok(ractor::rpc::CallResult::Success(status)) => {
             status.children.iter().map(|c| c.restarts).sum()
         }
         _ => 0,
@@ -407,23 +468,28 @@ async fn run() -> Result<u64, String> {
         );
     }
     for durable in ["chaos-pull", "chaos-push"] {
-        if let Ok(stream) = js.get_stream("CHAOS").await
-            && let Ok(info) = stream.get_info().await
-        {
+        let report = tokio::time::timeout(REPORT_TIMEOUT, async {
+            let stream = js.get_stream("CHAOS").await.map_err(|e| text(&e))?;
+            let info = stream.get_info().await.map_err(|e| text(&e))?;
             let consumer = stream.consumer_info(durable).await.map_err(|e| text(&e))?;
-            println!(
-                "chaos: {durable}: ack floor {} of {} stream messages, {} pending, {} unacked",
+            Ok::<_, String>(format!(
+                "ack floor {} of {} stream messages, {} pending, {} unacked",
                 consumer.ack_floor.stream_sequence,
                 info.state.messages,
                 consumer.num_pending,
                 consumer.num_ack_pending
-            );
+            ))
+        })
+        .await;
+        match report {
+            Ok(Ok(line)) => println!("chaos: {durable}: {line}"),
+            Ok(Err(e)) => eprintln!("chaos: {durable}: no consumer info: {e}"),
+            Err(_) => eprintln!("chaos: {durable}: no consumer info within {REPORT_TIMEOUT:?}"),
         }
     }
-    supervisor
-        .stop_and_wait(None, Some(Duration::from_secs(30)))
-        .await
-        .map_err(|e| text(&e))?;
+    if let Err(e) = supervisor.stop_and_wait(None, Some(REPORT_TIMEOUT)).await {
+        eprintln!("chaos: the supervisor did not stop: {e}");
+    }
     keeper.stop(None);
     let lost = missing.len() as u64;
     println!(
@@ -431,7 +497,16 @@ async fn run() -> Result<u64, String> {
         ledger.distinct.load(Ordering::Relaxed),
         ledger.duplicates.load(Ordering::Relaxed),
     );
-    Ok(lost)
+    Ok((end, lost))
+}
+
+/// Two minutes, plus 1 ms per 10 messages, plus for each fault asked for
+/// with `--min-faults` its interval and 3 s to carry it out (restarting a
+/// cluster node and waiting for it to catch up takes about that).
+fn default_budget(args: &Args) -> Duration {
+    let per_fault = args.fault_every + Duration::from_secs(3);
+    let faults = per_fault.saturating_mul(u32::try_from(args.min_faults).unwrap_or(u32::MAX));
+    (Duration::from_secs(120) + Duration::from_millis(args.messages / 10)).saturating_add(faults)
 }
 
 async fn inject(
@@ -516,44 +591,38 @@ async fn inject(
     }
 }
 
-async fn publish_all(
-    js: jetstream::Context,
-    total: u64,
-    published: Arc<AtomicU64>,
-) -> Result<u64, String> {
-    const WINDOW: u64 = 256;
+/// Publishes messages `0..total`, keeping [`PUBLISH_WINDOW`] of them
+/// awaiting their acks. A failed one goes back into the window at once, so a
+/// fault costs the window one ack timeout, not one per message; `published`
+/// counts the messages the server confirmed.
+async fn publish_all(js: jetstream::Context, total: u64, published: Arc<AtomicU64>) {
+    let mut in_flight = FuturesUnordered::new();
     let mut next = 0u64;
-    while next < total {
-        let end = (next + WINDOW).min(total);
-        let mut acks = Vec::new();
-        for i in next..end {
-            acks.push((i, publish_one(&js, i).await));
+    let mut stored = 0u64;
+    while stored < total {
+        while in_flight.len() < PUBLISH_WINDOW && next < total {
+            in_flight.push(store(js.clone(), next, Duration::ZERO));
+            next += 1;
         }
-        for (i, ack) in acks {
-            let stored = match ack {
-                Ok(ack) => ack.await.is_ok(),
-                Err(_) => false,
-            };
-            if !stored {
-                // Retry this one until it is stored; the id de-duplicates.
-                let deadline = Instant::now() + Duration::from_secs(60);
-                loop {
-                    if let Ok(ack) = publish_one(&js, i).await
-                        && ack.await.is_ok()
-                    {
-                        break;
-                    }
-                    if Instant::now() > deadline {
-                        return Err(format!("could not publish message {i} for 60 s"));
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+        match in_flight.next().await {
+            Some(Ok(())) => {
+                stored += 1;
+                published.store(stored, Ordering::Relaxed);
             }
+            Some(Err(i)) => in_flight.push(store(js.clone(), i, PUBLISH_RETRY_PAUSE)),
+            None => break,
         }
-        published.store(end, Ordering::Relaxed);
-        next = end;
     }
-    Ok(total)
+}
+
+/// One attempt to have message `i` stored, after `pause`; `Err(i)` when it
+/// must be sent again.
+async fn store(js: jetstream::Context, i: u64, pause: Duration) -> Result<(), u64> {
+    if !pause.is_zero() {
+        tokio::time::sleep(pause).await;
+    }
+    let ack = publish_one(&js, i).await.map_err(|_| i)?;
+    ack.await.map(|_| ()).map_err(|_| i)
 }
 
 async fn publish_one(

@@ -342,3 +342,128 @@ fn last_line_fields_loose(stdout: &str, prefix: &str) -> BTreeMap<String, String
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
+
+/// Runs chaos with `args` and no faults to speak of, until its first
+/// progress line; then `end(pid)` (nothing, or a signal). Returns how it
+/// exited, its stdout and stderr, and how long it took after `end`.
+fn chaos_until_ended(
+    args: &[&str],
+    end: impl FnOnce(u32),
+) -> (
+    std::process::ExitStatus,
+    String,
+    String,
+    std::time::Duration,
+) {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+
+    let mut child = Command::new(example_bin("chaos"))
+        .args(args)
+        .env_remove("NATS_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run chaos");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let read = stdout.read_line(&mut line).expect("read stdout");
+        seen.push_str(&line);
+        if read == 0 || line.contains("published=") {
+            break;
+        }
+    }
+    assert!(seen.contains("published="), "no progress line: {seen}");
+    let ended = std::time::Instant::now();
+    end(child.id());
+    let deadline = ended + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("chaos still running {PATIENCE:?} after it should have ended: {seen}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let took = ended.elapsed();
+    stdout.read_to_string(&mut seen).expect("read stdout");
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        pipe.read_to_string(&mut stderr).expect("read stderr");
+    }
+    (status, seen, stderr, took)
+}
+
+/// The summary's fields, all of them, whatever their values.
+fn assert_summary(stdout: &str) {
+    let fields = last_line_fields(stdout, "chaos: ");
+    for key in [
+        "published",
+        "acked",
+        "lost",
+        "duplicates",
+        "faults",
+        "restarts",
+    ] {
+        assert!(fields.contains_key(key), "{key} missing: {stdout}");
+    }
+    assert!(fields["published"] > 0, "{stdout}");
+}
+
+#[tokio::test]
+async fn chaos_ends_with_its_summary_on_sigterm() {
+    let (status, stdout, stderr, took) = tokio::task::spawn_blocking(|| {
+        chaos_until_ended(
+            &["--messages", "10000000", "--fault-every-ms", "600000"],
+            |pid| {
+                let sent = Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status()
+                    .expect("run kill");
+                assert!(sent.success(), "kill -TERM {pid}: {sent}");
+            },
+        )
+    })
+    .await
+    .expect("join");
+    assert!(
+        status.code().is_some_and(|c| c != 0),
+        "an interrupted run exits with a failure code, not {status}: {stderr}\n{stdout}"
+    );
+    assert!(stderr.contains("SIGTERM"), "{stderr}");
+    assert_summary(&stdout);
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "took {took:?} to end"
+    );
+}
+
+#[tokio::test]
+async fn chaos_out_of_time_ends_at_once_with_its_summary() {
+    let (status, stdout, stderr, took) = tokio::task::spawn_blocking(|| {
+        chaos_until_ended(
+            &[
+                "--messages",
+                "10000000",
+                "--fault-every-ms",
+                "600000",
+                "--budget-s",
+                "3",
+            ],
+            |_| {},
+        )
+    })
+    .await
+    .expect("join");
+    assert_eq!(status.code(), Some(1), "{stderr}\n{stdout}");
+    assert!(stderr.contains("out of time"), "{stderr}");
+    assert_summary(&stdout);
+    assert!(
+        took < std::time::Duration::from_secs(15),
+        "took {took:?} to end after a 3 s budget"
+    );
+}

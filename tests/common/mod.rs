@@ -81,6 +81,19 @@ pub async fn consumer_info(js: &jetstream::Context, stream: &str, durable: &str)
     stream.consumer_info(durable).await.expect("consumer info")
 }
 
+/// The server's view of a consumer, or what kept the server from giving it.
+pub async fn try_consumer_info(
+    js: &jetstream::Context,
+    stream: &str,
+    durable: &str,
+) -> Result<consumer::Info, String> {
+    let stream = js.get_stream(stream).await.map_err(|e| e.to_string())?;
+    stream
+        .consumer_info(durable)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// Polls the consumer info until `check` holds, or panics after
 /// [`PATIENCE`] with the last info.
 pub async fn wait_for_consumer(
@@ -92,18 +105,21 @@ pub async fn wait_for_consumer(
 ) -> consumer::Info {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let info = consumer_info(js, stream, durable).await;
-        if check(&info) {
-            return info;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!(
-                "timed out waiting for {what}: ack_floor.stream={} num_ack_pending={} num_pending={} num_redelivered={}",
+        // A request that fails (a timeout on a loaded machine, a server
+        // just restarted) is one more poll, not the end of the wait.
+        let last = match try_consumer_info(js, stream, durable).await {
+            Ok(info) if check(&info) => return info,
+            Ok(info) => format!(
+                "ack_floor.stream={} num_ack_pending={} num_pending={} num_redelivered={}",
                 info.ack_floor.stream_sequence,
                 info.num_ack_pending,
                 info.num_pending,
                 info.num_redelivered
-            );
+            ),
+            Err(e) => format!("no consumer info: {e}"),
+        };
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for {what}: {last}");
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }

@@ -5,7 +5,8 @@
 //! all in its own temporary directory. It is started and polled until ready
 //! (never a fixed sleep), can be stopped, killed, restarted on the same port
 //! and store, or paused to inject faults, and is killed and cleaned up on
-//! drop. When a test panics, the dropped server prints the tail of its log
+//! drop; a program killed before it could drop them takes its servers down
+//! with it. When a test panics, the dropped server prints the tail of its log
 //! to stderr, so the failure shows what the server saw.
 //!
 //! A [`NatsCluster`] is several such servers joined by routes, for
@@ -53,6 +54,7 @@ mod binary;
 mod builder;
 mod cluster;
 mod error;
+mod lifetime;
 mod ports;
 mod probe;
 mod server;
@@ -65,5 +67,6 @@ pub use binary::{
 pub use builder::{DEFAULT_READY_TIMEOUT, ServerBuilder};
 pub use cluster::{LEADER_TIMEOUT, NatsCluster};
 pub use error::{DiscoveryError, HarnessError, INSTALL_HINT};
+pub use lifetime::remove_stale_dirs;
 pub use server::{NatsServer, STOP_TIMEOUT};
 pub use wait::eventually;

@@ -15,6 +15,7 @@ use tempfile::TempDir;
 use crate::binary::nats_server_binary;
 use crate::builder::{Ports, ServerBuilder, Settings};
 use crate::error::HarnessError;
+use crate::lifetime;
 use crate::ports::pick_ports;
 use crate::probe;
 
@@ -32,7 +33,9 @@ const PANIC_LOG_LINES: usize = 200;
 /// The server runs from a generated config file in its own temporary
 /// directory, which also holds its log and its JetStream file store.
 /// Dropping the value kills the process (SIGKILL), reaps it and deletes the
-/// directory; when the drop happens during a panic (a failing test), the last
+/// directory. A program that dies without dropping it (SIGKILL, an unhandled
+/// signal) takes the server down with it on Linux, and the next program
+/// using the harness deletes the directory (see [`crate::remove_stale_dirs`]); when the drop happens during a panic (a failing test), the last
 /// lines of the server's log are printed to stderr first.
 ///
 /// ```no_run
@@ -77,7 +80,8 @@ impl From<HarnessError> for StartFailure {
 pub(crate) fn unique_name(kind: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!(
-        "nh-{kind}-{}-{}",
+        "{}{kind}-{}-{}",
+        lifetime::DIR_PREFIX,
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
@@ -129,6 +133,7 @@ impl NatsServer {
         ports: Ports,
     ) -> Result<NatsServer, HarnessError> {
         let binary = nats_server_binary()?.path().to_path_buf();
+        lifetime::remove_stale_dirs_once();
         let dir = tempfile::Builder::new()
             .prefix(&format!("{name}-"))
             .tempdir()
@@ -165,14 +170,16 @@ impl NatsServer {
         let stderr = log
             .try_clone()
             .map_err(|e| HarnessError::io("duplicating the log file handle", e))?;
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        command
             .arg("-c")
             .arg(&self.config_path)
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(log)
-            .stderr(stderr)
-            .spawn()
+            .stderr(stderr);
+        // Not `command.spawn()`: the server must die with this process.
+        let child = lifetime::spawn(command)
             .map_err(|e| HarnessError::io(format!("starting {}", self.binary.display()), e))?;
         self.child = Some(child);
         Ok(offset)

@@ -8,6 +8,10 @@ use nats_harness::{NatsCluster, eventually};
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const FAILOVER: Duration = Duration::from_secs(30);
+/// How long a healthy cluster may take to store a message: a freshly created
+/// R3 stream may still be electing its first leader, and a loaded machine
+/// answers slowly.
+const SETTLE: Duration = Duration::from_secs(20);
 
 /// Publishes with a message id, so that a retried publish is stored once.
 async fn publish(js: &jetstream::Context, i: u64) -> Result<u64, String> {
@@ -43,7 +47,10 @@ async fn r3_stream_survives_the_loss_of_its_leader() -> TestResult {
     })
     .await?;
     for i in 1..=20 {
-        publish(&js, i).await?;
+        eventually(&format!("publish {i} to the new stream"), SETTLE, || {
+            publish(&js, i)
+        })
+        .await?;
     }
 
     let leader = cluster.stream_leader("ORDERS").await?;
@@ -78,9 +85,32 @@ async fn r3_stream_survives_the_loss_of_its_leader() -> TestResult {
     // The old leader comes back and catches up.
     cluster.restart_node(leader).await?;
     assert!(cluster.node(leader).pid().is_some());
-    let direct = async_nats::connect(cluster.node(leader).url()).await?;
-    let mut stream = jetstream::new(direct).get_stream("ORDERS").await?;
-    assert_eq!(stream.info().await?.state.messages, 30);
+    // Healthy means current with the meta leader; the stream's replica on
+    // this node may still be catching up, so its count is polled.
+    let direct = jetstream::new(async_nats::connect(cluster.node(leader).url()).await?);
+    let messages = eventually(
+        "the restarted node holds all 30 messages",
+        FAILOVER,
+        || async {
+            let mut stream = direct
+                .get_stream("ORDERS")
+                .await
+                .map_err(|e| e.to_string())?;
+            let messages = stream
+                .info()
+                .await
+                .map_err(|e| e.to_string())?
+                .state
+                .messages;
+            if messages == 30 {
+                Ok(messages)
+            } else {
+                Err(format!("{messages} messages"))
+            }
+        },
+    )
+    .await?;
+    assert_eq!(messages, 30);
     Ok(())
 }
 

@@ -68,8 +68,18 @@ async fn kill_then_restart_keeps_the_file_store() -> TestResult {
     assert!(server.pid().is_some());
 
     let js = jetstream::new(async_nats::connect(server.url()).await?);
-    let mut stream = js.get_stream("DURABLE").await?;
-    let info = stream.info().await?;
+    // The first requests to a just restarted server may time out on a
+    // loaded machine: poll until the stream answers.
+    let (stream, info) = eventually(
+        "the restarted stream answers",
+        Duration::from_secs(20),
+        || async {
+            let mut stream = js.get_stream("DURABLE").await.map_err(|e| e.to_string())?;
+            let info = stream.info().await.map_err(|e| e.to_string())?.clone();
+            Ok::<_, String>((stream, info))
+        },
+    )
+    .await?;
     assert_eq!(info.state.messages, N);
     assert_eq!(info.state.last_sequence, N);
     let last = stream
@@ -86,7 +96,15 @@ async fn pause_and_resume() -> TestResult {
     let server = NatsServer::start().await?;
     let js = jetstream::new(async_nats::connect(server.url()).await?);
     let short = Duration::from_millis(500);
-    tokio::time::timeout(short, js.query_account()).await??;
+    let answers = || async {
+        match tokio::time::timeout(short, js.query_account()).await {
+            Ok(Ok(account)) => Ok(account),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out".to_string()),
+        }
+    };
+    // A loaded machine may take longer than `short` for the first answer.
+    eventually("the fresh server answers", Duration::from_secs(10), answers).await?;
 
     server.pause()?;
     let while_paused = tokio::time::timeout(short, js.query_account()).await;
@@ -99,13 +117,7 @@ async fn pause_and_resume() -> TestResult {
     eventually(
         "the resumed server answers",
         Duration::from_secs(10),
-        || async {
-            match tokio::time::timeout(short, js.query_account()).await {
-                Ok(Ok(account)) => Ok(account),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("timed out".to_string()),
-            }
-        },
+        answers,
     )
     .await?;
     Ok(())
