@@ -6,14 +6,18 @@
 //! actor names are unique within one process), its own target actor and its
 //! own fetch loop. They all bind the same durable by name, so the server
 //! hands each message to one of them. The run prints how the messages
-//! split, and checks every one was processed.
+//! split, and checks every one was processed. With `--idle-ms`, the workers
+//! go on fetching that long once the work is done (or from the start, with
+//! `--messages 0`): an idle fetch waits out its `expires` on the server, so
+//! the fetch count stays near `workers × idle / expires` instead of
+//! spinning.
 //!
 //! ```text
-//! cargo run --example scale_out -- [--workers N] [--messages M]
+//! cargo run --example scale_out -- [--workers N] [--messages M] [--idle-ms I]
 //! ```
 //!
 //! It uses `NATS_URL` when set, or an embedded server. The last line is
-//! `scale_out: published=M processed=P workers=N split=a,b,... lost=L duplicates=D`.
+//! `scale_out: published=M processed=P workers=N split=a,b,... lost=L duplicates=D fetches=F`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -60,32 +64,50 @@ impl Actor for Worker {
     }
 }
 
-fn parse_args() -> Result<(usize, u64), String> {
-    let (mut workers, mut messages) = (3usize, 3000u64);
+/// How long one idle fetch waits on the server.
+const EXPIRES: Duration = Duration::from_millis(200);
+
+struct Args {
+    workers: usize,
+    messages: u64,
+    idle: Duration,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut parsed = Args {
+        workers: 3,
+        messages: 3000,
+        idle: Duration::ZERO,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let n: u64 = value
             .parse()
             .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| format!("{flag} must be a positive integer, got {value:?}"))?;
+            .ok_or_else(|| format!("{flag} must be a whole number, got {value:?}"))?;
         match flag.as_str() {
-            "--workers" => workers = n as usize,
-            "--messages" => messages = n,
+            "--workers" if n > 0 => parsed.workers = n as usize,
+            "--workers" => return Err("--workers must be at least 1".into()),
+            "--messages" => parsed.messages = n,
+            "--idle-ms" => parsed.idle = Duration::from_millis(n),
             other => {
                 return Err(format!(
-                    "unknown argument {other:?}; usage: scale_out [--workers N] [--messages M]"
+                    "unknown argument {other:?}; usage: scale_out [--workers N] [--messages M] [--idle-ms I]"
                 ));
             }
         }
     }
-    Ok((workers, messages))
+    Ok(parsed)
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (workers, messages) = parse_args()?;
+    let Args {
+        workers,
+        messages,
+        idle,
+    } = parse_args()?;
 
     // 1. The server: NATS_URL, or an embedded one. The stream starts empty.
     let (_server, url) = match std::env::var("NATS_URL") {
@@ -128,7 +150,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ack.await?;
     }
 
-    // 4. Every worker fetches in its own loop until all jobs are done.
+    // 4. Every worker fetches in its own loop until all jobs are done, and
+    //    then for `--idle-ms` more. Each counts its fetches.
     let started = Instant::now();
     let loops: Vec<_> = supervisors
         .iter()
@@ -136,29 +159,39 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|supervisor| {
             let ledger = ledger.clone();
             tokio::spawn(async move {
-                while ledger
-                    .lock()
-                    .map(|l| (l.len() as u64) < messages)
-                    .unwrap_or(false)
-                    && started.elapsed() < Duration::from_secs(60)
-                {
+                let mut fetches = 0u64;
+                let mut done_at = None;
+                while started.elapsed() < Duration::from_secs(60) {
+                    let done = ledger
+                        .lock()
+                        .map(|l| (l.len() as u64) >= messages)
+                        .unwrap_or(true);
+                    if done {
+                        let done_at = *done_at.get_or_insert_with(Instant::now);
+                        if done_at.elapsed() >= idle {
+                            break;
+                        }
+                    }
+                    fetches += 1;
                     let _ = supervisor
                         .call(
                             |reply| SupervisorMsg::Fetch {
                                 durable: "shared".into(),
                                 batch: 50,
-                                expires: Some(Duration::from_millis(200)),
+                                expires: Some(EXPIRES),
                                 reply,
                             },
                             Some(Duration::from_secs(10)),
                         )
                         .await;
                 }
+                fetches
             })
         })
         .collect();
+    let mut fetches = 0;
     for handle in loops {
-        handle.await?;
+        fetches += handle.await?;
     }
 
     // 5. How the work split, and whether any was lost or done twice.
@@ -184,7 +217,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let split: Vec<String> = split.iter().map(u64::to_string).collect();
     println!(
-        "scale_out: published={messages} processed={} workers={workers} split={} lost={lost} duplicates={duplicates}",
+        "scale_out: published={messages} processed={} workers={workers} split={} lost={lost} duplicates={duplicates} fetches={fetches}",
         ledger.len(),
         split.join(",")
     );

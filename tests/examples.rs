@@ -305,6 +305,24 @@ async fn scale_out_with_two_workers_shares_the_work_and_loses_nothing() {
 }
 
 #[tokio::test]
+async fn scale_out_with_four_idle_workers_does_not_spin() {
+    let stdout = run_embedded(
+        "scale_out",
+        &["--workers", "4", "--messages", "0", "--idle-ms", "3000"],
+    )
+    .await;
+    let fields = last_line_fields_loose(&stdout, "scale_out: ");
+    assert_eq!(fields["processed"], "0", "{stdout}");
+    let fetches: u64 = fields["fetches"].parse().expect("fetch count");
+    // 4 workers × 3 s / 200 ms expiry = 60 fetches if each waits out its
+    // expiry; a spinning loop makes thousands.
+    assert!(
+        (20..=120).contains(&fetches),
+        "4 idle workers made {fetches} fetches in 3 s: {stdout}"
+    );
+}
+
+#[tokio::test]
 async fn push_pipeline_acks_only_after_the_second_stage() {
     let stdout = run_embedded("push_pipeline", &["--messages", "1500"]).await;
     let fields = last_line_fields(&stdout, "push_pipeline: ");
