@@ -12,8 +12,11 @@
 //! | [`Delivery::term`] | `+TERM`, with a reason | never |
 //! | dropped unsettled | `-NAK` (counted as abandoned) | yes |
 //!
-//! [`Delivery::in_progress`] does not settle: it asks the server for another
-//! `ack_wait` and restarts the child's decision timeout.
+//! While the target holds a delivery, the child keeps it alive on the server
+//! by itself (`+WPI` every half of the server's ack wait), up to the
+//! consumer's `decision_timeout`. [`Delivery::in_progress`] does not settle:
+//! it starts that timeout over (and sends a `+WPI` unless one went out for
+//! this delivery within the last period).
 //!
 //! The decision travels back to the consumer child, which applies it on the
 //! server. A target whose actor's message type is its own enum takes
@@ -369,8 +372,10 @@ impl Delivery {
         self.send(Verdict::Decided(decision));
     }
 
-    /// Still working on it: the server waits another `ack_wait`, and the
-    /// child's decision timeout starts over. Does not settle the delivery.
+    /// Still working on it: the child's decision timeout starts over, and
+    /// the server waits another ack wait. Calls are coalesced: at most one
+    /// `+WPI` per delivery per keep-alive period reaches the server. Does
+    /// not settle the delivery.
     pub fn in_progress(&self) {
         if let Some(tx) = &self.settle {
             // A closed channel means the child is gone; nothing to extend.
