@@ -11,8 +11,8 @@ use async_nats::jetstream::consumer::{self, pull};
 use common::*;
 use ractor::{Actor, ActorRef};
 use ractor_jetstream::{
-    ConsumerMsg, ConsumerSpec, DrainReport, Error, FetchEnd, FetchOutcome, JetStreamSupervisor,
-    StreamSpec, SupervisorArgs, SupervisorMsg, Topology,
+    ConsumerMsg, ConsumerSpec, Error, FetchEnd, FetchOutcome, JetStreamSupervisor, StreamSpec,
+    SupervisorArgs, SupervisorMsg, Topology,
 };
 
 /// A fetch with an explicit call timeout (the common helper adds
@@ -365,17 +365,7 @@ async fn a_drain_in_the_middle_of_a_fetch_keeps_its_counts() {
         tokio::spawn(async move { fetch(&child, 5, Duration::from_secs(1)).await })
     };
     wait_until("all five delivered", PATIENCE, || record.count() == 5).await;
-    let report: DrainReport = child
-        .call(
-            |reply| ConsumerMsg::Drain {
-                timeout: Duration::from_millis(300),
-                reply,
-            },
-            Some(PATIENCE),
-        )
-        .await
-        .expect("drain")
-        .success_or_panic();
+    let report = drain(&child, Duration::from_millis(300)).await;
     assert_eq!(report.naked, 3, "{report:?}");
     let outcome = fetching
         .await

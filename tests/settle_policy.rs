@@ -11,7 +11,7 @@ use common::*;
 use futures::StreamExt;
 use nats_harness::NatsServer;
 use ractor::ActorRef;
-use ractor_jetstream::{ConnectionSpec, ConsumerMsg, ConsumerSpec, DrainReport};
+use ractor_jetstream::{ConnectionSpec, ConsumerMsg, ConsumerSpec};
 
 /// How many messages a stream holds, polled until it is `want` or the
 /// deadline passes.
@@ -66,17 +66,7 @@ async fn a_last_delivery_held_at_a_drain_is_dead_lettered_not_dropped() {
     create_stream(&env.js, "DLQ", &["dlq.>"]).await;
     publish_n(&env.js, "lastd.x", 1).await;
     let (child, _target) = last_delivery_held(&env, "drained").await;
-    let report: DrainReport = child
-        .call(
-            |reply| ConsumerMsg::Drain {
-                timeout: Duration::from_millis(200),
-                reply,
-            },
-            Some(PATIENCE),
-        )
-        .await
-        .expect("drain")
-        .success_or_panic();
+    let report = drain(&child, Duration::from_millis(200)).await;
     assert_eq!(report.naked, 1, "{report:?}");
     assert_eq!(
         wait_for_stream_count(&env.js, "DLQ", 1).await,
@@ -131,17 +121,7 @@ async fn a_term_decided_during_a_drain_reaches_the_dead_letter_subject() {
         tokio::spawn(async move { fetch(&child, 3, Duration::from_secs(1)).await })
     };
     wait_until("three delivered", PATIENCE, || record.count() == 3).await;
-    let report: DrainReport = child
-        .call(
-            |reply| ConsumerMsg::Drain {
-                timeout: Duration::from_secs(2),
-                reply,
-            },
-            Some(PATIENCE),
-        )
-        .await
-        .expect("drain")
-        .success_or_panic();
+    let report = drain(&child, Duration::from_secs(2)).await;
     assert_eq!(report.naked, 0, "{report:?}");
     let outcome = fetching.await.expect("join").expect("drained fetch");
     assert_eq!((outcome.acked, outcome.termed), (2, 1), "{outcome:?}");

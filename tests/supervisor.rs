@@ -562,41 +562,8 @@ async fn a_killed_push_child_forwards_nothing_after_its_kill() {
     )
     .await;
     let removal = start_removal(&supervisor, "slow", Duration::from_secs(5), false);
-    victim.kill();
-    victim
-        .wait(Some(PATIENCE))
-        .await
-        .expect("the killed child ends");
-    let dead_at = std::time::Instant::now();
-    let seen_at_death = record.count();
-
-    // What was already in the target's mailbox lands at once; anything
-    // arriving later was forwarded by a worker that outlived its actor.
-    let grace = Duration::from_millis(500);
-    let watch = tokio::time::Instant::now() + Duration::from_secs(2);
-    while tokio::time::Instant::now() < watch {
-        let late = record.with(|r| r.seen.iter().filter(|s| s.at > dead_at + grace).count());
-        assert_eq!(
-            late, 0,
-            "{late} deliveries reached the target more than {grace:?} after the child was killed ({seen_at_death} before)"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // There was something to forward all along.
-    let stored = env
-        .js
-        .get_stream("KILL")
-        .await
-        .expect("stream")
-        .get_info()
-        .await
-        .expect("info")
-        .state
-        .messages;
-    assert!(
-        stored as usize > seen_at_death + 3 + 50,
-        "the publisher kept going: {stored} stored, {seen_at_death} forwarded"
-    );
+    // (3 of the stream's messages went to the slow durable.)
+    kill_and_watch_nothing_forwarded(&env, &victim, &record, "KILL", 3).await;
     publisher.abort();
     let removed = tokio::time::timeout(PATIENCE, removal)
         .await
@@ -682,37 +649,7 @@ async fn a_killed_push_child_stops_forwarding_however_busy_its_parent_is() {
     parent
         .cast(Duration::from_secs(5))
         .expect("the parent takes work");
-    child.kill();
-    child
-        .wait(Some(PATIENCE))
-        .await
-        .expect("the killed child ends");
-    let dead_at = std::time::Instant::now();
-    let seen_at_death = record.count();
-    let grace = Duration::from_millis(500);
-    let watch = tokio::time::Instant::now() + Duration::from_secs(2);
-    while tokio::time::Instant::now() < watch {
-        let late = record.with(|r| r.seen.iter().filter(|s| s.at > dead_at + grace).count());
-        assert_eq!(
-            late, 0,
-            "{late} deliveries reached the target more than {grace:?} after the child was killed ({seen_at_death} before)"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let stored = env
-        .js
-        .get_stream("ORPHAN")
-        .await
-        .expect("stream")
-        .get_info()
-        .await
-        .expect("info")
-        .state
-        .messages;
-    assert!(
-        stored as usize > seen_at_death + 50,
-        "the publisher kept going: {stored} stored, {seen_at_death} forwarded"
-    );
+    kill_and_watch_nothing_forwarded(&env, &child, &record, "ORPHAN", 0).await;
     publisher.abort();
 }
 
@@ -886,5 +823,50 @@ async fn a_removal_during_a_restart_waits_for_the_new_child_and_retires_it() {
     assert!(
         stream.consumer_info("r").await.is_err(),
         "deleted on the server, and not re-created by the new child"
+    );
+}
+
+/// Kills `child`, waits until it is gone, then watches the target for 2 s:
+/// what was already in the target's mailbox lands at once, anything later
+/// was forwarded by a worker that outlived its actor. Also checks that the
+/// publisher kept the stream growing (`others` of its messages went to
+/// other durables), so there was something to forward all along.
+async fn kill_and_watch_nothing_forwarded(
+    env: &Env,
+    child: &ActorRef<ractor_jetstream::ConsumerMsg>,
+    record: &Record,
+    stream: &str,
+    others: usize,
+) {
+    child.kill();
+    child
+        .wait(Some(PATIENCE))
+        .await
+        .expect("the killed child ends");
+    let dead_at = std::time::Instant::now();
+    let seen_at_death = record.count();
+    let grace = Duration::from_millis(500);
+    let watch = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < watch {
+        let late = record.with(|r| r.seen.iter().filter(|s| s.at > dead_at + grace).count());
+        assert_eq!(
+            late, 0,
+            "{late} deliveries reached the target more than {grace:?} after the child was killed ({seen_at_death} before)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stored = env
+        .js
+        .get_stream(stream)
+        .await
+        .expect("stream")
+        .get_info()
+        .await
+        .expect("info")
+        .state
+        .messages;
+    assert!(
+        stored as usize > seen_at_death + others + 50,
+        "the publisher kept going: {stored} stored, {seen_at_death} forwarded"
     );
 }

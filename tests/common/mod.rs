@@ -474,3 +474,18 @@ pub async fn spawn_pull(
     .expect("spawn pull child");
     child
 }
+
+/// Drains a child directly and returns its report.
+pub async fn drain(
+    child: &ActorRef<ConsumerMsg>,
+    timeout: Duration,
+) -> ractor_jetstream::DrainReport {
+    child
+        .call(
+            |reply| ConsumerMsg::Drain { timeout, reply },
+            Some(timeout + PATIENCE),
+        )
+        .await
+        .expect("drain")
+        .success_or_panic()
+}
