@@ -248,6 +248,34 @@ async fn fetches_whose_callers_gave_up_are_not_served() {
 }
 
 #[tokio::test]
+async fn expires_is_cut_to_the_callers_own_timeout() {
+    let env = env().await;
+    create_stream(&env.js, "CUT", &["cut.>"]).await;
+    let (_t, target, _) = acking_target().await;
+    let child = spawn_pull(&env, ConsumerSpec::pull("CUT", "c", "t"), target).await;
+    // The caller waits 800 ms for a fetch that may wait 5 s: it gets the
+    // clean empty outcome in time instead of a timed-out call.
+    let started = Instant::now();
+    let result = child
+        .call(
+            |reply| ConsumerMsg::Fetch {
+                batch: 1,
+                expires: Some(Duration::from_secs(5)),
+                reply,
+            },
+            Some(Duration::from_millis(800)),
+        )
+        .await
+        .expect("call");
+    let outcome = match result {
+        ractor::rpc::CallResult::Success(outcome) => outcome.expect("fetch"),
+        other => panic!("the caller's timeout cut off its own fetch: {other:?}"),
+    };
+    assert_eq!(outcome.end, FetchEnd::Expired, "{outcome:?}");
+    assert!(started.elapsed() < Duration::from_millis(800));
+}
+
+#[tokio::test]
 async fn the_fetch_queue_is_bounded() {
     let env = env().await;
     create_stream(&env.js, "QUEUE", &["queue.>"]).await;
