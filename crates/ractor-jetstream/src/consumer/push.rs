@@ -250,6 +250,7 @@ impl Pump<'_> {
             self.group.as_deref(),
         )
         .await?;
+        crate::fault_point!("rj-push-resubscribed");
         let fresh = self.in_flight.guard(fresh);
         let mut old = std::mem::replace(&mut self.subscription, fresh);
         old.drain_and_nak().await;
