@@ -140,6 +140,12 @@ impl InFlight {
         }
     }
 
+    /// Where a message read from a subscription but not forwarded goes to
+    /// be nak'ed with this registry's own deliveries.
+    pub fn unread_sink(&self) -> UnreadSink {
+        UnreadSink(self.settle_tx.clone())
+    }
+
     /// How many deliveries are out and unsettled.
     pub fn live(&self) -> usize {
         self.live
@@ -596,6 +602,24 @@ impl GuardedSubscription {
             }
         }
         naked
+    }
+}
+
+/// Hands messages that were read but never forwarded over to an
+/// [`InFlight`], which nak's them (at once, or when it is dropped).
+pub(crate) struct UnreadSink(mpsc::UnboundedSender<Settlement>);
+
+impl UnreadSink {
+    /// Hands one message over to be nak'ed.
+    pub fn nak(&self, message: &async_nats::Message) {
+        if let Some(reply) = js_reply(message) {
+            // The registry is gone only once the worker ends; then the
+            // message returns after ack_wait.
+            let _ = self.0.send(Settlement {
+                token: ORPHAN,
+                verdict: Verdict::Unread(reply),
+            });
+        }
     }
 }
 
