@@ -219,6 +219,75 @@ async fn push_messages_waiting_unread_in_the_client_are_not_redelivered() {
     assert_eq!(info.num_pending, 0);
 }
 
+#[tokio::test]
+async fn push_keeps_unread_messages_alive_by_the_bound_consumers_own_ack_wait() {
+    let env = env().await;
+    create_stream(&env.js, "BOUND", &["bound.>"]).await;
+    // Someone else created the consumer: a 2 s ack wait and the default
+    // max_ack_pending; the spec sets neither, so the child must go by what
+    // the server reports, not by the spec's 30 s default.
+    let inbox = env.client.new_inbox();
+    env.js
+        .get_stream("BOUND")
+        .await
+        .expect("stream")
+        .create_consumer(async_nats::jetstream::consumer::push::Config {
+            durable_name: Some("bound".into()),
+            deliver_subject: inbox,
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(2),
+            flow_control: true,
+            idle_heartbeat: Duration::from_secs(5),
+            ..Default::default()
+        })
+        .await
+        .expect("create the consumer directly");
+    let total = 150;
+    publish_n(&env.js, "bound.x", total).await;
+    let (_t, target, record) = paced_target(Duration::from_millis(50)).await;
+    let spec = ConsumerSpec {
+        max_in_flight: Some(10),
+        ..ConsumerSpec::push("BOUND", "bound", "t")
+    };
+    let (_child, _) = Actor::spawn(
+        None,
+        PushConsumer,
+        ConsumerArgs {
+            js: env.js.clone(),
+            spec,
+            target,
+        },
+    )
+    .await
+    .expect("spawn push child");
+    let mut max_redelivered = 0;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let info = consumer_info(&env.js, "BOUND", "bound").await;
+        max_redelivered = max_redelivered.max(info.num_redelivered);
+        if info.ack_floor.stream_sequence == total as u64 && info.num_ack_pending == 0 {
+            assert_eq!(
+                info.config.ack_wait,
+                Duration::from_secs(2),
+                "bound as it is"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the 20 msg/s target did not get through {total} messages: ack floor {}",
+            info.ack_floor.stream_sequence
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let twice = record.times_seen().values().filter(|n| **n > 1).count();
+    assert_eq!(
+        (max_redelivered, twice),
+        (0, 0),
+        "nothing redelivered (the server's num_redelivered, at most), nothing seen twice"
+    );
+}
+
 /// The topology each member of a queue group runs: the same push durable
 /// with a `deliver_group` and no `deliver_subject`.
 fn group_topology() -> Topology {
