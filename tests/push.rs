@@ -517,3 +517,56 @@ async fn a_subscription_rebuilt_after_missed_heartbeats_delivers_nothing_twice()
     assert_eq!(stats.resubscribes, 0);
     fail::remove("rj-push-resubscribed");
 }
+
+#[tokio::test]
+async fn idle_queue_group_members_notice_that_their_consumer_was_deleted() {
+    let env = env().await;
+    let members = spawn_members(&env, 2).await;
+    publish_n(&env.js, "group.x", 10).await;
+    wait_until("the first 10 processed", PATIENCE, || {
+        times_seen_across(&records(&members)).len() >= 10
+    })
+    .await;
+    // Without heartbeats, only the members' own checks (every
+    // idle_heartbeat while idle) can tell that the consumer is gone; each
+    // child then fails, and its restart re-creates the consumer (one of the
+    // two creates wins, the other binds).
+    env.js
+        .get_stream("GROUP")
+        .await
+        .expect("stream")
+        .delete_consumer("shared")
+        .await
+        .expect("delete the consumer");
+    let deadline = Instant::now() + PATIENCE;
+    while env
+        .js
+        .get_stream("GROUP")
+        .await
+        .expect("stream")
+        .consumer_info("shared")
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no member re-created the deleted consumer"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    publish_n(&env.js, "group.x", 10).await;
+    // The re-created consumer starts from the beginning again (the spec's
+    // start position): the first 10 come a second time, the next 10 once.
+    wait_for_consumer(&env.js, "GROUP", "shared", "all 20 acked", |i| {
+        i.ack_floor.stream_sequence == 20 && i.num_ack_pending == 0 && i.num_pending == 0
+    })
+    .await;
+    let seen = times_seen_across(&records(&members));
+    assert_eq!(
+        seen,
+        (1..=20u64)
+            .map(|seq| (seq, if seq <= 10 { 2 } else { 1 }))
+            .collect(),
+        "the first 10 again from the re-created consumer, the next 10 once"
+    );
+}
