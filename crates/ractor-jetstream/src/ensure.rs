@@ -287,7 +287,7 @@ pub async fn ensure_consumer(
     let existing = match consumer_info(js, stream, durable).await? {
         Some(info) => info,
         None => match create_consumer(js, spec).await? {
-            Create::Created(info) => return Ok((info, ConsumerAction::Created)),
+            Create::Created(info) => return Ok((*info, ConsumerAction::Created)),
             Create::Raced(err) => {
                 tracing::debug!(
                     stream,
@@ -310,7 +310,7 @@ pub async fn ensure_consumer(
 
 /// What a create request came to.
 enum Create {
-    Created(consumer::Info),
+    Created(Box<consumer::Info>),
     /// Another client created the consumer first (with its own deliver
     /// subject, say); this is the server's refusal.
     Raced(Error),
@@ -325,7 +325,7 @@ async fn create_consumer(js: &jetstream::Context, spec: &ConsumerSpec) -> Result
     match put_consumer(js, &op, stream, &config, "create").await {
         Ok(info) => {
             tracing::info!(stream, durable, mode = %spec.mode, "created durable consumer");
-            Ok(Create::Created(info))
+            Ok(Create::Created(Box::new(info)))
         }
         Err(err) if err.server_kind() == Some(ServerErrorKind::ConsumerNameTaken) => {
             Ok(Create::Raced(err))

@@ -11,7 +11,7 @@
 //! default), usually more than the window (256 by default), and it starts
 //! each message's ack timer when it sends it. The child reads everything
 //! the server sends into its own buffer, at once, and keeps what waits
-//! there alive with `+WPI` (see [`unread`]), so that a target slower than
+//! there alive with `+WPI` (see the `unread` module), so that a target slower than
 //! the server gets no second copy of a message it has not yet seen. The
 //! timings come from the consumer as the server reports it after binding
 //! (its ack wait and backoff, its `max_ack_pending`), not from the spec, so
