@@ -489,3 +489,91 @@ pub async fn drain(
         .expect("drain")
         .success_or_panic()
 }
+
+/// A target that works through its deliveries one at a time, taking `pace`
+/// for each before acking it, like a consumer slower than the server.
+pub struct PacedTarget;
+
+impl Actor for PacedTarget {
+    type Msg = TargetMsg;
+    type State = (Record, Duration);
+    type Arguments = (Record, Duration);
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<TargetMsg>,
+        args: (Record, Duration),
+    ) -> Result<(Record, Duration), ActorProcessingErr> {
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<TargetMsg>,
+        msg: TargetMsg,
+        (record, pace): &mut (Record, Duration),
+    ) -> Result<(), ActorProcessingErr> {
+        if let TargetMsg::Delivery(delivery) = msg {
+            record.0.lock().expect("record lock").seen.push(Seen {
+                subject: delivery.subject().to_string(),
+                stream_sequence: delivery.info().stream_sequence,
+                delivered: delivery.info().delivered,
+                at: std::time::Instant::now(),
+            });
+            tokio::time::sleep(*pace).await;
+            delivery.ack();
+        }
+        Ok(())
+    }
+}
+
+/// Spawns a [`PacedTarget`].
+pub async fn paced_target(
+    pace: Duration,
+) -> (ActorRef<TargetMsg>, DerivedActorRef<Delivery>, Record) {
+    let record = Record::default();
+    let (actor, _) = Actor::spawn(None, PacedTarget, (record.clone(), pace))
+        .await
+        .expect("spawn paced target");
+    let derived = actor.get_derived();
+    (actor, derived, record)
+}
+
+/// One member of a shared durable, as a separate process would run it: its
+/// own connection, supervisor and recording target (registered as `"t"`).
+pub struct Member {
+    pub client: async_nats::Client,
+    pub supervisor: ActorRef<SupervisorMsg>,
+    pub target: ActorRef<TargetMsg>,
+    pub record: Record,
+}
+
+/// Starts a [`Member`] on the test's server with `topology`.
+pub async fn spawn_member(env: &Env, topology: ractor_jetstream::Topology) -> Member {
+    let client = async_nats::connect(env.server.url())
+        .await
+        .expect("member connects");
+    let (target, derived, record) = acking_target().await;
+    let args = ractor_jetstream::SupervisorArgs::new(jetstream::new(client.clone()), topology)
+        .target("t", derived);
+    let (supervisor, _) = Actor::spawn(None, ractor_jetstream::JetStreamSupervisor, args)
+        .await
+        .expect("member's supervisor starts");
+    Member {
+        client,
+        supervisor,
+        target,
+        record,
+    }
+}
+
+/// How often each stream sequence was seen, across several records.
+pub fn times_seen_across(records: &[&Record]) -> BTreeMap<u64, usize> {
+    let mut map = BTreeMap::new();
+    for record in records {
+        for (seq, n) in record.times_seen() {
+            *map.entry(seq).or_default() += n;
+        }
+    }
+    map
+}

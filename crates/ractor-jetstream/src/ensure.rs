@@ -9,10 +9,15 @@
 //! Consumers: a missing durable is created from its spec; an existing one is
 //! bound by name, after checking its mode (push or pull). Fields the spec
 //! sets that differ are updated when the server allows it. A bound
-//! consumer keeps its position: its start position is never reset.
+//! consumer keeps its position: its start position is never reset. A create
+//! that loses a race with another process binds to what the other created.
+//! A push consumer gets flow control and idle heartbeats, unless it has a
+//! queue group (`deliver_group`), which gets neither.
 //!
 //! All JetStream API calls go through one function, so every failure is
 //! classified the same way into a [`ServerErrorKind`].
+
+use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
 use serde::{Serialize, de::DeserializeOwned};
@@ -269,72 +274,107 @@ pub(crate) fn server_mode(config: &consumer::Config) -> ConsumerMode {
 
 /// Creates the durable consumer, or binds to the existing one by name; see
 /// the module docs. Returns the consumer's info as the server has it.
+///
+/// Several processes may ensure one durable at once (members of a queue
+/// group): the one whose create loses the race binds to the consumer the
+/// other created.
 pub async fn ensure_consumer(
     js: &jetstream::Context,
     spec: &ConsumerSpec,
 ) -> Result<(consumer::Info, ConsumerAction), Error> {
     spec.validate()?;
     let (stream, durable) = (spec.stream.as_str(), spec.durable.as_str());
-    match consumer_info(js, stream, durable).await? {
-        None => {
-            let deliver = (spec.mode == ConsumerMode::Push && spec.deliver_subject.is_none())
-                .then(|| js.client().new_inbox());
-            let config = spec.to_config(deliver);
-            let op = format!("create consumer {stream}/{durable}");
-            let info = put_consumer(js, &op, stream, &config, "create")
-                .await
-                .map_err(|err| match err {
-                    Error::Server {
-                        kind: ServerErrorKind::ConsumerNameTaken,
-                        detail,
-                        ..
-                    } => Error::ConsumerConflict {
+    let existing = match consumer_info(js, stream, durable).await? {
+        Some(info) => info,
+        None => match create_consumer(js, spec).await? {
+            Create::Created(info) => return Ok((*info, ConsumerAction::Created)),
+            Create::Raced(err) => {
+                tracing::debug!(
+                    stream,
+                    durable,
+                    "created concurrently elsewhere; binding to it"
+                );
+                consumer_info(js, stream, durable).await?.ok_or_else(|| {
+                    Error::ConsumerConflict {
                         stream: stream.into(),
                         durable: durable.into(),
-                        fields: vec!["(created concurrently)".into()],
-                        detail,
-                    },
-                    other => other,
-                })?;
+                        fields: vec!["(created and deleted concurrently)".into()],
+                        detail: err.to_string(),
+                    }
+                })?
+            }
+        },
+    };
+    bind_consumer(js, spec, existing).await
+}
+
+/// What a create request came to.
+enum Create {
+    Created(Box<consumer::Info>),
+    /// Another client created the consumer first (with its own deliver
+    /// subject, say); this is the server's refusal.
+    Raced(Error),
+}
+
+async fn create_consumer(js: &jetstream::Context, spec: &ConsumerSpec) -> Result<Create, Error> {
+    let (stream, durable) = (spec.stream.as_str(), spec.durable.as_str());
+    let deliver = (spec.mode == ConsumerMode::Push && spec.deliver_subject.is_none())
+        .then(|| js.client().new_inbox());
+    let config = spec.to_config(deliver);
+    let op = format!("create consumer {stream}/{durable}");
+    match put_consumer(js, &op, stream, &config, "create").await {
+        Ok(info) => {
             tracing::info!(stream, durable, mode = %spec.mode, "created durable consumer");
-            Ok((info, ConsumerAction::Created))
+            Ok(Create::Created(Box::new(info)))
         }
-        Some(info) => {
-            let actual = server_mode(&info.config);
-            if actual != spec.mode {
-                return Err(Error::ModeMismatch {
-                    stream: stream.into(),
-                    durable: durable.into(),
-                    expected: spec.mode,
-                    actual,
-                });
-            }
-            let (config, fields) = reconcile(spec, &info.config)?;
-            if fields.is_empty() {
-                return Ok((info, ConsumerAction::Bound));
-            }
-            let op = format!("update consumer {stream}/{durable}");
-            match put_consumer(js, &op, stream, &config, "update").await {
-                Ok(info) => {
-                    tracing::info!(stream, durable, ?fields, "updated durable consumer");
-                    Ok((info, ConsumerAction::Updated(fields)))
-                }
-                Err(Error::Server {
-                    kind:
-                        ServerErrorKind::BadRequest
-                        | ServerErrorKind::Other
-                        | ServerErrorKind::ConsumerNameTaken,
-                    detail,
-                    ..
-                }) => Err(Error::ConsumerConflict {
-                    stream: stream.into(),
-                    durable: durable.into(),
-                    fields,
-                    detail: format!("the server refused the update: {detail}"),
-                }),
-                Err(err) => Err(err),
-            }
+        Err(err) if err.server_kind() == Some(ServerErrorKind::ConsumerNameTaken) => {
+            Ok(Create::Raced(err))
         }
+        Err(err) => Err(err),
+    }
+}
+
+/// Binds to an existing consumer: checks its mode and applies what the spec
+/// changes.
+async fn bind_consumer(
+    js: &jetstream::Context,
+    spec: &ConsumerSpec,
+    info: consumer::Info,
+) -> Result<(consumer::Info, ConsumerAction), Error> {
+    let (stream, durable) = (spec.stream.as_str(), spec.durable.as_str());
+    let actual = server_mode(&info.config);
+    if actual != spec.mode {
+        return Err(Error::ModeMismatch {
+            stream: stream.into(),
+            durable: durable.into(),
+            expected: spec.mode,
+            actual,
+        });
+    }
+    let (config, fields) = reconcile(spec, &info.config)?;
+    if fields.is_empty() {
+        return Ok((info, ConsumerAction::Bound));
+    }
+    let op = format!("update consumer {stream}/{durable}");
+    match put_consumer(js, &op, stream, &config, "update").await {
+        Ok(info) => {
+            tracing::info!(stream, durable, ?fields, "updated durable consumer");
+            Ok((info, ConsumerAction::Updated(fields)))
+        }
+        Err(Error::Server {
+            kind:
+                ServerErrorKind::BadRequest
+                | ServerErrorKind::Other
+                | ServerErrorKind::ConsumerNameTaken,
+            detail,
+            ..
+        }) => Err(Error::ConsumerConflict {
+            stream: stream.into(),
+            durable: durable.into(),
+            fields,
+            detail: format!("the server refused the update: {detail}"),
+        }),
+        Err(err) => Err(err),
     }
 }
 
@@ -435,7 +475,16 @@ fn reconcile(
     {
         config.description = desired.description.clone();
     }
-    if spec.mode == ConsumerMode::Push {
+    if spec.mode == ConsumerMode::Push && existing.deliver_group.is_some() {
+        // A queue group gets no status messages (see
+        // `ConsumerSpec::deliver_group`): they would reach one member only.
+        if set("flow_control", existing.flow_control) {
+            config.flow_control = false;
+        }
+        if set("idle_heartbeat", !existing.idle_heartbeat.is_zero()) {
+            config.idle_heartbeat = Duration::ZERO;
+        }
+    } else if spec.mode == ConsumerMode::Push {
         // The push child relies on flow control and heartbeats.
         if set("flow_control", !existing.flow_control) {
             config.flow_control = true;

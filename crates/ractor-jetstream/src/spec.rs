@@ -459,16 +459,27 @@ pub struct ConsumerSpec {
     /// own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deliver_subject: Option<String>,
-    /// Push only: a queue group, so that several subscribers share the
-    /// deliveries.
+    /// Push only: a queue group, so that several subscribers (members in
+    /// several processes, each running the same spec) share the
+    /// deliveries, each message going to one of them.
+    ///
+    /// A queue-group consumer has no flow control and no idle heartbeats:
+    /// the server would send each of those status messages to one random
+    /// member, so idle members would miss heartbeats and a flow-control
+    /// request landing on a busy member would hold back every member. The
+    /// server's `max_ack_pending` bounds what is outstanding instead, and
+    /// an idle member checks the consumer on the server every
+    /// `idle_heartbeat` to notice that it was deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deliver_group: Option<String>,
     /// Push only: at most this many unsettled deliveries at the target
     /// (default 256, and never above `max_ack_pending`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<usize>,
-    /// Push only: the server's idle heartbeat (default 5 s). Two missed
-    /// heartbeats rebuild the subscription.
+    /// Push only: the server's idle heartbeat (default 5 s). After two
+    /// missed heartbeats the child checks the consumer on the server. With
+    /// a `deliver_group` the server sends none; this is then how often an
+    /// idle child checks the consumer.
     #[serde(
         default,
         with = "humantime_serde",
@@ -790,8 +801,10 @@ impl ConsumerSpec {
             } else {
                 self.max_expires.unwrap_or(Duration::ZERO)
             },
-            flow_control: push,
-            idle_heartbeat: if push {
+            // Status messages reach one member of a queue group only; see
+            // `deliver_group`.
+            flow_control: push && self.deliver_group.is_none(),
+            idle_heartbeat: if push && self.deliver_group.is_none() {
                 self.effective_idle_heartbeat()
             } else {
                 Duration::ZERO
@@ -1221,6 +1234,13 @@ mod tests {
         assert_eq!(config.deliver_subject.as_deref(), Some("deliver.x"));
         assert!(config.flow_control);
         assert!(!config.idle_heartbeat.is_zero());
+        let grouped = ConsumerSpec {
+            deliver_group: Some("g".into()),
+            idle_heartbeat: Some(Duration::from_secs(1)),
+            ..ConsumerSpec::push("S", "d", "t")
+        }
+        .to_config(Some("deliver.x".into()));
+        assert!(!grouped.flow_control && grouped.idle_heartbeat.is_zero());
         let config = ConsumerSpec::pull("S", "d", "t").to_config(Some("ignored".into()));
         assert_eq!(config.deliver_subject, None);
     }

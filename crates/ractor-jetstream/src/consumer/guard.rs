@@ -82,6 +82,29 @@ impl GuardedSubscription {
     }
 }
 
+/// Hands messages that were read but never forwarded over to an
+/// [`InFlight`](super::inflight::InFlight), which nak's them (at once, or
+/// when it is dropped).
+pub(crate) struct UnreadSink(mpsc::UnboundedSender<Settlement>);
+
+impl UnreadSink {
+    pub fn new(sender: mpsc::UnboundedSender<Settlement>) -> Self {
+        Self(sender)
+    }
+
+    /// Hands one message over to be nak'ed.
+    pub fn nak(&self, message: &async_nats::Message) {
+        if let Some(reply) = js_reply(message) {
+            // The registry is gone only once the worker ends; then the
+            // message returns after ack_wait.
+            let _ = self.0.send(Settlement {
+                token: ORPHAN,
+                verdict: Verdict::Unread(reply),
+            });
+        }
+    }
+}
+
 /// The `$JS.ACK` reply subject of a JetStream message (not of a status
 /// message).
 pub(crate) fn js_reply(message: &async_nats::Message) -> Option<Subject> {

@@ -43,8 +43,8 @@ use tokio::time::Instant;
 use super::Counters;
 use super::dead_letter::DeadLetters;
 use super::effective::Effective;
-pub(crate) use super::guard::GuardedSubscription;
 use super::guard::ORPHAN;
+pub(crate) use super::guard::{GuardedSubscription, UnreadSink};
 use super::settle::{self, NAK, PROGRESS, PendingDeadLetter, Plan, Seen};
 use crate::delivery::{AckMeta, Decision, Delivery, Settlement, Token, Verdict};
 
@@ -181,6 +181,12 @@ impl InFlight {
     /// registry when it is dropped.
     pub fn guard(&self, subscription: async_nats::Subscriber) -> GuardedSubscription {
         GuardedSubscription::new(subscription, self.settle_tx.clone(), self.client.clone())
+    }
+
+    /// Where a message read from a subscription but not forwarded goes to
+    /// be nak'ed with this registry's own deliveries.
+    pub fn unread_sink(&self) -> UnreadSink {
+        UnreadSink::new(self.settle_tx.clone())
     }
 
     /// Points the registry at `target`, when it is another actor.

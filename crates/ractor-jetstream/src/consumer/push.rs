@@ -2,18 +2,46 @@
 //!
 //! The server pushes to the consumer's deliver subject; the child reads the
 //! subscription and forwards each message in order, but never has more than
-//! `max_in_flight` unsettled deliveries at the target. While the window is
-//! full it stops reading, and the server's own limit (`max_ack_pending`,
-//! above the window) and flow control hold the rest back, so a fast server
+//! `max_in_flight` unsettled deliveries at the target, so a fast server
 //! cannot overrun a slow target's mailbox.
 //!
+//! # Messages waiting in the child
+//!
+//! The server sends up to the consumer's `max_ack_pending` (1000 by
+//! default), usually more than the window (256 by default), and it starts
+//! each message's ack timer when it sends it. The child reads everything
+//! the server sends into its own buffer, at once, and keeps what waits
+//! there alive with `+WPI` (see the `unread` module), so that a target slower than
+//! the server gets no second copy of a message it has not yet seen. The
+//! timings come from the consumer as the server reports it after binding
+//! (its ack wait and backoff, its `max_ack_pending`), not from the spec, so
+//! a consumer that someone else created with a larger `max_ack_pending` is
+//! bound as it is and handled the same way. The buffer holds at most
+//! `max_ack_pending` messages (10,000 when the consumer sets no limit);
+//! beyond that the child stops reading, and flow control holds the server
+//! back.
+//!
+//! # Lost subscriptions
+//!
 //! The server's idle heartbeats tell a quiet consumer from a lost one: when
-//! two heartbeats are missed while the child is reading, it checks the
-//! consumer on the server and rebuilds the subscription. A consumer that was
-//! deleted under a running child makes the child fail; its supervisor
-//! restarts it, and the restarted child re-creates the consumer from its
-//! spec (logging a warning), so nothing is lost, though messages may be
-//! delivered again from the spec's start position.
+//! two heartbeats are missed, the child checks the consumer on the server.
+//! A consumer that was deleted (or now delivers elsewhere) makes the child
+//! fail; its supervisor restarts it, and the restarted child re-creates the
+//! consumer from its spec (logging a warning), so nothing is lost, though
+//! messages may be delivered again from the spec's start position. A
+//! consumer that is still there keeps its subscription: async-nats restores
+//! subscriptions after a reconnect, and a second subscription on the same
+//! subject would receive every message twice until the first one is gone.
+//! Only a subscription that closed is made anew (the old one gets nothing
+//! more by then).
+//!
+//! # Queue groups
+//!
+//! With a `deliver_group`, several children (in several processes) share
+//! the consumer: the server sends each message to one of them. Such a
+//! consumer has no flow control and no heartbeats, which the server would
+//! send to one random member only; an idle child checks the consumer every
+//! `idle_heartbeat` instead.
 //!
 //! A push child answers [`ConsumerMsg::Fetch`] with
 //! [`Error::WrongMode`].
@@ -21,6 +49,8 @@
 //! Limits: a message that is on the wire when the child's process dies (or
 //! when a subscription is dropped abruptly) was never seen by the child, so
 //! nobody can nak it; the server delivers it again after `ack_wait`.
+
+mod unread;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -38,7 +68,8 @@ use super::{
 use crate::delivery::Delivery;
 use crate::ensure::consumer_info;
 use crate::error::{Error, ServerErrorKind};
-use crate::spec::ConsumerMode;
+use crate::spec::{ConsumerMode, DEFAULT_ACK_WAIT};
+use unread::Unread;
 
 /// The push consumer child. Its messages are [`ConsumerMsg`]; see the
 /// [module docs](self).
@@ -72,9 +103,14 @@ impl Actor for PushConsumer {
 /// missed.
 const HEARTBEAT_SLACK: Duration = Duration::from_millis(500);
 
+/// The most messages held unread when the consumer sets no
+/// `max_ack_pending`.
+const UNREAD_CAP: usize = 10_000;
+
 /// The push worker: pumps until drained or aborted.
 async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox) -> Result<(), Error> {
-    let deliver_subject = ctx.info.config.deliver_subject.clone().ok_or_else(|| {
+    let config = &ctx.info.config;
+    let deliver_subject = config.deliver_subject.clone().ok_or_else(|| {
         Error::server(
             op(&ctx),
             ServerErrorKind::Other,
@@ -83,21 +119,50 @@ async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox) -> Result<(), Error> {
     })?;
     let client = ctx.js.client();
     let in_flight = ctx.in_flight();
-    let group = ctx.info.config.deliver_group.clone();
+    let group = config.deliver_group.clone();
+    let window = ctx.spec.effective_max_in_flight().max(1);
+    let unread = Unread::new(
+        client.clone(),
+        in_flight.unread_sink(),
+        redelivery_wait(config),
+    );
     let subscription =
         in_flight.guard(subscribe(&ctx, &client, &deliver_subject, group.as_deref()).await?);
     let mut pump = Pump {
-        heartbeat: ctx.info.config.idle_heartbeat,
-        window: ctx.spec.effective_max_in_flight().max(1),
+        check_every: if config.idle_heartbeat.is_zero() {
+            ctx.spec.effective_idle_heartbeat()
+        } else {
+            config.idle_heartbeat
+        },
+        window,
+        unread_cap: usize::try_from(config.max_ack_pending)
+            .ok()
+            .filter(|n| *n > 0)
+            .unwrap_or(UNREAD_CAP)
+            .max(window),
         ctx: &ctx,
         client,
         deliver_subject,
         group,
         subscription,
+        unread,
         in_flight,
         active: true,
     };
     pump.run(&mut inbox).await
+}
+
+/// How long the server waits before it sends an unacknowledged message
+/// again: its ack wait, or a shorter backoff step.
+fn redelivery_wait(config: &async_nats::jetstream::consumer::Config) -> Duration {
+    config
+        .backoff
+        .iter()
+        .copied()
+        .chain([config.ack_wait])
+        .filter(|d| !d.is_zero())
+        .min()
+        .unwrap_or(DEFAULT_ACK_WAIT)
 }
 
 fn op(ctx: &WorkerCtx) -> String {
@@ -109,45 +174,57 @@ struct Pump<'a> {
     client: async_nats::Client,
     deliver_subject: String,
     group: Option<String>,
-    heartbeat: Duration,
+    /// The server's idle heartbeat, or (queue group: none) how often an
+    /// idle child checks the consumer.
+    check_every: Duration,
     window: usize,
-    // Declared before `in_flight`, so dropped first: its unread messages
+    unread_cap: usize,
+    // Declared before `in_flight`, so dropped first: their unread messages
     // are handed to `in_flight`, which nak's them with its own.
     subscription: GuardedSubscription,
+    unread: Unread,
     in_flight: InFlight,
-    /// Something arrived (or the subscription was not read, the window
-    /// being full) since the heartbeat alarm was last armed.
+    /// Something arrived (or the subscription was not read, the buffer
+    /// being full) since the silence alarm was last armed.
     active: bool,
 }
 
 impl Pump<'_> {
     async fn run(&mut self, inbox: &mut WorkerInbox) -> Result<(), Error> {
-        let mut heartbeat_alarm = Alarm::new();
-        if !self.heartbeat.is_zero() {
-            heartbeat_alarm.arm(Instant::now() + self.heartbeat_grace());
-        }
+        let mut silence_alarm = Alarm::new();
+        silence_alarm.arm(Instant::now() + self.silence_grace());
         let mut decision_alarm = Alarm::new();
+        let mut keep_alive_alarm = Alarm::new();
         loop {
             // Do all the work that is ready before waiting: apply the
-            // decisions that came in, then forward what arrived, within the
-            // window.
+            // decisions that came in, read what arrived, then forward
+            // within the window.
             while let Some(settlement) = self.in_flight.try_verdict() {
                 self.in_flight.apply(settlement).await;
             }
-            while self.in_flight.live() < self.window {
+            while self.unread.len() < self.unread_cap {
                 match self.subscription.try_next() {
-                    Some(Some(message)) => self.on_message(message, &inbox.target).await?,
-                    Some(None) => self.resubscribe("the push subscription closed").await?,
+                    Some(Some(message)) => self.on_message(message).await?,
+                    Some(None) => self.resubscribe().await?,
                     None => break,
                 }
+            }
+            while self.in_flight.live() < self.window {
+                let Some(message) = self.unread.pop().await else {
+                    break;
+                };
+                self.forward(message, &inbox.target)?;
             }
             if !decision_alarm.is_armed()
                 && let Some(deadline) = self.in_flight.next_deadline()
             {
                 decision_alarm.arm(deadline);
             }
-            let window_open = self.in_flight.live() < self.window;
-            if !window_open {
+            if self.unread.len() > 0 && !keep_alive_alarm.is_armed() {
+                keep_alive_alarm.arm(Instant::now() + self.unread.period());
+            }
+            let reading = self.unread.len() < self.unread_cap;
+            if !reading {
                 // Not reading: silence from the server says nothing now.
                 self.active = true;
             }
@@ -156,7 +233,7 @@ impl Pump<'_> {
                 control = inbox.control.recv() => match control {
                     Some(WorkerCtl::SetTarget(target)) => inbox.target = target,
                     Some(WorkerCtl::Drain { timeout, reply }) => {
-                        let naked = self.subscription.drain_and_nak().await;
+                        let naked = self.unread.nak_all() + self.subscription.drain_and_nak().await;
                         let report = DrainReport { settled: 0, naked };
                         let report = drain_in_flight(&mut self.in_flight, timeout, report).await;
                         let _ = reply.send(report);
@@ -167,50 +244,37 @@ impl Pump<'_> {
                 settlement = self.in_flight.next_verdict() => {
                     self.in_flight.apply(settlement).await;
                 }
-                message = self.subscription.next(), if window_open => match message {
-                    Some(message) => self.on_message(message, &inbox.target).await?,
-                    None => self.resubscribe("the push subscription closed").await?,
+                message = self.subscription.next(), if reading => match message {
+                    Some(message) => self.on_message(message).await?,
+                    None => self.resubscribe().await?,
                 },
-                () = heartbeat_alarm.fired(), if heartbeat_alarm.is_armed() => {
+                () = silence_alarm.fired(), if silence_alarm.is_armed() => {
                     if !std::mem::take(&mut self.active) {
-                        self.ctx.counters.resubscribes.fetch_add(1, Ordering::Relaxed);
-                        self.resubscribe("missed idle heartbeats").await?;
+                        self.check_consumer("no message or heartbeat came").await?;
                     }
-                    heartbeat_alarm.arm(Instant::now() + self.heartbeat_grace());
+                    silence_alarm.arm(Instant::now() + self.silence_grace());
                 }
                 () = decision_alarm.fired(), if decision_alarm.is_armed() => {
                     self.in_flight.expire_due(Instant::now(), |_| {}).await;
+                }
+                () = keep_alive_alarm.fired(), if keep_alive_alarm.is_armed() => {
+                    self.unread.keep_alive().await;
                 }
             }
         }
     }
 
     /// How long without a message or heartbeat counts as missed heartbeats.
-    fn heartbeat_grace(&self) -> Duration {
-        self.heartbeat * 2 + HEARTBEAT_SLACK
+    fn silence_grace(&self) -> Duration {
+        self.check_every * 2 + HEARTBEAT_SLACK
     }
 
-    async fn on_message(
-        &mut self,
-        message: async_nats::Message,
-        target: &DerivedActorRef<Delivery>,
-    ) -> Result<(), Error> {
+    /// Takes in one message from the subscription: a JetStream message
+    /// waits in the unread buffer; a status message is answered here.
+    async fn on_message(&mut self, message: async_nats::Message) -> Result<(), Error> {
         self.active = true;
         match message.status {
-            None | Some(StatusCode::OK) => match self.in_flight.forward(message, target) {
-                Ok(_) => {
-                    crate::fault_point!("rj-push-after-forward");
-                }
-                Err(ForwardError::TargetGone) => {
-                    return Err(Error::Unavailable {
-                        durable: self.ctx.durable.to_string(),
-                        reason: "the target actor is not running".into(),
-                    });
-                }
-                Err(ForwardError::NotJetStream) => {
-                    tracing::warn!(durable = %self.ctx.durable, "ignored a message without JetStream metadata");
-                }
-            },
+            None | Some(StatusCode::OK) => self.unread.push(message),
             Some(StatusCode::IDLE_HEARTBEAT) => answer_flow_control(&self.client, &message).await,
             Some(status) => {
                 let description = message.description.clone().unwrap_or_default();
@@ -230,19 +294,69 @@ impl Pump<'_> {
         Ok(())
     }
 
-    /// Rebuilds the subscription: checks that the consumer still exists,
-    /// subscribes anew, then drains the old subscription, nak'ing whatever
-    /// the server had already sent to it, so it comes back through the new
-    /// one instead of waiting for ack_wait.
-    async fn resubscribe(&mut self, why: &str) -> Result<(), Error> {
-        tracing::warn!(durable = %self.ctx.durable, why, "rebuilding the push subscription");
-        if let Ok(None) = consumer_info(&self.ctx.js, &self.ctx.stream, &self.ctx.durable).await {
-            return Err(Error::server(
+    fn forward(
+        &mut self,
+        message: async_nats::Message,
+        target: &DerivedActorRef<Delivery>,
+    ) -> Result<(), Error> {
+        match self.in_flight.forward(message, target) {
+            Ok(_) => {
+                crate::fault_point!("rj-push-after-forward");
+            }
+            Err(ForwardError::TargetGone) => {
+                return Err(Error::Unavailable {
+                    durable: self.ctx.durable.to_string(),
+                    reason: "the target actor is not running".into(),
+                });
+            }
+            Err(ForwardError::NotJetStream) => {
+                tracing::warn!(durable = %self.ctx.durable, "ignored a message without JetStream metadata");
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the consumer on the server after a silence. A consumer that
+    /// is gone, or that now delivers to another subject, ends the worker
+    /// (the restarted child binds anew). One that is there keeps the
+    /// subscription as it is: see the module docs. A check that fails (the
+    /// server does not answer) is repeated after the next silence.
+    async fn check_consumer(&mut self, why: &str) -> Result<(), Error> {
+        match consumer_info(&self.ctx.js, &self.ctx.stream, &self.ctx.durable).await {
+            Ok(None) => Err(Error::server(
                 op(self.ctx),
                 ServerErrorKind::ConsumerNotFound,
                 "the consumer was deleted on the server",
-            ));
+            )),
+            Ok(Some(info))
+                if info.config.deliver_subject.as_deref() != Some(&self.deliver_subject) =>
+            {
+                Err(Error::ConsumerConflict {
+                    stream: self.ctx.stream.to_string(),
+                    durable: self.ctx.durable.to_string(),
+                    fields: vec!["deliver_subject".into()],
+                    detail: format!(
+                        "the consumer now delivers to {:?}, but this child reads {}; a restarted child binds anew",
+                        info.config.deliver_subject, self.deliver_subject
+                    ),
+                })
+            }
+            Ok(Some(_)) => {
+                tracing::debug!(durable = %self.ctx.durable, why, "the consumer is there; keeping the subscription");
+                Ok(())
+            }
+            Err(err) => {
+                tracing::warn!(durable = %self.ctx.durable, why, error = %err, "could not check the consumer; checking again later");
+                Ok(())
+            }
         }
+    }
+
+    /// Subscribes anew after the subscription closed. The old one gets
+    /// nothing more, so no message can reach both.
+    async fn resubscribe(&mut self) -> Result<(), Error> {
+        tracing::warn!(durable = %self.ctx.durable, "the push subscription closed; subscribing anew");
+        self.check_consumer("the push subscription closed").await?;
         let fresh = subscribe(
             self.ctx,
             &self.client,
@@ -250,9 +364,12 @@ impl Pump<'_> {
             self.group.as_deref(),
         )
         .await?;
-        let fresh = self.in_flight.guard(fresh);
-        let mut old = std::mem::replace(&mut self.subscription, fresh);
-        old.drain_and_nak().await;
+        crate::fault_point!("rj-push-resubscribed");
+        self.subscription = self.in_flight.guard(fresh);
+        self.ctx
+            .counters
+            .resubscribes
+            .fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }
