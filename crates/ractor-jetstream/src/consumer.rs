@@ -13,7 +13,8 @@
 //!   that is the backpressure pull exists for. Concurrent fetches to one
 //!   child are served in the order they arrive, one at a time.
 //! - [`PushConsumer`](crate::PushConsumer) pumps the consumer's push
-//!   subscription (with the server's flow control and idle heartbeats), and
+//!   subscription (with the server's flow control and idle heartbeats, but
+//!   for a queue group, which gets neither), and
 //!   keeps at most `max_in_flight` unsettled deliveries at the target.
 //!
 //! The data path runs in one task that the child owns (the worker); the
@@ -169,7 +170,7 @@ pub struct ConsumerStats {
     pub fetches: u64,
     /// Fetches that ended by expiry with nothing delivered (pull).
     pub empty_fetches: u64,
-    /// Push subscriptions rebuilt after missed heartbeats.
+    /// Push subscriptions made anew because the old one closed.
     pub resubscribes: u64,
     /// Terminated messages first published to the dead-letter subject.
     pub dead_lettered: u64,
