@@ -204,7 +204,7 @@ impl Pump<'_> {
             }
             while self.unread.len() < self.unread_cap {
                 match self.subscription.try_next() {
-                    Some(Some(message)) => self.on_message(message).await?,
+                    Some(Some(message)) => self.on_message(message, &inbox.target).await?,
                     Some(None) => self.resubscribe().await?,
                     None => break,
                 }
@@ -245,7 +245,7 @@ impl Pump<'_> {
                     self.in_flight.apply(settlement).await;
                 }
                 message = self.subscription.next(), if reading => match message {
-                    Some(message) => self.on_message(message).await?,
+                    Some(message) => self.on_message(message, &inbox.target).await?,
                     None => self.resubscribe().await?,
                 },
                 () = silence_alarm.fired(), if silence_alarm.is_armed() => {
@@ -269,11 +269,25 @@ impl Pump<'_> {
         self.check_every * 2 + HEARTBEAT_SLACK
     }
 
-    /// Takes in one message from the subscription: a JetStream message
-    /// waits in the unread buffer; a status message is answered here.
-    async fn on_message(&mut self, message: async_nats::Message) -> Result<(), Error> {
+    /// Takes in one message from the subscription: a JetStream message goes
+    /// to the target when the window has room and nothing waits before it,
+    /// and waits in the unread buffer otherwise; a status message is
+    /// answered here.
+    async fn on_message(
+        &mut self,
+        message: async_nats::Message,
+        target: &DerivedActorRef<Delivery>,
+    ) -> Result<(), Error> {
         self.active = true;
         match message.status {
+            // With room in the window and nothing waiting before it, the
+            // message goes straight to the target: the buffer is only for
+            // what the window holds back.
+            None | Some(StatusCode::OK)
+                if self.unread.len() == 0 && self.in_flight.live() < self.window =>
+            {
+                self.forward(message, target)?;
+            }
             None | Some(StatusCode::OK) => self.unread.push(message),
             Some(StatusCode::IDLE_HEARTBEAT) => answer_flow_control(&self.client, &message).await,
             Some(status) => {
