@@ -16,7 +16,7 @@
 //! does not spend the messages' deliveries.
 //!
 //! One fetch is a small state machine over its pull request
-//! ([`Request`]): open (messages may come), waiting (the server refused it
+//! (`Request`): open (messages may come), waiting (the server refused it
 //! for now, asked again after a pause, within `expires`), or closed; the
 //! fetch ends when the request is closed and every delivery is settled.
 //!
