@@ -22,15 +22,21 @@
 //! sequence and the delivery count, so that one sent again (a retry, or a
 //! stopped child finishing what it started) is stored once.
 //!
-//! The publish runs in a task of its own (see [`super::settle`]): a slow or
-//! unavailable dead-letter stream holds up only the message being
-//! dead-lettered, which the child keeps alive meanwhile.
+//! The publishes run in a task of their own, one at a time in the order the
+//! decisions came ([`DeadLetterQueue`]), so the dead-letter stream holds
+//! them in that order, and a slow or unavailable dead-letter stream holds
+//! up only the messages being dead-lettered, which the child keeps alive
+//! meanwhile.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::{HeaderMap, jetstream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
+
+use crate::delivery::{Settlement, Token, Verdict};
 
 /// How long one attempt to store a dead letter may take.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -162,6 +168,56 @@ impl DeadLetters {
         ack.await
             .map_err(|e| format!("{subject} did not confirm the dead letter: {e}"))?;
         Ok(())
+    }
+}
+
+/// One dead letter to send.
+pub(crate) struct Job {
+    /// The delivery it is for, to report back.
+    pub token: Token,
+    pub sequence: u64,
+    pub delivered: u64,
+    pub why: String,
+    /// Tried until confirmed or this passes (at least once).
+    pub until: Instant,
+}
+
+/// Sends dead letters one at a time, in the order they were queued, in a
+/// task of its own that reports each result back on the child's
+/// settlement channel as [`Verdict::DeadLettered`]. The task is aborted
+/// when the queue is dropped; the child's drop guard then sends what was
+/// not confirmed again (the message id keeps it stored once).
+pub(crate) struct DeadLetterQueue {
+    jobs: mpsc::UnboundedSender<Job>,
+    task: JoinHandle<()>,
+}
+
+impl DeadLetterQueue {
+    pub fn start(dead_letters: DeadLetters, report: mpsc::UnboundedSender<Settlement>) -> Self {
+        let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
+        let task = tokio::spawn(async move {
+            while let Some(job) = queue.recv().await {
+                let confirmed = dead_letters
+                    .send_until(job.sequence, job.delivered, &job.why, job.until)
+                    .await;
+                let _ = report.send(Settlement {
+                    token: job.token,
+                    verdict: Verdict::DeadLettered(confirmed),
+                });
+            }
+        });
+        Self { jobs, task }
+    }
+
+    pub fn push(&self, job: Job) {
+        // The task ends only when the queue is dropped.
+        let _ = self.jobs.send(job);
+    }
+}
+
+impl Drop for DeadLetterQueue {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

@@ -39,11 +39,10 @@ use async_nats::Subject;
 use bytes::Bytes;
 use ractor::{ActorStatus, DerivedActorRef, MessagingErr};
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::Counters;
-use super::dead_letter::DeadLetters;
+use super::dead_letter::{DeadLetterQueue, DeadLetters, Job};
 use super::effective::Effective;
 use super::guard::ORPHAN;
 pub(crate) use super::guard::{GuardedSubscription, UnreadSink};
@@ -126,10 +125,9 @@ pub(crate) struct InFlight {
     keep_alive: Duration,
     counters: Arc<Counters>,
     dead_letters: DeadLetters,
-    /// Dead-letter publishes in progress; each reports back through the
-    /// settlement channel. Aborted with the registry, whose drop sends
-    /// what they had not finished again (the message id de-duplicates).
-    dead_lettering: JoinSet<()>,
+    /// Dead-letter publishes, sent in order by a task started on the
+    /// first one; each reports back through the settlement channel.
+    dead_lettering: Option<DeadLetterQueue>,
 }
 
 /// Whether an actor can take messages.
@@ -175,7 +173,7 @@ impl InFlight {
             keep_alive: effective.keep_alive,
             counters,
             dead_letters,
-            dead_lettering: JoinSet::new(),
+            dead_lettering: None,
         }
     }
 
@@ -485,7 +483,7 @@ impl InFlight {
         }
     }
 
-    /// Starts the dead-letter publish of a delivery in its own task; the
+    /// Queues the dead-letter publish of a delivery; the
     /// delivery stays out (and kept alive) until it reports back.
     fn start_dead_letter(&mut self, token: Token, why: String, then: Decision, settled: Settled) {
         let last = self
@@ -504,24 +502,22 @@ impl InFlight {
         } else {
             Instant::now()
         };
-        let dead_letters = self.dead_letters.clone();
-        let report = self.settle_tx.clone();
-        self.dead_lettering.spawn(async move {
-            let confirmed = dead_letters
-                .send_until(sequence, delivered, &why, until)
-                .await;
-            let _ = report.send(Settlement {
-                token,
-                verdict: Verdict::DeadLettered(confirmed),
-            });
-        });
+        let job = Job {
+            token,
+            sequence,
+            delivered,
+            why,
+            until,
+        };
+        let (dead_letters, report) = (&self.dead_letters, &self.settle_tx);
+        self.dead_lettering
+            .get_or_insert_with(|| DeadLetterQueue::start(dead_letters.clone(), report.clone()))
+            .push(job);
     }
 
     /// A dead-letter publish finished: term the delivery, or nak it when
     /// the dead letter was not stored.
     async fn dead_lettered(&mut self, token: Token, confirmed: bool) -> Option<Settled> {
-        // Reap the finished task.
-        while self.dead_lettering.try_join_next().is_some() {}
         let entry = self.current(token)?;
         let Stage::DeadLettering { then, settled } = &entry.stage else {
             return None;

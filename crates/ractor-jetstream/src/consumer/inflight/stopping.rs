@@ -25,7 +25,8 @@ impl InFlight {
                 record(settled);
             }
         }
-        self.dead_lettering.abort_all();
+        // Dead letters still queued are sent here, in order, below.
+        self.dead_lettering = None;
         let mut abandoned = 0;
         for index in 0..self.slots.len() {
             let Some(entry) = self.slots[index].entry.as_ref() else {
@@ -133,6 +134,7 @@ impl Drop for InFlight {
         // In stream order, so that the server delivers them again in the
         // order they were first delivered.
         publishes.sort_unstable_by_key(|(sequence, _, _)| *sequence);
+        letters.sort_unstable_by_key(|letter| letter.stream_sequence);
         tracing::debug!(
             stream = %self.stream,
             durable = %self.consumer,
