@@ -68,7 +68,7 @@ use super::{
 use crate::delivery::Delivery;
 use crate::ensure::consumer_info;
 use crate::error::{Error, ServerErrorKind};
-use crate::spec::{ConsumerMode, DEFAULT_ACK_WAIT};
+use crate::spec::ConsumerMode;
 use unread::Unread;
 
 /// The push consumer child. Its messages are [`ConsumerMsg`]; see the
@@ -124,7 +124,7 @@ async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox) -> Result<(), Error> {
     let unread = Unread::new(
         client.clone(),
         in_flight.unread_sink(),
-        redelivery_wait(config),
+        ctx.effective.ack_wait,
     );
     let subscription =
         in_flight.guard(subscribe(&ctx, &client, &deliver_subject, group.as_deref()).await?);
@@ -135,9 +135,10 @@ async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox) -> Result<(), Error> {
             config.idle_heartbeat
         },
         window,
-        unread_cap: usize::try_from(config.max_ack_pending)
-            .ok()
-            .filter(|n| *n > 0)
+        unread_cap: ctx
+            .effective
+            .max_ack_pending
+            .and_then(|n| usize::try_from(n).ok())
             .unwrap_or(UNREAD_CAP)
             .max(window),
         ctx: &ctx,
@@ -150,19 +151,6 @@ async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox) -> Result<(), Error> {
         active: true,
     };
     pump.run(&mut inbox).await
-}
-
-/// How long the server waits before it sends an unacknowledged message
-/// again: its ack wait, or a shorter backoff step.
-fn redelivery_wait(config: &async_nats::jetstream::consumer::Config) -> Duration {
-    config
-        .backoff
-        .iter()
-        .copied()
-        .chain([config.ack_wait])
-        .filter(|d| !d.is_zero())
-        .min()
-        .unwrap_or(DEFAULT_ACK_WAIT)
 }
 
 fn op(ctx: &WorkerCtx) -> String {

@@ -20,12 +20,11 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::consumer::inflight::UnreadSink;
+use crate::consumer::settle::PROGRESS;
 
 /// The shortest extension period: a tiny ack wait must not turn keeping
 /// messages alive into a busy loop.
 const MIN_PERIOD: Duration = Duration::from_millis(20);
-
-const PROGRESS: &[u8] = b"+WPI";
 
 struct Waiting {
     message: async_nats::Message,
