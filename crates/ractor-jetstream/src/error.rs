@@ -12,7 +12,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::spec::ConsumerMode;
+use crate::mode::ConsumerMode;
 
 /// Everything a caller of this crate can get back as a failure.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

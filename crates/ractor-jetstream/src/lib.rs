@@ -179,6 +179,7 @@ pub mod consumer;
 pub mod delivery;
 pub mod ensure;
 pub mod error;
+mod mode;
 pub mod restart;
 pub mod spec;
 pub mod supervisor;

@@ -28,7 +28,6 @@
 //! ([`Topology::validate`]); a topology with one bad entry creates nothing.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -39,27 +38,7 @@ use crate::connect::ConnectionSpec;
 use crate::error::{Error, FieldError, ValidationErrors, show_duration};
 use crate::restart::RestartKind;
 
-/// How a durable consumer gets its messages: the `push | pull`
-/// discriminator of a [`ConsumerSpec`] (`mode = "pull"` in TOML).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ConsumerMode {
-    /// The server pushes to a deliver subject; a [`crate::PushConsumer`]
-    /// child pumps it, keeping a bounded window of unsettled deliveries.
-    Push,
-    /// Nothing moves until a `Fetch { batch, expires }` asks for at most
-    /// `batch` messages; served by a [`crate::PullConsumer`] child.
-    Pull,
-}
-
-impl fmt::Display for ConsumerMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Push => "push",
-            Self::Pull => "pull",
-        })
-    }
-}
+pub use crate::mode::ConsumerMode;
 
 /// Where a stream keeps its messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
