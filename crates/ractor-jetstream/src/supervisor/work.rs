@@ -8,7 +8,7 @@
 //! every child's end would wait behind them. So the supervisor starts each
 //! in a task it owns (a [`JoinSet`](tokio::task::JoinSet) in its state,
 //! aborted with it), and the task reports back with
-//! [`SupervisorMsg::Done`](super::SupervisorMsg::Done); the handlers only do
+//! a message to the supervisor; the handlers only do
 //! bookkeeping.
 
 use std::fmt;
@@ -29,13 +29,9 @@ use crate::{PullConsumer, PushConsumer};
 /// then to stop.
 const STOP_MARGIN: Duration = Duration::from_secs(5);
 
-/// A report from one of the supervisor's tasks. It cannot be built outside
-/// this crate.
-pub struct WorkDone(pub(super) Done);
-
-impl fmt::Debug for WorkDone {
+impl fmt::Debug for Done {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0 {
+        match self {
             Done::StreamEnsured { spec, .. } => f
                 .debug_struct("StreamEnsured")
                 .field("stream", &spec.name)

@@ -1,0 +1,296 @@
+//! The plumbing shared by both kinds of child: binding the durable,
+//! starting the worker task, and the messages the actor itself answers.
+
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::FutureExt;
+use ractor::{ActorProcessingErr, ActorRef, DerivedActorRef, RpcReplyPort};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::effective::{Effective, SharedEffective};
+use super::fetch::FetchRequest;
+use super::fetch::MAX_QUEUED_FETCHES;
+use super::fetch::validate_fetch;
+use super::inflight::{self};
+use super::{ConsumerArgs, ConsumerMsg, Counters, DrainReport, dead_letter};
+use crate::delivery::Delivery;
+use crate::ensure::ensure_consumer;
+use crate::error::Error;
+use crate::spec::{ConsumerMode, ConsumerSpec};
+
+/// A message a child's worker sends the child; opaque outside this crate.
+#[derive(Debug)]
+pub struct Internal(WorkerExit);
+
+/// How a child's worker task ended.
+#[derive(Debug)]
+struct WorkerExit {
+    failure: Option<String>,
+}
+
+/// Control messages from a child to its worker.
+pub(crate) enum WorkerCtl {
+    Drain {
+        timeout: Duration,
+        reply: RpcReplyPort<DrainReport>,
+    },
+    SetTarget(DerivedActorRef<Delivery>),
+}
+
+/// Everything a worker needs, fixed at bind time.
+pub(crate) struct WorkerCtx {
+    pub js: jetstream::Context,
+    pub spec: ConsumerSpec,
+    pub info: jetstream::consumer::Info,
+    /// The settings in effect when the child bound, from the server's view
+    /// of the consumer.
+    pub effective: Effective,
+    /// The same, as the worker keeps them up to date.
+    pub limits: SharedEffective,
+    pub stream: Arc<str>,
+    pub durable: Arc<str>,
+    pub counters: Arc<Counters>,
+}
+
+impl WorkerCtx {
+    /// The worker's in-flight registry.
+    pub fn in_flight(&self) -> inflight::InFlight {
+        let dead_letters = dead_letter::DeadLetters::new(
+            self.js.clone(),
+            self.stream.clone(),
+            self.durable.clone(),
+            self.spec.dead_letter_subject.clone(),
+            self.effective.max_deliver,
+        );
+        inflight::InFlight::new(
+            self.js.client(),
+            self.stream.clone(),
+            self.durable.clone(),
+            &self.effective,
+            self.counters.clone(),
+            dead_letters,
+        )
+    }
+}
+
+/// The channels a worker listens on.
+pub(crate) struct WorkerInbox {
+    pub fetches: mpsc::Receiver<FetchRequest>,
+    pub control: mpsc::UnboundedReceiver<WorkerCtl>,
+    pub target: DerivedActorRef<Delivery>,
+}
+
+/// The child's handle on its worker task: aborts it when dropped.
+struct WorkerHandle {
+    task: JoinHandle<()>,
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The state of a consumer child.
+pub struct ConsumerState {
+    spec: ConsumerSpec,
+    durable: Arc<str>,
+    counters: Arc<Counters>,
+    fetches: mpsc::Sender<FetchRequest>,
+    control: mpsc::UnboundedSender<WorkerCtl>,
+    limits: SharedEffective,
+    draining: bool,
+    /// The worker finished its work (a drain) and the child stopped itself:
+    /// a normal end. A child killed or stopped from outside never sets it.
+    finished: bool,
+    _worker: WorkerHandle,
+}
+
+impl ConsumerState {
+    /// Whether the child ended by itself, its work done.
+    pub(crate) fn finished(&self) -> bool {
+        self.finished
+    }
+}
+
+impl fmt::Debug for ConsumerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsumerState")
+            .field("durable", &self.durable)
+            .field("mode", &self.spec.mode)
+            .field("draining", &self.draining)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Binds the durable consumer and starts the worker (shared `pre_start`).
+pub(crate) async fn start_child<F, Fut>(
+    myself: ActorRef<ConsumerMsg>,
+    args: ConsumerArgs,
+    mode: ConsumerMode,
+    run: F,
+) -> Result<ConsumerState, ActorProcessingErr>
+where
+    F: FnOnce(WorkerCtx, WorkerInbox) -> Fut,
+    Fut: Future<Output = Result<(), Error>> + Send + 'static,
+{
+    let ConsumerArgs { js, spec, target } = args;
+    if spec.mode != mode {
+        return Err(Box::new(Error::WrongMode {
+            durable: spec.durable.clone(),
+            expected: mode,
+            actual: spec.mode,
+        }));
+    }
+    crate::fault_point!("rj-child-pre-start");
+    let (info, action) = ensure_consumer(&js, &spec).await?;
+    if action == crate::ensure::ConsumerAction::Created {
+        // Normally the supervisor creates the consumer before spawning the
+        // child; a child that finds it missing re-creates it from its spec.
+        tracing::warn!(
+            stream = %spec.stream,
+            durable = %spec.durable,
+            "the durable consumer did not exist; created it from its spec (it starts from the spec's start position)"
+        );
+    }
+    tracing::debug!(stream = %spec.stream, durable = %spec.durable, ?action, "consumer child bound");
+    let counters = Arc::new(Counters::default());
+    let durable: Arc<str> = Arc::from(spec.durable.as_str());
+    let (fetch_tx, fetch_rx) = mpsc::channel(MAX_QUEUED_FETCHES);
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let effective = Effective::from_server(&spec, &info.config);
+    tracing::debug!(durable = %spec.durable, ?effective, "settings in effect");
+    let limits = SharedEffective::new(effective.clone());
+    let ctx = WorkerCtx {
+        js,
+        spec: spec.clone(),
+        info,
+        effective,
+        limits: limits.clone(),
+        stream: Arc::from(spec.stream.as_str()),
+        durable: durable.clone(),
+        counters: counters.clone(),
+    };
+    let inbox = WorkerInbox {
+        fetches: fetch_rx,
+        control: control_rx,
+        target,
+    };
+    let work = run(ctx, inbox);
+    let task = tokio::spawn(async move {
+        let failure = tokio::select! {
+            result = AssertUnwindSafe(work).catch_unwind() => match result {
+                Ok(Ok(())) => None,
+                Ok(Err(err)) => Some(err.to_string()),
+                Err(panic) => Some(panic_message(panic.as_ref())),
+            },
+            // A killed actor's state (this task's handle with it) travels
+            // to its supervisor inside the termination event, so the worker
+            // ends itself with its actor instead of waiting for that.
+            _ = myself.wait(None) => return,
+        };
+        // The actor may be gone already; then there is nobody to tell.
+        let _ = myself.cast(ConsumerMsg::Internal(Internal(WorkerExit { failure })));
+    });
+    Ok(ConsumerState {
+        spec,
+        durable,
+        counters,
+        fetches: fetch_tx,
+        control: control_tx,
+        limits,
+        draining: false,
+        finished: false,
+        _worker: WorkerHandle { task },
+    })
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        format!("worker panicked: {s}")
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        format!("worker panicked: {s}")
+    } else {
+        "worker panicked".to_string()
+    }
+}
+
+/// Handles one message (shared `handle`).
+pub(crate) fn handle_child_msg(
+    myself: &ActorRef<ConsumerMsg>,
+    message: ConsumerMsg,
+    state: &mut ConsumerState,
+) -> Result<(), ActorProcessingErr> {
+    match message {
+        ConsumerMsg::Fetch {
+            batch,
+            expires,
+            reply,
+        } => {
+            if state.spec.mode != ConsumerMode::Pull {
+                let _ = reply.send(Err(Error::WrongMode {
+                    durable: state.spec.durable.clone(),
+                    expected: ConsumerMode::Pull,
+                    actual: state.spec.mode,
+                }));
+                return Ok(());
+            }
+            if state.draining {
+                let _ = reply.send(Err(Error::Draining {
+                    durable: state.spec.durable.clone(),
+                }));
+                return Ok(());
+            }
+            let expires = match validate_fetch(batch, expires, &state.limits.get()) {
+                Ok(expires) => expires,
+                Err(err) => {
+                    let _ = reply.send(Err(err));
+                    return Ok(());
+                }
+            };
+            let request = FetchRequest::new(batch, expires, reply, state.durable.clone());
+            match state.fetches.try_send(request) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(request)) => {
+                    request.answer(Err(Error::Busy {
+                        durable: state.spec.durable.clone(),
+                        queued: MAX_QUEUED_FETCHES,
+                    }));
+                }
+                // The worker is gone: the request answers for itself.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        ConsumerMsg::Stats(reply) => {
+            let _ = reply.send(state.counters.snapshot(&state.spec, &state.limits.get()));
+        }
+        ConsumerMsg::Drain { timeout, reply } => {
+            state.draining = true;
+            if let Err(mpsc::error::SendError(WorkerCtl::Drain { reply, .. })) =
+                state.control.send(WorkerCtl::Drain { timeout, reply })
+            {
+                let _ = reply.send(DrainReport::default());
+            }
+        }
+        ConsumerMsg::SetTarget(target) => {
+            let _ = state.control.send(WorkerCtl::SetTarget(target));
+        }
+        ConsumerMsg::Internal(Internal(WorkerExit { failure })) => match failure {
+            Some(failure) => {
+                tracing::warn!(durable = %state.durable, %failure, "consumer worker failed");
+                return Err(failure.into());
+            }
+            None => {
+                tracing::debug!(durable = %state.durable, "consumer worker finished; stopping");
+                state.finished = true;
+                myself.stop(Some("drained".into()));
+            }
+        },
+    }
+    Ok(())
+}

@@ -1,0 +1,63 @@
+//! What a [`JetStreamSupervisor`](super::JetStreamSupervisor)(super::JetStreamSupervisor) is started with.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use ractor::DerivedActorRef;
+
+use crate::delivery::Delivery;
+use crate::restart::RestartPolicy;
+use crate::spec::Topology;
+
+/// What a [`JetStreamSupervisor`](super::JetStreamSupervisor) is started with.
+pub struct SupervisorArgs {
+    /// The JetStream context every child binds through.
+    pub js: jetstream::Context,
+    /// The streams and consumers to make exist at start.
+    pub topology: Topology,
+    /// Target actors by name; each consumer spec names one.
+    pub targets: HashMap<String, DerivedActorRef<Delivery>>,
+    /// How children are restarted.
+    pub restart_policy: RestartPolicy,
+    /// How long a shutdown waits for in-flight decisions before nak'ing
+    /// them.
+    pub drain_timeout: Duration,
+}
+
+impl SupervisorArgs {
+    /// Arguments with no targets yet, the default restart policy and a 5 s
+    /// drain timeout.
+    pub fn new(js: jetstream::Context, topology: Topology) -> Self {
+        Self {
+            js,
+            topology,
+            targets: HashMap::new(),
+            restart_policy: RestartPolicy::default(),
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Registers a target actor under a name.
+    pub fn target(mut self, name: impl Into<String>, target: DerivedActorRef<Delivery>) -> Self {
+        self.targets.insert(name.into(), target);
+        self
+    }
+
+    /// Sets the restart policy.
+    pub fn restart_policy(mut self, policy: RestartPolicy) -> Self {
+        self.restart_policy = policy;
+        self
+    }
+}
+
+impl fmt::Debug for SupervisorArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SupervisorArgs")
+            .field("topology", &self.topology)
+            .field("targets", &self.targets.keys().collect::<Vec<_>>())
+            .field("restart_policy", &self.restart_policy)
+            .finish_non_exhaustive()
+    }
+}
