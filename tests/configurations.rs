@@ -21,7 +21,7 @@ use ractor_jetstream::{ConsumerAction, ConsumerSpec, ensure_consumer};
 async fn contested_fetch(
     env: &Env,
     spec: ConsumerSpec,
-    batch: usize,
+    batch: u64,
     hold: Duration,
 ) -> (Record, Record) {
     let (_slow, slow_target, slow) = spawn_target(move |_| Action::AckAfter(hold)).await;
@@ -39,7 +39,7 @@ async fn contested_fetch(
     let competing = async {
         // Only once the first target holds the whole batch.
         wait_until("the slow target holds the batch", PATIENCE, || {
-            slow.count() >= batch
+            slow.count() as u64 >= batch
         })
         .await;
         let mut fetches = 0;

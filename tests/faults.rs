@@ -23,7 +23,7 @@ use ractor_jetstream::{
 async fn fetch_when_up(
     supervisor: &ActorRef<SupervisorMsg>,
     durable: &str,
-    batch: usize,
+    batch: u64,
     expires: Duration,
 ) -> ractor_jetstream::FetchOutcome {
     let deadline = Instant::now() + PATIENCE;
@@ -460,8 +460,8 @@ struct Parent;
 
 impl Actor for Parent {
     type Msg = ();
-    type State = Arc<Mutex<Option<String>>>;
-    type Arguments = Arc<Mutex<Option<String>>>;
+    type State = Arc<Mutex<Option<(String, Option<Error>)>>>;
+    type Arguments = Arc<Mutex<Option<(String, Option<Error>)>>>;
 
     async fn pre_start(
         &self,
@@ -478,7 +478,9 @@ impl Actor for Parent {
         slot: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         if let SupervisionEvent::ActorFailed(_, err) = event {
-            *slot.lock().expect("lock") = Some(err.to_string());
+            // The library's own error, without parsing the text.
+            let ours = Error::of_actor_failure(err.as_ref()).cloned();
+            *slot.lock().expect("lock") = Some((err.to_string(), ours));
         }
         Ok(())
     }
@@ -519,12 +521,31 @@ async fn a_child_that_fails_on_every_start_makes_the_supervisor_fail_with_a_clea
         failure.lock().expect("lock").is_some()
     })
     .await;
-    let text = failure.lock().expect("lock").clone().unwrap_or_default();
+    let (text, error) = failure.lock().expect("lock").clone().unwrap_or_default();
     assert!(text.contains("flaky"), "names the child: {text}");
-    assert!(text.contains("restart intensity exceeded"), "{text}");
+    assert!(text.contains("gave up"), "{text}");
     assert!(
         text.contains("cannot start"),
         "names the last failure: {text}"
+    );
+    let Some(Error::GaveUp {
+        durable,
+        restarts,
+        within,
+        last_failure,
+    }) = error
+    else {
+        panic!("the parent gets Error::GaveUp, got {error:?} ({text})");
+    };
+    assert_eq!(
+        (durable.as_str(), restarts, within),
+        ("flaky", 3, Duration::from_secs(30))
+    );
+    assert!(
+        last_failure
+            .as_deref()
+            .is_some_and(|f| f.contains("cannot start")),
+        "{last_failure:?}"
     );
     // Three restarts with growing delays (20, 40, 80 ms) came first.
     assert!(
@@ -588,7 +609,7 @@ async fn drain_completes_decisions_naks_the_rest_and_a_new_supervisor_gets_them_
         .success_or_panic();
     let drained_at = Instant::now();
     assert_eq!(report.settled, 5, "{report:?}");
-    assert_eq!(report.naked, total as usize - 5, "{report:?}");
+    assert_eq!(report.naked, total - 5, "{report:?}");
     let status = supervisor
         .call(SupervisorMsg::Status, None)
         .await

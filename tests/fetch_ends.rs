@@ -19,7 +19,7 @@ use ractor_jetstream::{
 /// `expires` to it, which overflows for the largest durations).
 async fn fetch_within(
     child: &ActorRef<ConsumerMsg>,
-    batch: usize,
+    batch: u64,
     expires: Option<Duration>,
     within: Duration,
 ) -> Result<FetchOutcome, Error> {
@@ -131,7 +131,7 @@ async fn no_request_can_crash_the_worker() {
         huge_expires.is_err(),
         "an expires beyond any deadline is refused: {huge_expires:?}"
     );
-    let huge_batch = fetch_within(&child, usize::MAX, None, within).await;
+    let huge_batch = fetch_within(&child, u64::MAX, None, within).await;
     assert!(
         huge_batch.is_err(),
         "a batch the server cannot take is refused: {huge_batch:?}"

@@ -13,7 +13,7 @@ use ractor_jetstream::{ConsumerArgs, ConsumerMsg, ConsumerSpec, Error};
 /// Fetches until a fetch expires empty; returns the outcomes.
 async fn fetch_all(
     child: &ActorRef<ConsumerMsg>,
-    batch: usize,
+    batch: u64,
 ) -> Vec<ractor_jetstream::FetchOutcome> {
     let mut outcomes = Vec::new();
     loop {
@@ -53,7 +53,7 @@ async fn pulling_n_forwards_exactly_n_below_at_and_above_batch() {
         let (_t, target, record) = acking_target().await;
         let child = spawn_pull(&env, ConsumerSpec::pull("EXACT", durable, "t"), target).await;
         let outcomes = fetch_all(&child, batch).await;
-        let delivered: Vec<usize> = outcomes.iter().map(|o| o.delivered).collect();
+        let delivered: Vec<u64> = outcomes.iter().map(|o| o.delivered).collect();
         assert_eq!(delivered, sizes, "{durable}: fetch sizes");
         assert!(
             outcomes.last().is_some_and(|o| o.expired),

@@ -491,7 +491,7 @@ async fn many_large_messages_in_one_fetch_arrive_whole() {
         .expect("fetch");
     let mut fetched = outcome.delivered;
     // The server may split a large batch; fetch the rest.
-    while fetched < cases.len() {
+    while fetched < cases.len() as u64 {
         let outcome = fetch(&child, 12, Duration::from_secs(2))
             .await
             .expect("fetch");

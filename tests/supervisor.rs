@@ -10,7 +10,8 @@ use common::*;
 use ractor::{Actor, ActorRef};
 use ractor_jetstream::{
     ChildState, ConsumerMode, ConsumerSpec, Error, JetStreamSupervisor, RestartKind, Retention,
-    Storage, StreamAction, StreamSpec, SupervisorArgs, SupervisorMsg, Topology, ensure_stream,
+    Storage, StreamAction, StreamSpec, SupervisorArgs, SupervisorMsg, Topology, UnavailableReason,
+    ensure_stream,
 };
 
 async fn status(supervisor: &ActorRef<SupervisorMsg>) -> ractor_jetstream::SupervisorStatus {
@@ -396,7 +397,9 @@ async fn restart_kinds_decide_which_children_come_back() {
     assert!(lookup(&supervisor, "temporary").await.is_none());
     assert!(lookup(&supervisor, "transient-drained").await.is_none());
     match fetch_via(&supervisor, "temporary", 1, Duration::from_millis(200)).await {
-        Err(Error::Unavailable { reason, .. }) => assert!(reason.contains("stopped"), "{reason}"),
+        Err(Error::Unavailable { reason, .. }) => {
+            assert_eq!(reason, UnavailableReason::Stopped, "{reason}")
+        }
         other => panic!("expected Unavailable, got {other:?}"),
     }
 }

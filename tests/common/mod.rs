@@ -139,7 +139,7 @@ pub async fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -
 /// Fetches through a child.
 pub async fn fetch(
     child: &ActorRef<ConsumerMsg>,
-    batch: usize,
+    batch: u64,
     expires: Duration,
 ) -> Result<FetchOutcome, ractor_jetstream::Error> {
     child
@@ -160,7 +160,7 @@ pub async fn fetch(
 pub async fn fetch_via(
     supervisor: &ActorRef<SupervisorMsg>,
     durable: &str,
-    batch: usize,
+    batch: u64,
     expires: Duration,
 ) -> Result<FetchOutcome, ractor_jetstream::Error> {
     supervisor

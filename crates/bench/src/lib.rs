@@ -350,7 +350,7 @@ async fn pull_case(
             let outcome = child
                 .call(
                     |reply| ConsumerMsg::Fetch {
-                        batch,
+                        batch: batch as u64,
                         expires: Some(Duration::from_secs(1)),
                         reply,
                     },

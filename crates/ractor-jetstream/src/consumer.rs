@@ -74,7 +74,7 @@ pub enum ConsumerMsg {
     /// `expires` is cut to what is left of the caller's call timeout.
     Fetch {
         /// At most this many messages.
-        batch: usize,
+        batch: u64,
         /// How long the server may wait for messages (default 5 s).
         expires: Option<Duration>,
         /// Where the outcome goes.
@@ -126,10 +126,10 @@ impl fmt::Debug for ConsumerMsg {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DrainReport {
     /// Deliveries whose decision came within the drain timeout.
-    pub settled: usize,
+    pub settled: u64,
     /// Deliveries nak'ed because no decision came in time, plus messages
     /// that arrived during the drain and were never forwarded.
-    pub naked: usize,
+    pub naked: u64,
 }
 
 impl DrainReport {

@@ -318,7 +318,7 @@ impl Delivery {
         serde_json::from_slice(&self.message.payload).map_err(|err| Error::Decode {
             type_name: std::any::type_name::<T>(),
             stream_sequence: self.info.stream_sequence,
-            detail: err.to_string(),
+            source: std::sync::Arc::new(err),
         })
     }
 

@@ -91,7 +91,7 @@ where
             if let Some(denial) = denials.and_then(|d| d.find(since, &subject, true)) {
                 return Err(denial.to_error(op));
             }
-            return Err(request_error(op, &err));
+            return Err(request_error(op, err));
         }
     };
     match response {
@@ -106,7 +106,7 @@ where
 /// listening there ("no responders") means that JetStream is not enabled on
 /// the server, or not for this account or domain:
 /// [`ServerErrorKind::JetStreamNotEnabled`].
-pub(crate) fn request_error(op: &str, err: &jetstream::context::RequestError) -> Error {
+pub(crate) fn request_error(op: &str, err: jetstream::context::RequestError) -> Error {
     use jetstream::context::RequestErrorKind as K;
     match err.kind() {
         K::NoResponders => Error::server(
@@ -119,8 +119,8 @@ pub(crate) fn request_error(op: &str, err: &jetstream::context::RequestError) ->
             ServerErrorKind::Timeout,
             "the JetStream API did not answer in time",
         ),
-        K::InvalidSubject => Error::server(op, ServerErrorKind::BadRequest, err),
-        K::Other => Error::server(op, ServerErrorKind::Other, err),
+        K::InvalidSubject => Error::server_caused(op, ServerErrorKind::BadRequest, err),
+        K::Other => Error::server_caused(op, ServerErrorKind::Other, err),
     }
 }
 
@@ -147,7 +147,7 @@ pub(crate) fn api_error(op: &str, err: &jetstream::Error) -> Error {
         _ if err.code() == 400 => ServerErrorKind::BadRequest,
         _ => ServerErrorKind::Other,
     };
-    Error::server(op, kind, err)
+    Error::server_caused(op, kind, err.clone())
 }
 
 /// The stream's info, or `None` when it does not exist.

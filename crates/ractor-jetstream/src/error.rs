@@ -5,17 +5,32 @@
 //! on its variants, never on its message text: each variant names what was
 //! wrong and with which value.
 //!
-//! Errors that come back from the NATS server are classified into
+//! As in async-nats, [`Error::kind`] gives the class of a failure as a
+//! plain [`ErrorKind`] to match on, and [`std::error::Error::source`] keeps
+//! the async-nats or ractor error underneath, where there is one. Errors
+//! that come back from the NATS server are classified further into
 //! [`ServerErrorKind`], so that "the stream does not exist" and "you may not
 //! publish there" can be told apart without parsing strings.
 
+mod kind;
+mod server;
+mod validation;
+
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::mode::ConsumerMode;
+pub use kind::{ActorErrorKind, ErrorKind, UnavailableReason};
+pub use server::ServerErrorKind;
+pub use validation::{FieldError, ValidationErrors};
+
+/// The error underneath one of ours, shared so that [`Error`] stays
+/// `Clone` (a fetch's failure answers every request queued behind it).
+pub type Source = Arc<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Everything a caller of this crate can get back as a failure.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// One or more fields of a spec, a topology or a request failed
@@ -105,14 +120,35 @@ pub enum Error {
         durable: String,
     },
 
-    /// The consumer's child is not running at the moment (it is being
-    /// restarted, or gave up). Retry later.
-    #[error("consumer `{durable}` is not running: {reason}")]
+    /// The consumer's child cannot serve the request at the moment: it is
+    /// being restarted, it was stopped, or its target actor is not running.
+    /// [`UnavailableReason`] says which; a restarting one is worth a retry.
+    #[error("consumer `{durable}` is not available: {reason}")]
     Unavailable {
         /// The durable consumer's name.
         durable: String,
-        /// Why it is not running.
-        reason: String,
+        /// Why it is not available.
+        reason: UnavailableReason,
+    },
+
+    /// The supervisor gave up on a child: it failed more often than its
+    /// [`RestartPolicy`](crate::RestartPolicy) allows. The supervisor
+    /// itself fails with this error, so that its own parent can act on it
+    /// (see [`Error::of_actor_failure`]).
+    #[error(
+        "gave up on consumer `{durable}` after {restarts} restarts within {}; last failure: {}",
+        show_duration(*within),
+        last_failure.as_deref().unwrap_or("none recorded")
+    )]
+    GaveUp {
+        /// The durable consumer's name.
+        durable: String,
+        /// The restarts the policy allows within `within`.
+        restarts: u64,
+        /// The window of the restart policy.
+        within: Duration,
+        /// The last failure of the child, as it was reported.
+        last_failure: Option<String>,
     },
 
     /// A fetch was cut short because its child stopped or crashed. What was
@@ -132,7 +168,7 @@ pub enum Error {
         /// The durable consumer's name.
         durable: String,
         /// How many fetches are waiting.
-        queued: usize,
+        queued: u64,
     },
 
     /// The server refused a pull request (for example a batch above a
@@ -156,14 +192,14 @@ pub enum Error {
     },
 
     /// A payload did not decode into the expected type.
-    #[error("stream sequence {stream_sequence} does not decode as {type_name}: {detail}")]
+    #[error("stream sequence {stream_sequence} does not decode as {type_name}: {source}")]
     Decode {
         /// The type it should have decoded into.
         type_name: &'static str,
         /// The message's stream sequence.
         stream_sequence: u64,
         /// What the decoder said.
-        detail: String,
+        source: Source,
     },
 
     /// A call to the NATS server failed.
@@ -174,79 +210,52 @@ pub enum Error {
         op: String,
         /// The class of failure.
         kind: ServerErrorKind,
-        /// What the server or the client said.
+        /// What the server or the client said, in one line.
         detail: String,
+        /// The async-nats error, where there is one.
+        #[source]
+        source: Option<Source>,
     },
 
-    /// An actor could not be reached or spawned.
-    #[error("actor: {0}")]
-    Actor(String),
-}
-
-/// The class of a failure reported by the NATS server or the client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ServerErrorKind {
-    /// JetStream is not enabled on the server or for the account, or not
-    /// reachable in the requested domain: nothing answers on its API.
-    JetStreamNotEnabled,
-    /// The stream does not exist.
-    StreamNotFound,
-    /// The consumer does not exist.
-    ConsumerNotFound,
-    /// The server refused to create a consumer because one of that name
-    /// exists (a create that raced another). An existing durable whose
-    /// configuration conflicts with a spec is reported as
-    /// [`Error::ConsumerConflict`] instead.
-    ConsumerNameTaken,
-    /// The user may not publish or subscribe on a subject.
-    PermissionDenied,
-    /// Nobody listens on the subject a request went to. (On the JetStream
-    /// API this is reported as [`ServerErrorKind::JetStreamNotEnabled`].)
-    NoResponders,
-    /// The server did not answer in time.
-    Timeout,
-    /// An account limit (streams, consumers, storage, memory) was exceeded.
-    LimitsExceeded,
-    /// The server rejected the request as invalid.
-    BadRequest,
-    /// The connection failed or was closed.
-    Connection,
-    /// The server refused the credentials (wrong or missing user and
-    /// password, token, nkey or creds file), or the client could not sign
-    /// the server's challenge with them.
-    AuthenticationFailed,
-    /// The TLS handshake failed: the server's certificate is not trusted,
-    /// the server wants a client certificate, or the two sides do not agree
-    /// on TLS.
-    Tls,
-    /// Anything else.
-    Other,
-}
-
-impl fmt::Display for ServerErrorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text = match self {
-            Self::JetStreamNotEnabled => "JetStream not enabled",
-            Self::StreamNotFound => "stream not found",
-            Self::ConsumerNotFound => "consumer not found",
-            Self::ConsumerNameTaken => "consumer name taken with another config",
-            Self::PermissionDenied => "permission denied",
-            Self::NoResponders => "no responders",
-            Self::Timeout => "timed out",
-            Self::LimitsExceeded => "account limits exceeded",
-            Self::BadRequest => "bad request",
-            Self::Connection => "connection failed",
-            Self::AuthenticationFailed => "authentication failed",
-            Self::Tls => "TLS handshake failed",
-            Self::Other => "server error",
-        };
-        f.write_str(text)
-    }
+    /// A call or a message to an actor failed, or an actor could not be
+    /// spawned.
+    #[error("{op}: {kind}")]
+    Actor {
+        /// What was being done (for example `fetch from billing`).
+        op: String,
+        /// The class of failure.
+        kind: ActorErrorKind,
+        /// The ractor error, where there is one.
+        #[source]
+        source: Option<Source>,
+    },
 }
 
 impl Error {
-    /// Builds a [`Error::Server`].
+    /// The class of this error, to match on.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Invalid(_) => ErrorKind::Invalid,
+            Self::WrongMode { .. } => ErrorKind::WrongMode,
+            Self::StreamConflict { .. } => ErrorKind::StreamConflict,
+            Self::ModeMismatch { .. } => ErrorKind::ModeMismatch,
+            Self::ConsumerConflict { .. } => ErrorKind::ConsumerConflict,
+            Self::UnknownConsumer { .. } => ErrorKind::UnknownConsumer,
+            Self::UnknownTarget { .. } => ErrorKind::UnknownTarget,
+            Self::DuplicateConsumer { .. } => ErrorKind::DuplicateConsumer,
+            Self::Unavailable { .. } => ErrorKind::Unavailable,
+            Self::GaveUp { .. } => ErrorKind::GaveUp,
+            Self::FetchInterrupted { .. } => ErrorKind::FetchInterrupted,
+            Self::Busy { .. } => ErrorKind::Busy,
+            Self::FetchRefused { .. } => ErrorKind::FetchRefused,
+            Self::Draining { .. } => ErrorKind::Draining,
+            Self::Decode { .. } => ErrorKind::Decode,
+            Self::Server { .. } => ErrorKind::Server,
+            Self::Actor { .. } => ErrorKind::Actor,
+        }
+    }
+
+    /// Builds a [`Error::Server`] from our own description of what failed.
     pub(crate) fn server(
         op: impl Into<String>,
         kind: ServerErrorKind,
@@ -256,6 +265,31 @@ impl Error {
             op: op.into(),
             kind,
             detail: detail.to_string(),
+            source: None,
+        }
+    }
+
+    /// Builds a [`Error::Server`] caused by an async-nats error, which it
+    /// keeps as its source.
+    pub(crate) fn server_caused(
+        op: impl Into<String>,
+        kind: ServerErrorKind,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Server {
+            op: op.into(),
+            kind,
+            detail: one_line_chain(&source),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// Builds a [`Error::Actor`].
+    pub(crate) fn actor(op: impl Into<String>, kind: ActorErrorKind) -> Self {
+        Self::Actor {
+            op: op.into(),
+            kind,
+            source: None,
         }
     }
 
@@ -275,6 +309,34 @@ impl Error {
         }
     }
 
+    /// Whether the same request may succeed if retried later, unchanged:
+    /// the child is restarting or busy, the server timed out or is not
+    /// reachable right now.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Unavailable { reason, .. } => reason.is_transient(),
+            Self::Busy { .. } | Self::FetchInterrupted { .. } => true,
+            Self::Server { kind, .. } => matches!(
+                kind,
+                ServerErrorKind::Timeout
+                    | ServerErrorKind::Connection
+                    | ServerErrorKind::NoResponders
+            ),
+            Self::Actor { kind, .. } => *kind == ActorErrorKind::Timeout,
+            _ => false,
+        }
+    }
+
+    /// This crate's error inside an actor's failure, for example the
+    /// [`Error::GaveUp`] a [`JetStreamSupervisor`](crate::JetStreamSupervisor)
+    /// fails with, as its parent sees it in
+    /// [`SupervisionEvent::ActorFailed`](ractor::SupervisionEvent::ActorFailed).
+    pub fn of_actor_failure<'a>(
+        failure: &'a (dyn std::error::Error + Send + Sync + 'static),
+    ) -> Option<&'a Self> {
+        failure.downcast_ref::<Error>()
+    }
+
     /// A single-field validation failure.
     pub(crate) fn invalid(
         field: impl Into<String>,
@@ -287,134 +349,83 @@ impl Error {
     }
 }
 
+/// A spawn that failed in the actor's own start (`pre_start`) with this
+/// crate's error is that error: a supervisor whose topology is invalid, or
+/// whose server refused a stream, fails to spawn with [`Error::Invalid`] or
+/// [`Error::Server`], not with an opaque [`ractor::SpawnErr`].
 impl From<ractor::SpawnErr> for Error {
     fn from(err: ractor::SpawnErr) -> Self {
-        Self::Actor(err.to_string())
+        match err {
+            ractor::SpawnErr::StartupFailed(failure) => match failure.downcast::<Error>() {
+                Ok(ours) => *ours,
+                Err(other) => Self::Actor {
+                    op: "spawn an actor".into(),
+                    kind: ActorErrorKind::StartupFailed,
+                    source: Some(Arc::from(other)),
+                },
+            },
+            other => Self::Actor {
+                op: "spawn an actor".into(),
+                kind: ActorErrorKind::StartupFailed,
+                source: Some(Arc::new(other)),
+            },
+        }
     }
 }
 
 impl<T> From<ractor::MessagingErr<T>> for Error {
     fn from(err: ractor::MessagingErr<T>) -> Self {
-        Self::Actor(err.to_string())
-    }
-}
-
-/// One field that failed validation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    /// Where the field is, for example `consumers[1].max_batch` or `batch`.
-    pub field: String,
-    /// The offending value, as written.
-    pub value: String,
-    /// What is wrong with it.
-    pub reason: String,
-}
-
-impl FieldError {
-    /// Builds a field error.
-    pub fn new(
-        field: impl Into<String>,
-        value: impl fmt::Display,
-        reason: impl Into<String>,
-    ) -> Self {
-        Self {
-            field: field.into(),
-            value: value.to_string(),
-            reason: reason.into(),
+        Self::Actor {
+            op: "send to an actor".into(),
+            kind: ActorErrorKind::NotRunning,
+            source: Some(Arc::new(messaging_err(err))),
         }
     }
 }
 
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} = {}: {}", self.field, self.value, self.reason)
-    }
-}
-
-/// All the fields that failed validation, one entry per field, so that a
-/// whole file can be fixed in one go.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ValidationErrors {
-    errors: Vec<FieldError>,
-}
-
-impl ValidationErrors {
-    /// No errors yet.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    pub(crate) fn single(error: FieldError) -> Self {
-        Self {
-            errors: vec![error],
-        }
-    }
-
-    /// Records one failed field.
-    pub fn push(&mut self, error: FieldError) {
-        self.errors.push(error);
-    }
-
-    /// Records one failed field from its parts.
-    pub fn add(
-        &mut self,
-        field: impl Into<String>,
-        value: impl fmt::Display,
-        reason: impl Into<String>,
-    ) {
-        self.push(FieldError::new(field, value, reason));
-    }
-
-    /// Appends every error of `other`.
-    pub fn extend(&mut self, other: ValidationErrors) {
-        self.errors.extend(other.errors);
-    }
-
-    /// The failed fields, in the order they were found.
-    pub fn errors(&self) -> &[FieldError] {
-        &self.errors
-    }
-
-    /// Whether a field of this exact name failed.
-    pub fn has_field(&self, field: &str) -> bool {
-        self.errors.iter().any(|e| e.field == field)
-    }
-
-    /// Whether nothing failed.
-    pub fn is_empty(&self) -> bool {
-        self.errors.is_empty()
-    }
-
-    /// `Ok(())` when nothing failed, the errors otherwise.
-    pub fn into_result(self) -> Result<(), Error> {
-        if self.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::Invalid(self))
+/// A call through ractor (`call!`, `call_t!`, [`ractor::ActorRef::call`])
+/// becomes one `Result<_, Error>`: `call_t!(...)?` works in a function that
+/// returns this crate's error.
+impl<T> From<ractor::RactorErr<T>> for Error {
+    fn from(err: ractor::RactorErr<T>) -> Self {
+        match err {
+            ractor::RactorErr::Spawn(err) => err.into(),
+            ractor::RactorErr::Messaging(err) => err.into(),
+            ractor::RactorErr::Actor(err) => Self::Actor {
+                op: "call an actor".into(),
+                kind: ActorErrorKind::Failed,
+                source: Some(Arc::new(err)),
+            },
+            ractor::RactorErr::Timeout => Self::actor("call an actor", ActorErrorKind::Timeout),
         }
     }
 }
 
-impl fmt::Display for ValidationErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.errors.as_slice() {
-            [] => f.write_str("invalid input"),
-            [one] => write!(f, "invalid {one}"),
-            many => {
-                write!(f, "{} invalid fields: ", many.len())?;
-                for (i, e) in many.iter().enumerate() {
-                    if i > 0 {
-                        f.write_str("; ")?;
-                    }
-                    write!(f, "{e}")?;
-                }
-                Ok(())
-            }
-        }
+/// The same error without the message it failed to deliver, which may be
+/// neither `Send` nor `'static` enough to keep.
+fn messaging_err<T>(err: ractor::MessagingErr<T>) -> ractor::MessagingErr<()> {
+    match err {
+        ractor::MessagingErr::SendErr(_) => ractor::MessagingErr::SendErr(()),
+        ractor::MessagingErr::ChannelClosed => ractor::MessagingErr::ChannelClosed,
+        ractor::MessagingErr::InvalidActorType => ractor::MessagingErr::InvalidActorType,
     }
 }
 
-impl std::error::Error for ValidationErrors {}
+/// An error and its sources on one line (`a: b: c`), for a log or a
+/// [`Error::Server`]'s detail.
+pub(crate) fn one_line_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        next = cause.source();
+    }
+    text.replace('\n', " ")
+}
 
 /// Formats a duration the way specs write it (`"30s"`, `"250ms"`).
 pub(crate) fn show_duration(d: Duration) -> String {

@@ -193,7 +193,10 @@ pub use consumer::{
 };
 pub use delivery::{Decision, Delivery, DeliveryInfo};
 pub use ensure::{ConsumerAction, StreamAction, ensure_consumer, ensure_stream};
-pub use error::{Error, FieldError, ServerErrorKind, ValidationErrors};
+pub use error::{
+    ActorErrorKind, Error, ErrorKind, FieldError, ServerErrorKind, UnavailableReason,
+    ValidationErrors,
+};
 pub use restart::{RestartKind, RestartPolicy};
 pub use spec::{
     ConsumerMode, ConsumerSpec, Discard, Retention, StartPosition, Storage, StreamSpec, Topology,

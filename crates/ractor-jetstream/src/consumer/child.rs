@@ -161,7 +161,7 @@ where
     tracing::debug!(stream = %spec.stream, durable = %spec.durable, ?action, "consumer child bound");
     let counters = Arc::new(Counters::default());
     let durable: Arc<str> = Arc::from(spec.durable.as_str());
-    let (fetch_tx, fetch_rx) = mpsc::channel(MAX_QUEUED_FETCHES);
+    let (fetch_tx, fetch_rx) = mpsc::channel(MAX_QUEUED_FETCHES as usize);
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let effective = Effective::from_server(&spec, &info.config);
     tracing::debug!(durable = %spec.durable, ?effective, "settings in effect");

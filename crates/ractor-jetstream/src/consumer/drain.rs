@@ -36,7 +36,7 @@ pub(crate) async fn drain_recording(
             _ = tokio::time::sleep_until(deadline) => break,
         }
     }
-    report.naked += in_flight.settle_all(&mut record).await;
+    report.naked += in_flight.settle_all(&mut record).await as u64;
     in_flight.flush(Duration::from_secs(2)).await;
     report
 }

@@ -27,7 +27,7 @@ use crate::spec::DEFAULT_FETCH_EXPIRES;
 /// The largest `batch` a fetch may ask for when the consumer sets no
 /// `max_batch`: the server reads it as a signed 64-bit count, and a fetch
 /// keeps its whole batch in flight, so anything near that is a mistake.
-pub const MAX_FETCH_BATCH: usize = 1 << 20;
+pub const MAX_FETCH_BATCH: u64 = 1 << 20;
 
 /// The longest `expires` a fetch may ask for when the consumer sets no
 /// `max_expires`. A fetch holds its caller that long; past a day it is a
@@ -37,7 +37,7 @@ pub const MAX_FETCH_EXPIRES: Duration = Duration::from_secs(24 * 60 * 60);
 /// How many fetches may wait for a pull child while it serves another;
 /// one more is answered [`Error::Busy`] at once. Fetches to one child are
 /// served one at a time, so a longer queue only makes callers wait longer.
-pub const MAX_QUEUED_FETCHES: usize = 32;
+pub const MAX_QUEUED_FETCHES: u64 = 32;
 
 /// Why a fetch ended.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -73,18 +73,18 @@ pub enum FetchEnd {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FetchOutcome {
     /// Messages forwarded to the target.
-    pub delivered: usize,
+    pub delivered: u64,
     /// Of those, acknowledged.
-    pub acked: usize,
+    pub acked: u64,
     /// Of those, nak'ed by the target (delivered again).
-    pub naked: usize,
+    pub naked: u64,
     /// Of those, terminated by the target (never delivered again).
-    pub termed: usize,
+    pub termed: u64,
     /// Of those, dropped by the target without a decision, or nak'ed by a
     /// drain (delivered again).
-    pub abandoned: usize,
+    pub abandoned: u64,
     /// Of those, not decided within the decision timeout (nak'ed).
-    pub timed_out: usize,
+    pub timed_out: u64,
     /// The fetch ended because `expires` passed before `batch` messages
     /// came (`end == FetchEnd::Expired`). With `delivered == 0` this is the
     /// clean empty outcome.
@@ -128,13 +128,15 @@ const REPLY_MARGIN: Duration = Duration::from_millis(50);
 
 impl FetchRequest {
     pub fn new(
-        batch: usize,
+        batch: u64,
         expires: Duration,
         reply: RpcReplyPort<Result<FetchOutcome, Error>>,
         durable: Arc<str>,
     ) -> Self {
         Self {
-            batch,
+            // Bounded by `validate_fetch` (by `MAX_FETCH_BATCH`, or by the
+            // consumer's `max_batch`, which the server keeps in an i64).
+            batch: usize::try_from(batch).unwrap_or(usize::MAX),
             expires,
             queued_at: Instant::now(),
             reply: Some(reply),
@@ -186,7 +188,7 @@ impl Drop for FetchRequest {
 /// them; returns the `expires` to use. Every count and duration that
 /// reaches the wire or deadline arithmetic is bounded here.
 pub(crate) fn validate_fetch(
-    batch: usize,
+    batch: u64,
     expires: Option<Duration>,
     limits: &Effective,
 ) -> Result<Duration, Error> {
@@ -198,7 +200,7 @@ pub(crate) fn validate_fetch(
         ));
     }
     match limits.max_batch {
-        Some(max_batch) if batch as u64 > max_batch => {
+        Some(max_batch) if batch > max_batch => {
             return Err(Error::invalid(
                 "batch",
                 batch,
@@ -284,7 +286,7 @@ mod tests {
     fn fetch_bounds_without_consumer_limits() {
         let open = limits(None, None);
         for (batch, expires) in [
-            (usize::MAX, None),
+            (u64::MAX, None),
             (MAX_FETCH_BATCH + 1, None),
             (1, Some(Duration::MAX)),
             (1, Some(MAX_FETCH_EXPIRES + Duration::from_nanos(1))),

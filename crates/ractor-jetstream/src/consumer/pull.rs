@@ -48,7 +48,7 @@ use super::{
     handle_child_msg, start_child,
 };
 use crate::ensure::consumer_info;
-use crate::error::{Error, ServerErrorKind};
+use crate::error::{Error, ServerErrorKind, UnavailableReason};
 use crate::spec::ConsumerMode;
 
 /// The pull consumer child. Its messages are [`ConsumerMsg`]; see the
@@ -218,7 +218,8 @@ impl Fetch {
     }
 
     fn missing(&self) -> usize {
-        self.batch.saturating_sub(self.outcome.delivered)
+        self.batch
+            .saturating_sub(usize::try_from(self.outcome.delivered).unwrap_or(usize::MAX))
     }
 }
 
@@ -230,7 +231,7 @@ impl Worker<'_> {
     fn unavailable(&self) -> Error {
         Error::Unavailable {
             durable: self.ctx.durable.to_string(),
-            reason: "the target actor is not running".into(),
+            reason: UnavailableReason::TargetNotRunning,
         }
     }
 
@@ -250,7 +251,7 @@ impl Worker<'_> {
         self.consumer
             .request_batch(request, inbox.to_string().into())
             .await
-            .map_err(|err| Error::server(self.op(), ServerErrorKind::Connection, err))
+            .map_err(|err| Error::server_caused(self.op(), ServerErrorKind::Connection, err))
     }
 
     /// Serves one fetch, unless its caller is gone.
@@ -260,9 +261,11 @@ impl Worker<'_> {
             return Served::Done;
         }
         // The consumer's limits may have changed since the child took it.
-        if let Err(err) =
-            validate_fetch(request.batch, Some(request.expires), &self.ctx.limits.get())
-        {
+        if let Err(err) = validate_fetch(
+            request.batch as u64,
+            Some(request.expires),
+            &self.ctx.limits.get(),
+        ) {
             request.answer(Err(err));
             return Served::Done;
         }
@@ -287,7 +290,7 @@ impl Worker<'_> {
             refused: None,
         };
         // Deliveries kept while the target was gone go first.
-        fetch.outcome.delivered += self.in_flight.forward_kept(fetch.batch, &inbox.target);
+        fetch.outcome.delivered += self.in_flight.forward_kept(fetch.batch, &inbox.target) as u64;
         let denials_since = self.denials.as_ref().map_or(0, |d| d.mark());
         let mut subscription = None;
         if fetch.missing() > 0 {
@@ -321,7 +324,7 @@ impl Worker<'_> {
             .client
             .subscribe(inbox_subject.clone())
             .await
-            .map_err(|err| Error::server(self.op(), ServerErrorKind::Connection, err))?;
+            .map_err(|err| Error::server_caused(self.op(), ServerErrorKind::Connection, err))?;
         let subscription = self.in_flight.guard(subscription);
         self.send_request(fetch.missing(), expires, &inbox_subject)
             .await?;
@@ -398,7 +401,7 @@ impl Worker<'_> {
                         // sends for this request is nak'ed, not forwarded.
                         let mut report = DrainReport::default();
                         if let Some((mut sub, _)) = subscription.take() {
-                            report.naked += sub.drain_and_nak().await;
+                            report.naked += sub.drain_and_nak().await as u64;
                         }
                         let outcome = &mut fetch.outcome;
                         let report = drain_recording(self.in_flight, timeout, report, |s| outcome.record(s)).await;
@@ -537,7 +540,7 @@ impl Worker<'_> {
                     }
                 }
                 crate::fault_point!("rj-pull-after-forward");
-                if fetch.outcome.delivered >= fetch.batch {
+                if fetch.outcome.delivered >= fetch.batch as u64 {
                     fetch.close(FetchEnd::Filled);
                 }
             }

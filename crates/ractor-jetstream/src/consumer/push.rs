@@ -67,7 +67,7 @@ use super::{
 };
 use crate::delivery::Delivery;
 use crate::ensure::consumer_info;
-use crate::error::{Error, ServerErrorKind};
+use crate::error::{Error, ServerErrorKind, UnavailableReason};
 use crate::spec::ConsumerMode;
 use unread::Unread;
 
@@ -222,7 +222,7 @@ impl Pump<'_> {
                     Some(WorkerCtl::SetTarget(target)) => inbox.target = target,
                     Some(WorkerCtl::Drain { timeout, reply }) => {
                         let naked = self.unread.nak_all() + self.subscription.drain_and_nak().await;
-                        let report = DrainReport { settled: 0, naked };
+                        let report = DrainReport { settled: 0, naked: naked as u64 };
                         let report = drain_in_flight(&mut self.in_flight, timeout, report).await;
                         let _ = reply.send(report);
                         return Ok(());
@@ -308,7 +308,7 @@ impl Pump<'_> {
             Err(ForwardError::TargetGone) => {
                 return Err(Error::Unavailable {
                     durable: self.ctx.durable.to_string(),
-                    reason: "the target actor is not running".into(),
+                    reason: UnavailableReason::TargetNotRunning,
                 });
             }
             Err(ForwardError::NotJetStream) => {
@@ -387,7 +387,7 @@ async fn subscribe(
         Some(group) => client.queue_subscribe(subject, group.to_string()).await,
         None => client.subscribe(subject).await,
     };
-    result.map_err(|err| Error::server(op(ctx), ServerErrorKind::Connection, err))
+    result.map_err(|err| Error::server_caused(op(ctx), ServerErrorKind::Connection, err))
 }
 
 /// Answers a flow-control request, or a heartbeat that reports a stalled

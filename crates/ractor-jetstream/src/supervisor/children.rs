@@ -9,7 +9,7 @@ use ractor::{ActorRef, RpcReplyPort};
 use super::work::{self, Done, Start};
 use super::{ChildState, RestartTicket, SupervisorMsg, SupervisorState};
 use crate::consumer::{ConsumerMsg, ConsumerState, DrainReport};
-use crate::error::Error;
+use crate::error::{Error, UnavailableReason};
 use crate::restart::RestartTracker;
 use crate::spec::ConsumerSpec;
 
@@ -118,8 +118,7 @@ impl SupervisorState {
                     actor.stop(Some("drained while starting".into()));
                     let _ = reply.send(Err(Error::Unavailable {
                         durable: durable.clone(),
-                        reason: "the supervisor was drained while the consumer was being added"
-                            .into(),
+                        reason: UnavailableReason::Drained,
                     }));
                 } else {
                     let _ = reply.send(Ok(actor));
@@ -171,7 +170,10 @@ impl SupervisorState {
                     // Could not start (server unreachable, consumer
                     // conflict...): counts as another failure.
                     Err(err) => {
-                        let end = End::Abnormal(format!("restart failed: {err}"));
+                        let end = End::Abnormal(format!(
+                            "restart failed: {}",
+                            crate::error::one_line_chain(&err)
+                        ));
                         return self.child_ended(myself, &durable, end);
                     }
                 }
@@ -216,14 +218,11 @@ impl SupervisorState {
         }
         let Some(delay) = child.tracker.on_failure(&policy, std::time::Instant::now()) else {
             child.state = ChildState::Stopped;
-            return Err(Error::Unavailable {
+            return Err(Error::GaveUp {
                 durable: durable.to_string(),
-                reason: format!(
-                    "restart intensity exceeded ({} restarts within {:?}); last failure: {}",
-                    policy.max_restarts,
-                    policy.within,
-                    child.last_failure.as_deref().unwrap_or("stopped")
-                ),
+                restarts: u64::from(policy.max_restarts),
+                within: policy.within,
+                last_failure: child.last_failure.clone(),
             });
         };
         child.state = ChildState::Restarting;
@@ -273,7 +272,7 @@ impl SupervisorState {
         if child.removing {
             let _ = reply.send(Err(Error::Unavailable {
                 durable,
-                reason: "it is being removed already".into(),
+                reason: UnavailableReason::BeingRemoved,
             }));
             return;
         }

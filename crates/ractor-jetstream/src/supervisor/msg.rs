@@ -65,7 +65,7 @@ pub enum SupervisorMsg {
         /// The durable name.
         durable: String,
         /// At most this many messages.
-        batch: usize,
+        batch: u64,
         /// How long the server may wait (default 5 s).
         expires: Option<Duration>,
         /// Where the outcome goes.

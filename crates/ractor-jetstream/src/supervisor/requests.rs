@@ -10,7 +10,7 @@ use super::work::{Done, Launch, Start};
 use super::{ChildState, ChildStatus, SupervisorMsg, SupervisorState, SupervisorStatus};
 use crate::consumer::{ConsumerMsg, FetchOutcome};
 use crate::ensure::{StreamAction, ensure_stream};
-use crate::error::{Error, ValidationErrors};
+use crate::error::{Error, UnavailableReason, ValidationErrors};
 use crate::spec::{ConsumerMode, ConsumerSpec, StreamSpec, check_filters_covered};
 
 impl SupervisorState {
@@ -167,7 +167,7 @@ impl SupervisorState {
     pub(super) fn route_fetch(
         &self,
         durable: String,
-        batch: usize,
+        batch: u64,
         expires: Option<Duration>,
         reply: RpcReplyPort<Result<FetchOutcome, Error>>,
     ) {
@@ -183,17 +183,19 @@ impl SupervisorState {
             }));
             return;
         }
-        let unavailable = |reply: RpcReplyPort<Result<FetchOutcome, Error>>, reason: String| {
+        let unavailable = |reply: RpcReplyPort<Result<FetchOutcome, Error>>,
+                           reason: UnavailableReason| {
             let _ = reply.send(Err(Error::Unavailable {
                 durable: durable.clone(),
                 reason,
             }));
         };
         let Some(actor) = &child.actor else {
-            let reason = match (&child.state, &child.last_failure) {
-                (ChildState::Restarting, Some(failure)) => format!("restarting after: {failure}"),
-                (ChildState::Restarting, None) => "restarting".to_string(),
-                _ => "stopped".to_string(),
+            let reason = match child.state {
+                ChildState::Restarting => UnavailableReason::Restarting {
+                    last_failure: child.last_failure.clone(),
+                },
+                _ => UnavailableReason::Stopped,
             };
             unavailable(reply, reason);
             return;
@@ -206,7 +208,7 @@ impl SupervisorState {
                 reply,
             })
         {
-            unavailable(reply, "the child has just stopped".into());
+            unavailable(reply, UnavailableReason::Stopped);
         }
     }
 
