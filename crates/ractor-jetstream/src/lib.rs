@@ -179,6 +179,7 @@ pub mod consumer;
 pub mod delivery;
 pub mod ensure;
 pub mod error;
+pub mod handle;
 mod mode;
 pub mod restart;
 pub mod spec;
@@ -197,6 +198,7 @@ pub use error::{
     ActorErrorKind, Error, ErrorKind, FieldError, ServerErrorKind, UnavailableReason,
     ValidationErrors,
 };
+pub use handle::{ConsumerHandle, PullHandle, SupervisorHandle};
 pub use restart::{RestartKind, RestartPolicy};
 pub use spec::{
     ConsumerMode, ConsumerSpec, Discard, Retention, StartPosition, Storage, StreamSpec, Topology,

@@ -76,6 +76,15 @@ use children::{Child, End};
 pub use msg::{ChildState, ChildStatus, SupervisorMsg, SupervisorStatus};
 use msg::{InternalMsg, RestartTicket};
 
+/// The prefix of the registered names of a supervisor's children
+/// (`<supervisor>/`, or `jetstream-<actor id>/` for an unnamed one).
+pub(crate) fn child_name_prefix(supervisor: &ractor::ActorCell) -> String {
+    supervisor.get_name().map_or_else(
+        || format!("jetstream-{}/", supervisor.get_id()),
+        |n| format!("{n}/"),
+    )
+}
+
 /// The supervisor actor. See the [module docs](self).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct JetStreamSupervisor;
@@ -160,10 +169,7 @@ impl Actor for JetStreamSupervisor {
             // Actor names are global to the process: an unnamed supervisor
             // prefixes its children with its own id, so two of them can
             // manage the same stream and durable (on two servers, say).
-            name_prefix: myself.get_name().map_or_else(
-                || format!("jetstream-{}/", myself.get_id()),
-                |n| format!("{n}/"),
-            ),
+            name_prefix: child_name_prefix(&myself.get_cell()),
             drained: false,
             drains: 0,
             tasks: JoinSet::new(),

@@ -1,4 +1,4 @@
-//! What a [`JetStreamSupervisor`](super::JetStreamSupervisor)(super::JetStreamSupervisor) is started with.
+//! What a [`JetStreamSupervisor`](super::JetStreamSupervisor) is started with.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -48,6 +48,13 @@ impl SupervisorArgs {
     /// Sets the restart policy.
     pub fn restart_policy(mut self, policy: RestartPolicy) -> Self {
         self.restart_policy = policy;
+        self
+    }
+
+    /// Sets how long a shutdown (the supervisor stopping) waits for
+    /// in-flight decisions before nak'ing them (default 5 s).
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
         self
     }
 }
