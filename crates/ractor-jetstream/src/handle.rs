@@ -41,7 +41,7 @@
 //! (`<supervisor>/<stream>/<durable>`, or `jetstream-<actor id>/...` for an
 //! unnamed supervisor), and finds it again in ractor's registry when the
 //! child was restarted. While no child runs, a fetch goes through the
-//! supervisor, which answers why ([`UnavailableReason`](crate::UnavailableReason)).
+//! supervisor, which answers why ([`UnavailableReason`]).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -112,15 +112,13 @@ impl SupervisorHandle {
         expires: Option<Duration>,
     ) -> Result<FetchOutcome, Error> {
         let durable_name = durable.to_string();
-        let result = self
-            .ask("fetch", |reply| SupervisorMsg::Fetch {
-                durable: durable_name,
-                batch,
-                expires,
-                reply,
-            })
-            .await?;
-        result
+        self.ask("fetch", |reply| SupervisorMsg::Fetch {
+            durable: durable_name,
+            batch,
+            expires,
+            reply,
+        })
+        .await?
     }
 
     /// A handle on a pull consumer's child, which goes to the child
