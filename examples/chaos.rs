@@ -246,7 +246,7 @@ impl Actor for Keeper {
             if let Some(supervisor) = supervisor {
                 supervisor.cast(SupervisorMsg::SetTarget {
                     name: "worker".into(),
-                    target: state.worker.get_derived(),
+                    target: state.worker.get_derived().into(),
                 })?;
             }
         }

@@ -221,7 +221,7 @@ impl Actor for Keeper {
             if let Some(supervisor) = state.supervisor.lock().expect("lock").as_ref() {
                 supervisor.cast(SupervisorMsg::SetTarget {
                     name: "t".into(),
-                    target: state.target.get_derived(),
+                    target: state.target.get_derived().into(),
                 })?;
             }
         }

@@ -344,7 +344,7 @@ async fn dead_target_loses_nothing(max_deliver: i64) {
     supervisor
         .cast(SupervisorMsg::SetTarget {
             name: "t".into(),
-            target: second,
+            target: second.into(),
         })
         .expect("set target");
     let deadline = Instant::now() + PATIENCE;

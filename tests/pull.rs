@@ -347,7 +347,7 @@ async fn bad_requests_get_their_error_and_nothing_moves() {
         ConsumerArgs {
             js: env.js.clone(),
             spec: ConsumerSpec::push("PUSHBAD", "p", "t"),
-            target,
+            target: target.into(),
         },
     )
     .await

@@ -41,7 +41,7 @@ async fn push_forwards_everything_in_order_within_the_window() {
         ConsumerArgs {
             js: env.js.clone(),
             spec,
-            target,
+            target: target.into(),
         },
     )
     .await
@@ -125,7 +125,7 @@ async fn push_and_pull_on_one_stream_each_get_their_own_subjects() {
         ConsumerArgs {
             js: env.js.clone(),
             spec: ConsumerSpec::push("BOTH", "pusher", "t").with_filter(["both.push"]),
-            target: push_target,
+            target: push_target.into(),
         },
     )
     .await
@@ -136,7 +136,7 @@ async fn push_and_pull_on_one_stream_each_get_their_own_subjects() {
         ConsumerArgs {
             js: env.js.clone(),
             spec: ConsumerSpec::pull("BOTH", "puller", "t").with_filter(["both.pull"]),
-            target: pull_target,
+            target: pull_target.into(),
         },
     )
     .await
@@ -182,7 +182,7 @@ async fn push_messages_waiting_unread_in_the_client_are_not_redelivered() {
         ConsumerArgs {
             js: env.js.clone(),
             spec,
-            target,
+            target: target.into(),
         },
     )
     .await
@@ -255,7 +255,7 @@ async fn push_keeps_unread_messages_alive_by_the_bound_consumers_own_ack_wait() 
         ConsumerArgs {
             js: env.js.clone(),
             spec,
-            target,
+            target: target.into(),
         },
     )
     .await
@@ -450,7 +450,7 @@ async fn a_subscription_rebuilt_after_missed_heartbeats_delivers_nothing_twice()
         ConsumerArgs {
             js: env.js.clone(),
             spec,
-            target,
+            target: target.into(),
         },
     )
     .await

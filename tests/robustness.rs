@@ -279,7 +279,7 @@ async fn spawn_child(
     let args = ConsumerArgs {
         js: env.js.clone(),
         spec: spec.clone(),
-        target,
+        target: target.into(),
     };
     let (child, _) = match spec.mode {
         ConsumerMode::Pull => Actor::spawn(None, PullConsumer, args).await,

@@ -543,7 +543,7 @@ async fn a_pull_request_lost_to_a_reconnect_is_sent_again() {
         ractor_jetstream::ConsumerArgs {
             js: env.js.clone(),
             spec: ConsumerSpec::pull("RESEND", "r", "t"),
-            target,
+            target: target.into(),
         },
     )
     .await

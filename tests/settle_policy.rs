@@ -214,7 +214,7 @@ async fn an_old_inbox_denial_does_not_turn_later_empty_fetches_into_errors() {
             ractor_jetstream::ConsumerArgs {
                 js: js.clone(),
                 spec: ConsumerSpec::pull("STALE", "st", "t"),
-                target,
+                target: target.into(),
             },
         )
         .await

@@ -630,7 +630,7 @@ async fn a_killed_push_child_stops_forwarding_however_busy_its_parent_is() {
         ractor_jetstream::ConsumerArgs {
             js: env.js.clone(),
             spec: ConsumerSpec::push("ORPHAN", "child", "t"),
-            target,
+            target: target.into(),
         },
         parent.get_cell(),
     )

@@ -467,7 +467,7 @@ pub async fn spawn_pull(
         ractor_jetstream::ConsumerArgs {
             js: env.js.clone(),
             spec,
-            target,
+            target: target.into(),
         },
     )
     .await

@@ -338,7 +338,7 @@ async fn pull_case(
             ConsumerArgs {
                 js: js.clone(),
                 spec,
-                target: target.get_derived(),
+                target: target.get_derived().into(),
             },
         )
         .await?;
@@ -433,7 +433,7 @@ async fn push_case(js: &jetstream::Context, options: &Options) -> Result<CaseRes
             ConsumerArgs {
                 js: js.clone(),
                 spec,
-                target: target.get_derived(),
+                target: target.get_derived().into(),
             },
         )
         .await?;

@@ -42,11 +42,11 @@ use std::fmt;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use ractor::{DerivedActorRef, RpcReplyPort};
+use ractor::RpcReplyPort;
 
-use crate::delivery::Delivery;
 use crate::error::Error;
 use crate::spec::ConsumerSpec;
+use crate::target::Target;
 pub(crate) use alarm::Alarm;
 pub use child::ConsumerState;
 use child::Internal;
@@ -97,7 +97,7 @@ pub enum ConsumerMsg {
     },
     /// Send future deliveries to this target instead (for example after the
     /// target actor was restarted).
-    SetTarget(DerivedActorRef<Delivery>),
+    SetTarget(Target),
     /// What the child's own worker task sends it (that it ended). It
     /// cannot be built outside this crate.
     #[doc(hidden)]
@@ -148,7 +148,7 @@ pub struct ConsumerArgs {
     /// The durable consumer.
     pub spec: ConsumerSpec,
     /// Where deliveries go.
-    pub target: DerivedActorRef<Delivery>,
+    pub target: Target,
 }
 
 impl fmt::Debug for ConsumerArgs {

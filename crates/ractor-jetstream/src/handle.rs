@@ -47,11 +47,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ractor::rpc::CallResult;
-use ractor::{Actor, ActorCell, ActorRef, DerivedActorRef, MessagingErr, RpcReplyPort};
+use ractor::{Actor, ActorCell, ActorRef, MessagingErr, RpcReplyPort};
 use tokio::task::JoinHandle;
 
 use crate::consumer::{ConsumerMsg, ConsumerStats, DrainReport, FetchOutcome};
-use crate::delivery::Delivery;
 use crate::ensure::StreamAction;
 use crate::error::{ActorErrorKind, Error, UnavailableReason};
 use crate::mode::ConsumerMode;
@@ -59,6 +58,7 @@ use crate::spec::{ConsumerSpec, StreamSpec};
 use crate::supervisor::{
     JetStreamSupervisor, SupervisorArgs, SupervisorMsg, SupervisorStatus, child_name_prefix,
 };
+use crate::target::Target;
 
 /// A handle on a running [`JetStreamSupervisor`]. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -181,7 +181,7 @@ impl SupervisorHandle {
     pub async fn add_consumer(
         &self,
         spec: ConsumerSpec,
-        target: Option<DerivedActorRef<Delivery>>,
+        target: Option<Target>,
     ) -> Result<ConsumerHandle, Error> {
         let durable = spec.durable.clone();
         self.ask("add a consumer", |reply| SupervisorMsg::AddConsumer {
@@ -216,12 +216,12 @@ impl SupervisorHandle {
     pub fn set_target(
         &self,
         name: impl Into<String>,
-        target: DerivedActorRef<Delivery>,
+        target: impl Into<Target>,
     ) -> Result<(), Error> {
         self.actor
             .cast(SupervisorMsg::SetTarget {
                 name: name.into(),
-                target,
+                target: target.into(),
             })
             .map_err(|_| supervisor_gone("set a target"))
     }

@@ -184,6 +184,7 @@ mod mode;
 pub mod restart;
 pub mod spec;
 pub mod supervisor;
+pub mod target;
 
 pub use connect::{ConnectionSpec, connect, connect_jetstream};
 pub use consumer::pull::PullConsumer;
@@ -207,3 +208,4 @@ pub use supervisor::{
     ChildState, ChildStatus, JetStreamSupervisor, SupervisorArgs, SupervisorMsg, SupervisorState,
     SupervisorStatus,
 };
+pub use target::Target;

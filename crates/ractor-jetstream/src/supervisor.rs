@@ -62,15 +62,15 @@ use std::fmt;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, DerivedActorRef, SupervisionEvent};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::task::JoinSet;
 
 use crate::consumer::ConsumerMsg;
-use crate::delivery::Delivery;
 use crate::ensure::ensure_stream;
 use crate::error::ValidationErrors;
 use crate::restart::RestartPolicy;
 use crate::spec::StreamSpec;
+use crate::target::Target;
 pub use args::SupervisorArgs;
 use children::{Child, End};
 pub use msg::{ChildState, ChildStatus, SupervisorMsg, SupervisorStatus};
@@ -94,7 +94,7 @@ pub struct SupervisorState {
     js: jetstream::Context,
     policy: RestartPolicy,
     drain_timeout: Duration,
-    targets: HashMap<String, DerivedActorRef<Delivery>>,
+    targets: HashMap<String, Target>,
     streams: HashMap<String, StreamSpec>,
     children: HashMap<String, Child>,
     name_prefix: String,

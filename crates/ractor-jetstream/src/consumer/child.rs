@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::FutureExt;
-use ractor::{ActorProcessingErr, ActorRef, DerivedActorRef, RpcReplyPort};
+use ractor::{ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -18,10 +18,10 @@ use super::fetch::MAX_QUEUED_FETCHES;
 use super::fetch::validate_fetch;
 use super::inflight::{self};
 use super::{ConsumerArgs, ConsumerMsg, Counters, DrainReport, dead_letter};
-use crate::delivery::Delivery;
 use crate::ensure::ensure_consumer;
 use crate::error::Error;
 use crate::spec::{ConsumerMode, ConsumerSpec};
+use crate::target::{Target, TargetSlot};
 
 /// A message a child's worker sends the child; opaque outside this crate.
 #[derive(Debug)]
@@ -39,7 +39,7 @@ pub(crate) enum WorkerCtl {
         timeout: Duration,
         reply: RpcReplyPort<DrainReport>,
     },
-    SetTarget(DerivedActorRef<Delivery>),
+    SetTarget(Target),
 }
 
 /// Everything a worker needs, fixed at bind time.
@@ -82,7 +82,7 @@ impl WorkerCtx {
 pub(crate) struct WorkerInbox {
     pub fetches: mpsc::Receiver<FetchRequest>,
     pub control: mpsc::UnboundedReceiver<WorkerCtl>,
-    pub target: DerivedActorRef<Delivery>,
+    pub target: TargetSlot,
 }
 
 /// The child's handle on its worker task: aborts it when dropped.
@@ -179,7 +179,7 @@ where
     let inbox = WorkerInbox {
         fetches: fetch_rx,
         control: control_rx,
-        target,
+        target: TargetSlot::new(target),
     };
     let work = run(ctx, inbox);
     let task = tokio::spawn(async move {

@@ -34,9 +34,10 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::delivery::Delivery;
 use async_nats::StatusCode;
 use async_nats::jetstream::consumer::{self, FromConsumer, pull};
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef};
 use tokio::time::Instant;
 
 use super::effective::Effective;
@@ -125,7 +126,7 @@ async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox) -> Result<(), Error> {
         tokio::select! {
             biased;
             control = inbox.control.recv() => match control {
-                Some(WorkerCtl::SetTarget(target)) => inbox.target = target,
+                Some(WorkerCtl::SetTarget(target)) => inbox.target.set(target),
                 Some(WorkerCtl::Drain { timeout, reply }) => {
                     let report = drain_in_flight(worker.in_flight, timeout, DrainReport::default()).await;
                     let _ = reply.send(report);
@@ -201,6 +202,9 @@ struct Fetch {
     outcome: FetchOutcome,
     request: Request,
     end: FetchEnd,
+    /// The target actor this fetch delivers to (a successor gets the next
+    /// fetch).
+    target: DerivedActorRef<Delivery>,
     /// The target stopped during the fetch.
     target_gone: bool,
     /// A failure that ends the child.
@@ -273,10 +277,10 @@ impl Worker<'_> {
             tracing::debug!(durable = %self.ctx.durable, "skipped a fetch whose caller's timeout has passed");
             return Served::Done;
         };
-        if !is_running(&inbox.target) {
+        let Some(target) = inbox.target.get().filter(|t| is_running(t)).cloned() else {
             request.answer(Err(self.unavailable()));
             return Served::Done;
-        }
+        };
         let ctx = self.ctx;
         ctx.counters.fetches.fetch_add(1, Ordering::Relaxed);
         let mut fetch = Fetch {
@@ -285,12 +289,13 @@ impl Worker<'_> {
             outcome: FetchOutcome::default(),
             request: Request::Closed,
             end: FetchEnd::Filled,
+            target,
             target_gone: false,
             failure: None,
             refused: None,
         };
         // Deliveries kept while the target was gone go first.
-        fetch.outcome.delivered += self.in_flight.forward_kept(fetch.batch, &inbox.target) as u64;
+        fetch.outcome.delivered += self.in_flight.forward_kept(fetch.batch, &fetch.target) as u64;
         let denials_since = self.denials.as_ref().map_or(0, |d| d.mark());
         let mut subscription = None;
         if fetch.missing() > 0 {
@@ -395,7 +400,7 @@ impl Worker<'_> {
             tokio::select! {
                 biased;
                 control = inbox.control.recv() => match control {
-                    Some(WorkerCtl::SetTarget(target)) => inbox.target = target,
+                    Some(WorkerCtl::SetTarget(target)) => inbox.target.set(target),
                     Some(WorkerCtl::Drain { timeout, reply }) => {
                         // Stop taking messages: whatever the server still
                         // sends for this request is nak'ed, not forwarded.
@@ -520,12 +525,12 @@ impl Worker<'_> {
         &mut self,
         message: async_nats::Message,
         fetch: &mut Fetch,
-        inbox: &WorkerInbox,
+        _inbox: &WorkerInbox,
     ) {
         let ctx = self.ctx;
         match message.status {
             None | Some(StatusCode::OK) => {
-                match self.in_flight.forward(message, &inbox.target) {
+                match self.in_flight.forward(message, &fetch.target) {
                     Ok(_) => fetch.outcome.delivered += 1,
                     Err(ForwardError::TargetGone) => {
                         // The rest of this request is nak'ed (or kept, on a

@@ -192,7 +192,7 @@ impl Pump<'_> {
             }
             while self.unread.len() < self.unread_cap {
                 match self.subscription.try_next() {
-                    Some(Some(message)) => self.on_message(message, &inbox.target).await?,
+                    Some(Some(message)) => self.on_message(message, inbox.target.get()).await?,
                     Some(None) => self.resubscribe().await?,
                     None => break,
                 }
@@ -201,7 +201,7 @@ impl Pump<'_> {
                 let Some(message) = self.unread.pop().await else {
                     break;
                 };
-                self.forward(message, &inbox.target)?;
+                self.forward(message, inbox.target.get())?;
             }
             if !decision_alarm.is_armed()
                 && let Some(deadline) = self.in_flight.next_deadline()
@@ -219,7 +219,7 @@ impl Pump<'_> {
             tokio::select! {
                 biased;
                 control = inbox.control.recv() => match control {
-                    Some(WorkerCtl::SetTarget(target)) => inbox.target = target,
+                    Some(WorkerCtl::SetTarget(target)) => inbox.target.set(target),
                     Some(WorkerCtl::Drain { timeout, reply }) => {
                         let naked = self.unread.nak_all() + self.subscription.drain_and_nak().await;
                         let report = DrainReport { settled: 0, naked: naked as u64 };
@@ -233,7 +233,7 @@ impl Pump<'_> {
                     self.in_flight.apply(settlement).await;
                 }
                 message = self.subscription.next(), if reading => match message {
-                    Some(message) => self.on_message(message, &inbox.target).await?,
+                    Some(message) => self.on_message(message, inbox.target.get()).await?,
                     None => self.resubscribe().await?,
                 },
                 () = silence_alarm.fired(), if silence_alarm.is_armed() => {
@@ -264,7 +264,7 @@ impl Pump<'_> {
     async fn on_message(
         &mut self,
         message: async_nats::Message,
-        target: &DerivedActorRef<Delivery>,
+        target: Option<&DerivedActorRef<Delivery>>,
     ) -> Result<(), Error> {
         self.active = true;
         match message.status {
@@ -296,21 +296,26 @@ impl Pump<'_> {
         Ok(())
     }
 
+    fn target_not_running(&self) -> Error {
+        Error::Unavailable {
+            durable: self.ctx.durable.to_string(),
+            reason: UnavailableReason::TargetNotRunning,
+        }
+    }
+
     fn forward(
         &mut self,
         message: async_nats::Message,
-        target: &DerivedActorRef<Delivery>,
+        target: Option<&DerivedActorRef<Delivery>>,
     ) -> Result<(), Error> {
+        let Some(target) = target else {
+            return Err(self.target_not_running());
+        };
         match self.in_flight.forward(message, target) {
             Ok(_) => {
                 crate::fault_point!("rj-push-after-forward");
             }
-            Err(ForwardError::TargetGone) => {
-                return Err(Error::Unavailable {
-                    durable: self.ctx.durable.to_string(),
-                    reason: UnavailableReason::TargetNotRunning,
-                });
-            }
+            Err(ForwardError::TargetGone) => return Err(self.target_not_running()),
             Err(ForwardError::NotJetStream) => {
                 tracing::warn!(durable = %self.ctx.durable, "ignored a message without JetStream metadata");
             }

@@ -5,11 +5,10 @@ use std::fmt;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use ractor::DerivedActorRef;
 
-use crate::delivery::Delivery;
 use crate::restart::RestartPolicy;
 use crate::spec::Topology;
+use crate::target::Target;
 
 /// What a [`JetStreamSupervisor`](super::JetStreamSupervisor) is started with.
 pub struct SupervisorArgs {
@@ -18,7 +17,7 @@ pub struct SupervisorArgs {
     /// The streams and consumers to make exist at start.
     pub topology: Topology,
     /// Target actors by name; each consumer spec names one.
-    pub targets: HashMap<String, DerivedActorRef<Delivery>>,
+    pub targets: HashMap<String, Target>,
     /// How children are restarted.
     pub restart_policy: RestartPolicy,
     /// How long a shutdown waits for in-flight decisions before nak'ing
@@ -40,8 +39,12 @@ impl SupervisorArgs {
     }
 
     /// Registers a target actor under a name.
-    pub fn target(mut self, name: impl Into<String>, target: DerivedActorRef<Delivery>) -> Self {
-        self.targets.insert(name.into(), target);
+    ///
+    /// `target` is an actor (`actor.get_derived()`), or a [`Target`] that
+    /// names one the way ractor does ([`Target::registered`],
+    /// [`Target::group`]), which follows the target's own restarts.
+    pub fn target(mut self, name: impl Into<String>, target: impl Into<Target>) -> Self {
+        self.targets.insert(name.into(), target.into());
         self
     }
 

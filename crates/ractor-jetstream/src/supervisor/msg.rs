@@ -3,14 +3,14 @@
 use std::fmt;
 use std::time::Duration;
 
-use ractor::{ActorRef, DerivedActorRef, RpcReplyPort};
+use ractor::{ActorRef, RpcReplyPort};
 
 use super::work::Done;
 use crate::consumer::{ConsumerMsg, DrainReport, FetchOutcome};
-use crate::delivery::Delivery;
 use crate::ensure::StreamAction;
 use crate::error::Error;
 use crate::spec::{ConsumerMode, ConsumerSpec, StreamSpec};
+use crate::target::Target;
 
 /// Messages of the [`JetStreamSupervisor`](super::JetStreamSupervisor).
 // Specs travel by value for a readable API; ractor boxes each message
@@ -33,7 +33,7 @@ pub enum SupervisorMsg {
         /// The consumer.
         spec: ConsumerSpec,
         /// Its target, when not registered yet.
-        target: Option<DerivedActorRef<Delivery>>,
+        target: Option<Target>,
         /// The new child.
         reply: RpcReplyPort<Result<ActorRef<ConsumerMsg>, Error>>,
     },
@@ -77,7 +77,7 @@ pub enum SupervisorMsg {
         /// The target name used in consumer specs.
         name: String,
         /// The actor.
-        target: DerivedActorRef<Delivery>,
+        target: Target,
     },
     /// Every child's state.
     Status(RpcReplyPort<SupervisorStatus>),

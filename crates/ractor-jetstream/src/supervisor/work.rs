@@ -16,13 +16,13 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::future::join_all;
-use ractor::{Actor, ActorCell, ActorRef, DerivedActorRef, RpcReplyPort};
+use ractor::{Actor, ActorCell, ActorRef, RpcReplyPort};
 
 use crate::consumer::{ConsumerArgs, ConsumerMsg, DrainReport};
-use crate::delivery::Delivery;
 use crate::ensure::{StreamAction, api_request, ensure_consumer};
 use crate::error::Error;
 use crate::spec::{ConsumerMode, ConsumerSpec, StreamSpec};
+use crate::target::Target;
 use crate::{PullConsumer, PushConsumer};
 
 /// How long past its drain timeout a child may take to answer the drain, and
@@ -91,7 +91,7 @@ pub(super) enum Start {
 pub(super) struct Launch {
     pub js: jetstream::Context,
     pub spec: ConsumerSpec,
-    pub target: Option<DerivedActorRef<Delivery>>,
+    pub target: Option<Target>,
     pub name: String,
     pub supervisor: ActorCell,
 }

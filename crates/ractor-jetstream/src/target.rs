@@ -1,0 +1,190 @@
+//! Where a consumer's deliveries go: one actor, or the actor found under a
+//! name the way ractor names actors.
+//!
+//! A [`Target::actor`] is that actor for good: when it is restarted, its
+//! successor is a new actor, and the consumer needs a `SetTarget` to reach
+//! it. A [`Target::registered`] or [`Target::group`] target is looked up
+//! again whenever the actor in hand has stopped, so a target restarted by
+//! its own supervisor under the same registered name (or joining the same
+//! process group) gets the deliveries without any application code:
+//!
+//! ```no_run
+//! use ractor_jetstream::{Delivery, SupervisorArgs, Target, Topology};
+//!
+//! // The target's own message type; deliveries reach it through `From`.
+//! enum WorkerMsg {
+//!     Delivery(Delivery),
+//! }
+//! impl From<Delivery> for WorkerMsg {
+//!     fn from(delivery: Delivery) -> Self {
+//!         Self::Delivery(delivery)
+//!     }
+//! }
+//! impl TryFrom<WorkerMsg> for Delivery {
+//!     type Error = ();
+//!     fn try_from(msg: WorkerMsg) -> Result<Self, ()> {
+//!         match msg {
+//!             WorkerMsg::Delivery(delivery) => Ok(delivery),
+//!         }
+//!     }
+//! }
+//!
+//! # fn run(js: async_nats::jetstream::Context, topology: Topology) {
+//! // Whatever actor is registered as "billing-worker" when a delivery goes out.
+//! let args = SupervisorArgs::new(js, topology)
+//!     .target("billing-worker", Target::registered::<WorkerMsg>("billing-worker"));
+//! # }
+//! ```
+//!
+//! A message that finds no running target is handled as before (see the
+//! consumer docs): nak'ed or kept for the next target, never lost.
+
+use std::fmt;
+use std::sync::Arc;
+
+use ractor::{ActorRef, ActorStatus, DerivedActorRef, Message};
+
+use crate::delivery::Delivery;
+
+/// Where a consumer's deliveries go. Built from an actor
+/// ([`Target::actor`], or `.into()` from a [`DerivedActorRef<Delivery>`]),
+/// a registered name ([`Target::registered`]) or a process group
+/// ([`Target::group`]).
+#[derive(Clone)]
+pub struct Target {
+    kind: Kind,
+}
+
+#[derive(Clone)]
+enum Kind {
+    Actor(DerivedActorRef<Delivery>),
+    Lookup {
+        /// What is looked up, for logs and `Debug`.
+        label: String,
+        resolve: Arc<dyn Fn() -> Option<DerivedActorRef<Delivery>> + Send + Sync>,
+    },
+}
+
+impl Target {
+    /// This actor, and no other: a successor after a restart needs a
+    /// `SetTarget`.
+    pub fn actor(actor: DerivedActorRef<Delivery>) -> Self {
+        Self {
+            kind: Kind::Actor(actor),
+        }
+    }
+
+    /// The actor registered in ractor under `name`, whose message type is
+    /// `M`. Looked up when a child starts and again whenever the actor in
+    /// hand has stopped.
+    pub fn registered<M>(name: impl Into<String>) -> Self
+    where
+        M: Message + From<Delivery>,
+        Delivery: TryFrom<M>,
+    {
+        let name = name.into();
+        let key = name.clone();
+        Self::lookup(format!("registered `{name}`"), move || {
+            ActorRef::<M>::where_is(key.clone()).map(|actor| actor.get_derived())
+        })
+    }
+
+    /// A running member of the ractor process group `group`, whose message
+    /// type is `M`. Every delivery of one child goes to the same member
+    /// until that member stops; then another running member is chosen.
+    pub fn group<M>(group: impl Into<String>) -> Self
+    where
+        M: Message + From<Delivery>,
+        Delivery: TryFrom<M>,
+    {
+        let group = group.into();
+        let key = group.clone();
+        Self::lookup(format!("process group `{group}`"), move || {
+            ractor::pg::get_members(&key)
+                .into_iter()
+                .map(ActorRef::<M>::from)
+                .find(|actor| running(actor.get_status()))
+                .map(|actor| actor.get_derived())
+        })
+    }
+
+    fn lookup(
+        label: String,
+        resolve: impl Fn() -> Option<DerivedActorRef<Delivery>> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            kind: Kind::Lookup {
+                label,
+                resolve: Arc::new(resolve),
+            },
+        }
+    }
+
+    /// The actor now, if one is found.
+    pub fn resolve(&self) -> Option<DerivedActorRef<Delivery>> {
+        match &self.kind {
+            Kind::Actor(actor) => Some(actor.clone()),
+            Kind::Lookup { resolve, .. } => resolve(),
+        }
+    }
+}
+
+impl From<DerivedActorRef<Delivery>> for Target {
+    fn from(actor: DerivedActorRef<Delivery>) -> Self {
+        Self::actor(actor)
+    }
+}
+
+impl From<ActorRef<Delivery>> for Target {
+    fn from(actor: ActorRef<Delivery>) -> Self {
+        Self::actor(actor.get_derived())
+    }
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::Actor(actor) => write!(f, "Target::actor({})", actor.get_id()),
+            Kind::Lookup { label, .. } => write!(f, "Target({label})"),
+        }
+    }
+}
+
+fn running(status: ActorStatus) -> bool {
+    matches!(
+        status,
+        ActorStatus::Starting | ActorStatus::Running | ActorStatus::Upgrading
+    )
+}
+
+/// A worker's target: the actor in hand, looked up again when it stopped.
+pub(crate) struct TargetSlot {
+    target: Target,
+    current: Option<DerivedActorRef<Delivery>>,
+}
+
+impl TargetSlot {
+    pub fn new(target: Target) -> Self {
+        let current = target.resolve();
+        Self { target, current }
+    }
+
+    /// Points at another target from now on.
+    pub fn set(&mut self, target: Target) {
+        *self = Self::new(target);
+    }
+
+    /// The actor to deliver to: the one in hand while it runs; otherwise
+    /// the one the target names now, if any. `None` when no actor was ever
+    /// found (a name nobody registered yet).
+    pub fn get(&mut self) -> Option<&DerivedActorRef<Delivery>> {
+        let stale = self
+            .current
+            .as_ref()
+            .is_none_or(|actor| !running(actor.get_status()));
+        if stale && let Some(found) = self.target.resolve() {
+            self.current = Some(found);
+        }
+        self.current.as_ref()
+    }
+}
