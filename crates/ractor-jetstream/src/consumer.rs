@@ -2,7 +2,7 @@
 //!
 //! A child binds to its durable consumer on the server by name (creating it
 //! from its spec when it is missing), forwards each message to the target
-//! actor as a [`Delivery`], and applies the target's decisions on the
+//! actor as a [`Delivery`](crate::Delivery), and applies the target's decisions on the
 //! server. There are two kinds:
 //!
 //! - [`PullConsumer`](crate::PullConsumer) does nothing until it gets a
