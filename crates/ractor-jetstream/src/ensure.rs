@@ -318,13 +318,16 @@ enum Create {
 
 async fn create_consumer(js: &jetstream::Context, spec: &ConsumerSpec) -> Result<Create, Error> {
     let (stream, durable) = (spec.stream.as_str(), spec.durable.as_str());
-    let deliver = (spec.mode == ConsumerMode::Push && spec.deliver_subject.is_none())
+    let deliver = spec
+        .mode
+        .as_push()
+        .is_some_and(|push| push.deliver_subject.is_none())
         .then(|| js.client().new_inbox());
     let config = spec.to_config(deliver);
     let op = format!("create consumer {stream}/{durable}");
     match put_consumer(js, &op, stream, &config, "create").await {
         Ok(info) => {
-            tracing::info!(stream, durable, mode = %spec.mode, "created durable consumer");
+            tracing::info!(stream, durable, mode = %spec.mode(), "created durable consumer");
             Ok(Create::Created(Box::new(info)))
         }
         Err(err) if err.server_kind() == Some(ServerErrorKind::ConsumerNameTaken) => {
@@ -343,11 +346,11 @@ async fn bind_consumer(
 ) -> Result<(consumer::Info, ConsumerAction), Error> {
     let (stream, durable) = (spec.stream.as_str(), spec.durable.as_str());
     let actual = server_mode(&info.config);
-    if actual != spec.mode {
+    if actual != spec.mode() {
         return Err(Error::ModeMismatch {
             stream: stream.into(),
             durable: durable.into(),
-            expected: spec.mode,
+            expected: spec.mode(),
             actual,
         });
     }
@@ -403,7 +406,10 @@ fn reconcile(
             ),
         ));
     }
-    if spec.deliver_subject.is_some() && desired.deliver_subject != existing.deliver_subject {
+    let push = spec.mode.as_push();
+    if push.is_some_and(|p| p.deliver_subject.is_some())
+        && desired.deliver_subject != existing.deliver_subject
+    {
         return Err(conflict(
             vec!["deliver_subject".into()],
             format!(
@@ -418,6 +424,18 @@ fn reconcile(
             format!(
                 "the server has {:?}, the spec asks for {:?}",
                 existing.deliver_group, desired.deliver_group
+            ),
+        ));
+    }
+    let pull = spec.mode.as_pull();
+    // The server refuses to change max_waiting on an existing consumer.
+    if pull.is_some_and(|p| p.max_waiting.is_some()) && desired.max_waiting != existing.max_waiting
+    {
+        return Err(conflict(
+            vec!["max_waiting".into()],
+            format!(
+                "the server has {}, the spec asks for {}; it cannot change on an existing consumer",
+                existing.max_waiting, desired.max_waiting
             ),
         ));
     }
@@ -439,13 +457,14 @@ fn reconcile(
         config.filter_subject = desired.filter_subject.clone();
         config.filter_subjects = desired.filter_subjects.clone();
     }
-    if (spec.ack_wait.is_some() || !spec.backoff.is_empty())
+    let server = &spec.server;
+    if (server.ack_wait.is_some() || !server.backoff.is_empty())
         && set("ack_wait", desired.ack_wait != existing.ack_wait)
     {
         config.ack_wait = desired.ack_wait;
     }
     let max_deliver = |v: i64| if v <= 0 { -1 } else { v };
-    if spec.max_deliver.is_some()
+    if server.max_deliver.is_some()
         && set(
             "max_deliver",
             max_deliver(desired.max_deliver) != max_deliver(existing.max_deliver),
@@ -453,7 +472,7 @@ fn reconcile(
     {
         config.max_deliver = desired.max_deliver;
     }
-    if spec.max_ack_pending.is_some()
+    if server.max_ack_pending.is_some()
         && set(
             "max_ack_pending",
             desired.max_ack_pending != existing.max_ack_pending,
@@ -461,41 +480,47 @@ fn reconcile(
     {
         config.max_ack_pending = desired.max_ack_pending;
     }
-    if !spec.backoff.is_empty() && set("backoff", desired.backoff != existing.backoff) {
+    if !server.backoff.is_empty() && set("backoff", desired.backoff != existing.backoff) {
         config.backoff = desired.backoff.clone();
     }
-    if spec.max_batch.is_some() && set("max_batch", desired.max_batch != existing.max_batch) {
+    if pull.is_some_and(|p| p.max_batch.is_some())
+        && set("max_batch", desired.max_batch != existing.max_batch)
+    {
         config.max_batch = desired.max_batch;
     }
-    if spec.max_expires.is_some() && set("max_expires", desired.max_expires != existing.max_expires)
+    if pull.is_some_and(|p| p.max_expires.is_some())
+        && set("max_expires", desired.max_expires != existing.max_expires)
     {
         config.max_expires = desired.max_expires;
     }
-    if spec.description.is_some() && set("description", desired.description != existing.description)
+    if server.description.is_some()
+        && set("description", desired.description != existing.description)
     {
         config.description = desired.description.clone();
     }
-    if spec.mode == ConsumerMode::Push && existing.deliver_group.is_some() {
-        // A queue group gets no status messages (see
-        // `ConsumerSpec::deliver_group`): they would reach one member only.
-        if set("flow_control", existing.flow_control) {
-            config.flow_control = false;
-        }
-        if set("idle_heartbeat", !existing.idle_heartbeat.is_zero()) {
-            config.idle_heartbeat = Duration::ZERO;
-        }
-    } else if spec.mode == ConsumerMode::Push {
-        // The push child relies on flow control and heartbeats.
-        if set("flow_control", !existing.flow_control) {
-            config.flow_control = true;
-        }
-        let heartbeat_differs = if spec.idle_heartbeat.is_some() {
-            desired.idle_heartbeat != existing.idle_heartbeat
+    if let Some(push) = push {
+        if existing.deliver_group.is_some() {
+            // A queue group gets no status messages (see
+            // `PushSpec::deliver_group`): they would reach one member only.
+            if set("flow_control", existing.flow_control) {
+                config.flow_control = false;
+            }
+            if set("idle_heartbeat", !existing.idle_heartbeat.is_zero()) {
+                config.idle_heartbeat = Duration::ZERO;
+            }
         } else {
-            existing.idle_heartbeat.is_zero()
-        };
-        if set("idle_heartbeat", heartbeat_differs) {
-            config.idle_heartbeat = desired.idle_heartbeat;
+            // The push child relies on flow control and heartbeats.
+            if set("flow_control", !existing.flow_control) {
+                config.flow_control = true;
+            }
+            let heartbeat_differs = if push.idle_heartbeat.is_some() {
+                desired.idle_heartbeat != existing.idle_heartbeat
+            } else {
+                existing.idle_heartbeat.is_zero()
+            };
+            if set("idle_heartbeat", heartbeat_differs) {
+                config.idle_heartbeat = desired.idle_heartbeat;
+            }
         }
     }
     tracing::debug!(

@@ -201,7 +201,8 @@ pub use error::{
 pub use handle::{ConsumerHandle, PullHandle, SupervisorHandle};
 pub use restart::{RestartKind, RestartPolicy};
 pub use spec::{
-    ConsumerMode, ConsumerSpec, Discard, Retention, StartPosition, Storage, StreamSpec, Topology,
+    ChildSettings, ConsumerMode, ConsumerSpec, Discard, ModeSpec, PullSpec, PushSpec, Retention,
+    ServerSettings, StartPosition, Storage, StreamSpec, Topology,
 };
 pub use supervisor::{
     ChildState, ChildStatus, JetStreamSupervisor, SupervisorArgs, SupervisorMsg, SupervisorState,

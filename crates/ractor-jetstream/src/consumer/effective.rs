@@ -68,7 +68,7 @@ impl Effective {
         Self {
             ack_wait,
             keep_alive: ack_wait.mul_f64(KEEP_ALIVE_FRACTION).max(MIN_KEEP_ALIVE),
-            max_hold: spec.effective_decision_timeout(),
+            max_hold: spec.effective_max_hold(),
             max_deliver: positive(config.max_deliver),
             max_ack_pending: positive(config.max_ack_pending),
             max_batch: positive(config.max_batch),
