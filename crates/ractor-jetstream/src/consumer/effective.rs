@@ -35,7 +35,7 @@ pub(crate) struct Effective {
     /// `+WPI`.
     pub keep_alive: Duration,
     /// How long the target may hold a delivery without a decision (the
-    /// spec's `decision_timeout`); past it, the child nak's it.
+    /// spec's `max_hold`); past it, the child nak's it.
     pub max_hold: Duration,
     /// The server's `max_deliver`, when it sets a limit.
     pub max_deliver: Option<u64>,
