@@ -36,8 +36,8 @@ use futures::stream::FuturesUnordered;
 use nats_harness::{NatsCluster, NatsServer};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use ractor_jetstream::{
-    ConsumerSpec, Delivery, JetStreamSupervisor, RestartPolicy, StreamSpec, SupervisorArgs,
-    SupervisorMsg, Topology,
+    ConsumerSpec, Delivery, JetStreamSupervisor, PushSpec, RestartPolicy, StreamSpec,
+    SupervisorArgs, SupervisorMsg, Topology,
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -337,21 +337,27 @@ async fn run() -> Result<(End, u64), String> {
         .await
         .map_err(|e| text(&e))?;
     let js = jetstream::new(client);
-    let ack_wait = Some(Duration::from_secs(2));
+    let ack_wait = Duration::from_secs(2);
     let topology = Topology::new()
         .stream(StreamSpec {
             replicas: Some(if args.cluster { 3 } else { 1 }),
             ..StreamSpec::new("CHAOS", ["chaos.>"])
         })
-        .consumer(ConsumerSpec {
-            ack_wait,
-            ..ConsumerSpec::pull("CHAOS", "chaos-pull", "worker").with_filter(["chaos.pull"])
-        })
-        .consumer(ConsumerSpec {
-            ack_wait,
-            idle_heartbeat: Some(Duration::from_millis(500)),
-            ..ConsumerSpec::push("CHAOS", "chaos-push", "worker").with_filter(["chaos.push"])
-        });
+        .consumer(
+            ConsumerSpec::pull("CHAOS", "chaos-pull", "worker")
+                .filter(["chaos.pull"])
+                .ack_wait(ack_wait),
+        )
+        .consumer(
+            ConsumerSpec::new(
+                "CHAOS",
+                "chaos-push",
+                "worker",
+                PushSpec::default().idle_heartbeat(Duration::from_millis(500)),
+            )
+            .filter(["chaos.push"])
+            .ack_wait(ack_wait),
+        );
 
     // 2. The worker under its keeper, and the supervisor.
     let ledger = Arc::new(Ledger::new(args.messages));

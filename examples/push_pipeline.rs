@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_jetstream::{
-    ConsumerSpec, Delivery, JetStreamSupervisor, StreamSpec, SupervisorArgs, Topology,
+    ConsumerSpec, Delivery, JetStreamSupervisor, PushSpec, StreamSpec, SupervisorArgs, Topology,
 };
 
 /// Stage one: decodes the reading and passes the delivery on.
@@ -138,10 +138,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 3. A push durable whose target is the first stage.
     let topology = Topology::new()
         .stream(StreamSpec::new("PIPELINE", ["readings.>"]))
-        .consumer(ConsumerSpec {
-            max_in_flight: Some(64),
-            ..ConsumerSpec::push("PIPELINE", "pipeline", "parse")
-        });
+        .consumer(ConsumerSpec::new(
+            "PIPELINE",
+            "pipeline",
+            "parse",
+            PushSpec::default().window(64),
+        ));
     let args = SupervisorArgs::new(js.clone(), topology).target("parse", parse.get_derived());
     let (supervisor, _) = Actor::spawn(None, JetStreamSupervisor, args).await?;
 

@@ -93,10 +93,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let topology = Topology::new()
         .stream(StreamSpec::new("TYPED_ORDERS", ["typed.orders.>"]))
         .stream(StreamSpec::new("DLQ", ["dlq.>"]))
-        .consumer(ConsumerSpec {
-            dead_letter_subject: Some("dlq.orders".into()),
-            ..ConsumerSpec::pull("TYPED_ORDERS", "typed", "orders")
-        });
+        .consumer(ConsumerSpec::pull("TYPED_ORDERS", "typed", "orders").dead_letter("dlq.orders"));
     let args = SupervisorArgs::new(js.clone(), topology).target("orders", orders.get_derived());
     let (supervisor, _) = Actor::spawn(None, JetStreamSupervisor, args).await?;
 

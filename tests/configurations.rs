@@ -67,13 +67,11 @@ async fn with_backoff_the_child_keeps_deliveries_alive_by_the_servers_ack_wait()
     publish_n(&env.js, "backoff.x", 5).await;
     // The server waits backoff[0] = 1 s for the first ack; the target takes
     // 3 s.
-    let spec = ConsumerSpec {
+    let spec = ConsumerSpec::pull("BACKOFF", "b", "t")
         // The server ignores this ack_wait: backoff[0] is the first one.
-        ack_wait: Some(Duration::from_secs(30)),
-        backoff: vec![Duration::from_secs(1), Duration::from_secs(5)],
-        max_deliver: Some(4),
-        ..ConsumerSpec::pull("BACKOFF", "b", "t")
-    };
+        .ack_wait(Duration::from_secs(30))
+        .backoff([Duration::from_secs(1), Duration::from_secs(5)])
+        .max_deliver(4);
     let (slow, other) = contested_fetch(&env, spec.clone(), 5, Duration::from_secs(3)).await;
     assert_eq!(
         slow.sequences(),
@@ -102,10 +100,7 @@ async fn a_slow_target_keeps_its_deliveries_past_the_ack_wait() {
     let env = env().await;
     create_stream(&env.js, "SLOWT", &["slowt.>"]).await;
     publish_n(&env.js, "slowt.x", 20).await;
-    let spec = ConsumerSpec {
-        ack_wait: Some(Duration::from_secs(1)),
-        ..ConsumerSpec::pull("SLOWT", "s", "t")
-    };
+    let spec = ConsumerSpec::pull("SLOWT", "s", "t").ack_wait(Duration::from_secs(1));
     let (slow, other) = contested_fetch(&env, spec, 20, Duration::from_secs(4)).await;
     assert_eq!(
         slow.sequences(),

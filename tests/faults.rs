@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use ractor_jetstream::{
-    ConsumerSpec, Error, JetStreamSupervisor, RestartPolicy, StreamSpec, SupervisorArgs,
+    ConsumerSpec, Error, JetStreamSupervisor, PushSpec, RestartPolicy, StreamSpec, SupervisorArgs,
     SupervisorMsg, Topology,
 };
 
@@ -53,10 +53,7 @@ async fn a_pull_child_that_panics_mid_fetch_is_restarted_and_nothing_acked_retur
             _ => Action::Ack,
         })
         .await;
-    let spec = ConsumerSpec {
-        ack_wait: Some(Duration::from_secs(30)),
-        ..ConsumerSpec::pull("PANIC", "p", "t")
-    };
+    let spec = ConsumerSpec::pull("PANIC", "p", "t").ack_wait(Duration::from_secs(30));
     let topology = Topology::new()
         .stream(StreamSpec::new("PANIC", ["panic.>"]))
         .consumer(spec);
@@ -373,12 +370,14 @@ async fn a_killed_push_child_gets_its_window_back_without_gaps_and_in_order() {
     // window is full nothing is in transit between the server and the
     // child. (A message on the wire when a process dies can only come back
     // after ack_wait; nobody has its reply subject to nak it.)
-    let spec = ConsumerSpec {
-        max_in_flight: Some(window),
-        max_ack_pending: Some(window as i64),
-        ack_wait: Some(Duration::from_secs(30)),
-        ..ConsumerSpec::push("PKILL", "pk", "t")
-    };
+    let spec = ConsumerSpec::new(
+        "PKILL",
+        "pk",
+        "t",
+        PushSpec::default().window(window as u64),
+    )
+    .max_ack_pending(window as u64)
+    .ack_wait(Duration::from_secs(30));
     let topology = Topology::new()
         .stream(StreamSpec::new("PKILL", ["pkill.>"]))
         .consumer(spec);
@@ -574,11 +573,8 @@ async fn drain_completes_decisions_naks_the_rest_and_a_new_supervisor_gets_them_
         _ => Action::Hold,
     })
     .await;
-    let spec = ConsumerSpec {
-        max_in_flight: Some(10),
-        ack_wait: Some(Duration::from_secs(30)),
-        ..ConsumerSpec::push("DRAIN", "d", "t")
-    };
+    let spec = ConsumerSpec::new("DRAIN", "d", "t", PushSpec::default().window(10))
+        .ack_wait(Duration::from_secs(30));
     let topology = Topology::new()
         .stream(StreamSpec::new("DRAIN", ["drain.>"]))
         .consumer(spec.clone());

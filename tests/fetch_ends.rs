@@ -307,13 +307,10 @@ async fn the_fetch_queue_is_bounded() {
 /// A pull durable with `max_deliver` whose target is stopped: fetches
 /// answer an error again and again, and when a target is there again,
 /// every message reaches it.
-async fn dead_target_loses_nothing(max_deliver: i64) {
+async fn dead_target_loses_nothing(max_deliver: u64) {
     let env = env().await;
     let durable = format!("dead{max_deliver}");
-    let spec = ConsumerSpec {
-        max_deliver: Some(max_deliver),
-        ..ConsumerSpec::pull("DEAD", &durable, "t")
-    };
+    let spec = ConsumerSpec::pull("DEAD", &durable, "t").max_deliver(max_deliver);
     let (first_ref, first, _) = acking_target().await;
     let topology = Topology::new()
         .stream(StreamSpec::new("DEAD", ["dead.>"]))
@@ -383,10 +380,8 @@ async fn a_drain_in_the_middle_of_a_fetch_keeps_its_counts() {
         _ => Action::Hold,
     })
     .await;
-    let spec = ConsumerSpec {
-        restart: ractor_jetstream::RestartKind::Temporary,
-        ..ConsumerSpec::pull("MIDDRAIN", "m", "t")
-    };
+    let spec =
+        ConsumerSpec::pull("MIDDRAIN", "m", "t").restart(ractor_jetstream::RestartKind::Temporary);
     let child = spawn_pull(&env, spec, target).await;
     let fetching = {
         let child = child.clone();

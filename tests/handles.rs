@@ -163,7 +163,7 @@ async fn a_failed_start_is_the_librarys_error_without_a_downcast() {
     // anything is created.
     let topology = Topology::new()
         .stream(StreamSpec::new("START", ["start.>"]))
-        .consumer(ConsumerSpec::pull("START", "s", "t").with_filter(["elsewhere.>"]));
+        .consumer(ConsumerSpec::pull("START", "s", "t").filter(["elsewhere.>"]));
     let (_t, target, _record) = acking_target().await;
     let args = SupervisorArgs::new(env.js.clone(), topology.clone()).target("t", target.clone());
     let err = SupervisorHandle::spawn(None, args)

@@ -74,10 +74,7 @@ async fn undecodable_payloads_are_termed_with_the_reason_and_dead_lettered_first
     let (target, _) = Actor::spawn(None, JsonTarget, record.clone())
         .await
         .expect("json target");
-    let spec = ConsumerSpec {
-        dead_letter_subject: Some("dlq.orders".into()),
-        ..ConsumerSpec::pull("ORDERS", "decoder", "t")
-    };
+    let spec = ConsumerSpec::pull("ORDERS", "decoder", "t").dead_letter("dlq.orders");
     let child = spawn_pull(&env, spec, target.get_derived()).await;
     let outcome = fetch(&child, 10, Duration::from_millis(500))
         .await
@@ -179,11 +176,9 @@ async fn the_last_delivery_of_max_deliver_is_dead_lettered_not_dropped() {
         }
     })
     .await;
-    let spec = ConsumerSpec {
-        max_deliver: Some(3),
-        dead_letter_subject: Some("dead.work".into()),
-        ..ConsumerSpec::pull("WORK", "w", "t")
-    };
+    let spec = ConsumerSpec::pull("WORK", "w", "t")
+        .max_deliver(3)
+        .dead_letter("dead.work");
     let child = spawn_pull(&env, spec, target).await;
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while record.with(|r| r.seen.iter().filter(|s| s.stream_sequence == 1).count()) < 3 {
@@ -219,10 +214,7 @@ async fn without_a_dead_letter_subject_the_last_delivery_is_termed_with_the_reas
     create_stream(&env.js, "NODLQ", &["nodlq.>"]).await;
     publish_n(&env.js, "nodlq.x", 1).await;
     let (_t, target, record) = spawn_target(|_| Action::Drop).await;
-    let spec = ConsumerSpec {
-        max_deliver: Some(2),
-        ..ConsumerSpec::pull("NODLQ", "n", "t")
-    };
+    let spec = ConsumerSpec::pull("NODLQ", "n", "t").max_deliver(2);
     let child = spawn_pull(&env, spec, target).await;
     let first = fetch(&child, 1, Duration::from_millis(500))
         .await
@@ -263,10 +255,7 @@ async fn a_dead_letter_nobody_stores_is_nakd_so_nothing_is_lost() {
         }
     })
     .await;
-    let spec = ConsumerSpec {
-        dead_letter_subject: Some("nowhere.stored".into()),
-        ..ConsumerSpec::pull("LOST", "l", "t")
-    };
+    let spec = ConsumerSpec::pull("LOST", "l", "t").dead_letter("nowhere.stored");
     let child = spawn_pull(&env, spec, target).await;
     let first = fetch(&child, 1, Duration::from_millis(500))
         .await
@@ -296,20 +285,18 @@ async fn a_dead_letter_nobody_stores_is_nakd_so_nothing_is_lost() {
 async fn a_backoff_list_and_dead_letter_checks_reach_the_server_and_the_validator() {
     let env = env().await;
     create_stream(&env.js, "BACK", &["back.>"]).await;
-    let spec = ConsumerSpec {
-        max_deliver: Some(4),
-        backoff: vec![
+    let spec = ConsumerSpec::pull("BACK", "b", "t")
+        .max_deliver(4)
+        .backoff([
             Duration::from_secs(1),
             Duration::from_secs(5),
             Duration::from_secs(30),
-        ],
-        ..ConsumerSpec::pull("BACK", "b", "t")
-    };
+        ]);
     ractor_jetstream::ensure_consumer(&env.js, &spec)
         .await
         .expect("ensure");
     let info = consumer_info(&env.js, "BACK", "b").await;
-    assert_eq!(info.config.backoff, spec.backoff);
+    assert_eq!(info.config.backoff, spec.server.backoff);
     assert_eq!(info.config.max_deliver, 4);
 
     // A dead-letter subject the consumer itself reads is rejected up front.

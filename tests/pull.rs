@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use ractor::{Actor, ActorRef};
-use ractor_jetstream::{ConsumerArgs, ConsumerMsg, ConsumerSpec, Error};
+use ractor_jetstream::{ConsumerArgs, ConsumerMsg, ConsumerSpec, Error, PullSpec};
 
 /// Fetches until a fetch expires empty; returns the outcomes.
 async fn fetch_all(
@@ -267,11 +267,9 @@ async fn no_decision_within_the_timeout_is_nakd_and_delivered_again() {
             _ => Action::Ack,
         })
         .await;
-    let spec = ConsumerSpec {
-        ack_wait: Some(Duration::from_secs(30)),
-        decision_timeout: Some(Duration::from_millis(300)),
-        ..ConsumerSpec::pull("SLOW", "s", "t")
-    };
+    let spec = ConsumerSpec::pull("SLOW", "s", "t")
+        .ack_wait(Duration::from_secs(30))
+        .max_hold(Duration::from_millis(300));
     let child = spawn_pull(&env, spec, target).await;
     let started = Instant::now();
     let first = fetch(&child, 2, Duration::from_secs(1))
@@ -309,11 +307,14 @@ async fn bad_requests_get_their_error_and_nothing_moves() {
     create_stream(&env.js, "BAD", &["bad.>"]).await;
     publish_n(&env.js, "bad.x", 5).await;
     let (_t, target, record) = acking_target().await;
-    let spec = ConsumerSpec {
-        max_batch: Some(10),
-        max_expires: Some(Duration::from_secs(1)),
-        ..ConsumerSpec::pull("BAD", "b", "t")
-    };
+    let spec = ConsumerSpec::new(
+        "BAD",
+        "b",
+        "t",
+        PullSpec::default()
+            .max_batch(10)
+            .max_expires(Duration::from_secs(1)),
+    );
     let child = spawn_pull(&env, spec, target.clone()).await;
     let invalid_field = |result: Result<_, Error>| -> String {
         let err = result.expect_err("a bad request is an error");

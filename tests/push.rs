@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use common::*;
 use ractor::Actor;
 use ractor_jetstream::{
-    ConsumerArgs, ConsumerMsg, ConsumerSpec, PullConsumer, PushConsumer, StreamSpec, Topology,
-    ensure_consumer,
+    ConsumerArgs, ConsumerMsg, ConsumerSpec, PullConsumer, PushConsumer, PushSpec, StreamSpec,
+    Topology, ensure_consumer,
 };
 use tokio::time::Instant;
 
@@ -25,16 +25,13 @@ async fn push_forwards_everything_in_order_within_the_window() {
     create_stream(&env.js, "PUSH", &["push.>"]).await;
     let total = 600;
     publish(&env.js, (0..total).map(|i| format!("push.{}", i % 3))).await;
-    let window = 16;
+    let window: usize = 16;
     // The target holds what it acks and settles it all 20 ms later, so the
     // window fills up; if the child ever forwarded more than `window`
     // unsettled deliveries, the target would hold more.
     let (_t, target, record) =
         spawn_target_with(Arc::new(|_| Action::Ack), Some(Duration::from_millis(20))).await;
-    let spec = ConsumerSpec {
-        max_in_flight: Some(window),
-        ..ConsumerSpec::push("PUSH", "p", "t")
-    };
+    let spec = ConsumerSpec::new("PUSH", "p", "t", PushSpec::default().window(window as u64));
     let (child, _) = Actor::spawn(
         None,
         PushConsumer,
@@ -124,7 +121,7 @@ async fn push_and_pull_on_one_stream_each_get_their_own_subjects() {
         PushConsumer,
         ConsumerArgs {
             js: env.js.clone(),
-            spec: ConsumerSpec::push("BOTH", "pusher", "t").with_filter(["both.push"]),
+            spec: ConsumerSpec::push("BOTH", "pusher", "t").filter(["both.push"]),
             target: push_target.into(),
         },
     )
@@ -135,7 +132,7 @@ async fn push_and_pull_on_one_stream_each_get_their_own_subjects() {
         PullConsumer,
         ConsumerArgs {
             js: env.js.clone(),
-            spec: ConsumerSpec::pull("BOTH", "puller", "t").with_filter(["both.pull"]),
+            spec: ConsumerSpec::pull("BOTH", "puller", "t").filter(["both.pull"]),
             target: pull_target.into(),
         },
     )
@@ -171,11 +168,8 @@ async fn push_messages_waiting_unread_in_the_client_are_not_redelivered() {
     // max_ack_pending (1000): the server sends all 200 at once, 190 of them
     // wait in the client for up to 10 s, five times the ack wait.
     let (_t, target, record) = paced_target(Duration::from_millis(50)).await;
-    let spec = ConsumerSpec {
-        ack_wait: Some(Duration::from_secs(2)),
-        max_in_flight: Some(10),
-        ..ConsumerSpec::push("SLOW", "slow", "t")
-    };
+    let spec = ConsumerSpec::new("SLOW", "slow", "t", PushSpec::default().window(10))
+        .ack_wait(Duration::from_secs(2));
     let (_child, _) = Actor::spawn(
         None,
         PushConsumer,
@@ -245,10 +239,7 @@ async fn push_keeps_unread_messages_alive_by_the_bound_consumers_own_ack_wait() 
     let total = 150;
     publish_n(&env.js, "bound.x", total).await;
     let (_t, target, record) = paced_target(Duration::from_millis(50)).await;
-    let spec = ConsumerSpec {
-        max_in_flight: Some(10),
-        ..ConsumerSpec::push("BOUND", "bound", "t")
-    };
+    let spec = ConsumerSpec::new("BOUND", "bound", "t", PushSpec::default().window(10));
     let (_child, _) = Actor::spawn(
         None,
         PushConsumer,
@@ -293,12 +284,15 @@ async fn push_keeps_unread_messages_alive_by_the_bound_consumers_own_ack_wait() 
 fn group_topology() -> Topology {
     Topology::new()
         .stream(StreamSpec::new("GROUP", ["group.>"]))
-        .consumer(ConsumerSpec {
-            deliver_group: Some("workers".into()),
-            idle_heartbeat: Some(Duration::from_millis(500)),
-            max_in_flight: Some(64),
-            ..ConsumerSpec::push("GROUP", "shared", "t")
-        })
+        .consumer(ConsumerSpec::new(
+            "GROUP",
+            "shared",
+            "t",
+            PushSpec::default()
+                .deliver_group("workers")
+                .idle_heartbeat(Duration::from_millis(500))
+                .window(64),
+        ))
 }
 
 /// Starts `n` members at once (so that they race to create the durable).
@@ -412,10 +406,12 @@ async fn two_processes_creating_one_push_durable_do_not_conflict() {
             .expect("second connection"),
     );
     for round in 0..10 {
-        let spec = ConsumerSpec {
-            deliver_group: Some("workers".into()),
-            ..ConsumerSpec::push("RACE", format!("d{round}"), "t")
-        };
+        let spec = ConsumerSpec::new(
+            "RACE",
+            format!("d{round}"),
+            "t",
+            PushSpec::default().deliver_group("workers"),
+        );
         let (a, b) = tokio::join!(
             ensure_consumer(&env.js, &spec),
             ensure_consumer(&other, &spec)
@@ -440,10 +436,12 @@ async fn a_subscription_rebuilt_after_missed_heartbeats_delivers_nothing_twice()
     create_stream(&env.js, "HB", &["hb.>"]).await;
     let (_t, target, record) = acking_target().await;
     let heartbeat = Duration::from_millis(300);
-    let spec = ConsumerSpec {
-        idle_heartbeat: Some(heartbeat),
-        ..ConsumerSpec::push("HB", "hb", "t")
-    };
+    let spec = ConsumerSpec::new(
+        "HB",
+        "hb",
+        "t",
+        PushSpec::default().idle_heartbeat(heartbeat),
+    );
     let (child, _) = Actor::spawn(
         None,
         PushConsumer,

@@ -281,11 +281,11 @@ async fn spawn_child(
         spec: spec.clone(),
         target: target.into(),
     };
-    let (child, _) = match spec.mode {
+    let (child, _) = match spec.mode() {
         ConsumerMode::Pull => Actor::spawn(None, PullConsumer, args).await,
         ConsumerMode::Push => Actor::spawn(None, PushConsumer, args).await,
     }
-    .unwrap_or_else(|err| panic!("spawn {} child: {err}", spec.mode));
+    .unwrap_or_else(|err| panic!("spawn {} child: {err}", spec.mode()));
     child
 }
 

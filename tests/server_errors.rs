@@ -16,8 +16,9 @@ use futures::TryStreamExt;
 use nats_harness::NatsServer;
 use ractor::Actor;
 use ractor_jetstream::{
-    ConnectionSpec, ConsumerMode, ConsumerSpec, Error, JetStreamSupervisor, ServerErrorKind,
-    StreamSpec, SupervisorArgs, Topology, ensure_consumer, ensure_stream,
+    ConnectionSpec, ConsumerAction, ConsumerMode, ConsumerSpec, Error, JetStreamSupervisor,
+    PullSpec, ServerErrorKind, StreamSpec, SupervisorArgs, Topology, ensure_consumer,
+    ensure_stream,
 };
 
 /// Well below any timeout in these tests: an error that comes back faster
@@ -442,4 +443,50 @@ async fn account_limits_exceeded() {
         "{err}"
     );
     assert_eq!(stream_names(&js).await, vec!["FIRST".to_string()]);
+}
+
+/// `max_waiting` reaches the server when the consumer is created, binds
+/// unchanged, and a spec that asks for another value is a conflict that
+/// names it (the server cannot change it in place), leaving the consumer as
+/// it was.
+#[tokio::test]
+async fn max_waiting_is_created_and_a_change_is_a_conflict() {
+    let env = common::env().await;
+    common::create_stream(&env.js, "WAIT", &["wait.>"]).await;
+    let spec = |max_waiting| {
+        ConsumerSpec::new(
+            "WAIT",
+            "w",
+            "t",
+            PullSpec::default().max_waiting(max_waiting),
+        )
+    };
+    let (info, action) = ensure_consumer(&env.js, &spec(7)).await.expect("create");
+    assert_eq!(action, ConsumerAction::Created);
+    assert_eq!(info.config.max_waiting, 7);
+    let (_, action) = ensure_consumer(&env.js, &spec(7)).await.expect("bind");
+    assert_eq!(action, ConsumerAction::Bound);
+    // A spec that leaves it unset binds to whatever the server has.
+    let (_, action) = ensure_consumer(&env.js, &ConsumerSpec::pull("WAIT", "w", "t"))
+        .await
+        .expect("bind unset");
+    assert_eq!(action, ConsumerAction::Bound);
+
+    let err = ensure_consumer(&env.js, &spec(8))
+        .await
+        .expect_err("max_waiting cannot change");
+    match &err {
+        Error::ConsumerConflict {
+            durable, fields, ..
+        } => {
+            assert_eq!(durable, "w");
+            assert_eq!(fields, &vec!["max_waiting".to_string()], "{err}");
+        }
+        other => panic!("expected ConsumerConflict, got {other:?}"),
+    }
+    let info = common::consumer_info(&env.js, "WAIT", "w").await;
+    assert_eq!(
+        info.config.max_waiting, 7,
+        "the consumer was left as it was"
+    );
 }

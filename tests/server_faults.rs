@@ -15,7 +15,8 @@ use common::*;
 use nats_harness::NatsCluster;
 use ractor::{Actor, ActorRef};
 use ractor_jetstream::{
-    ConsumerSpec, JetStreamSupervisor, StreamSpec, SupervisorArgs, SupervisorMsg, Topology,
+    ConsumerSpec, JetStreamSupervisor, PushSpec, StreamSpec, SupervisorArgs, SupervisorMsg,
+    Topology,
 };
 use tokio::task::JoinHandle;
 
@@ -87,18 +88,24 @@ async fn consumption_resumes_by_itself_after_the_server_is_killed_and_restarted(
     let mut env = env().await;
     let (_pt, pull_target, pull_record) = acking_target().await;
     let (_ht, push_target, push_record) = acking_target().await;
-    let short = Some(Duration::from_secs(2));
+    let short = Duration::from_secs(2);
     let topology = Topology::new()
         .stream(StreamSpec::new("KILL", ["kill.>"]))
-        .consumer(ConsumerSpec {
-            ack_wait: short,
-            ..ConsumerSpec::pull("KILL", "puller", "pull").with_filter(["kill.pull"])
-        })
-        .consumer(ConsumerSpec {
-            ack_wait: short,
-            idle_heartbeat: Some(Duration::from_millis(500)),
-            ..ConsumerSpec::push("KILL", "pusher", "push").with_filter(["kill.push"])
-        });
+        .consumer(
+            ConsumerSpec::pull("KILL", "puller", "pull")
+                .filter(["kill.pull"])
+                .ack_wait(short),
+        )
+        .consumer(
+            ConsumerSpec::new(
+                "KILL",
+                "pusher",
+                "push",
+                PushSpec::default().idle_heartbeat(Duration::from_millis(500)),
+            )
+            .filter(["kill.push"])
+            .ack_wait(short),
+        );
     let args = SupervisorArgs::new(env.js.clone(), topology)
         .target("pull", pull_target)
         .target("push", push_target);
@@ -169,11 +176,16 @@ async fn consumption_recovers_after_the_server_is_paused_longer_than_the_heartbe
     let heartbeat = Duration::from_millis(300);
     let topology = Topology::new()
         .stream(StreamSpec::new("PAUSE", ["pause.>"]))
-        .consumer(ConsumerSpec {
-            idle_heartbeat: Some(heartbeat),
-            ..ConsumerSpec::push("PAUSE", "pusher", "push").with_filter(["pause.push"])
-        })
-        .consumer(ConsumerSpec::pull("PAUSE", "puller", "pull").with_filter(["pause.pull"]));
+        .consumer(
+            ConsumerSpec::new(
+                "PAUSE",
+                "pusher",
+                "push",
+                PushSpec::default().idle_heartbeat(heartbeat),
+            )
+            .filter(["pause.push"]),
+        )
+        .consumer(ConsumerSpec::pull("PAUSE", "puller", "pull").filter(["pause.pull"]));
     let args = SupervisorArgs::new(env.js.clone(), topology)
         .target("push", push_target)
         .target("pull", pull_target);
@@ -218,11 +230,16 @@ async fn a_consumer_deleted_under_a_running_child_is_recreated_from_its_spec() {
     let (_ht, push_target, push_record) = acking_target().await;
     let topology = Topology::new()
         .stream(StreamSpec::new("DEL", ["del.>"]))
-        .consumer(ConsumerSpec::pull("DEL", "puller", "pull").with_filter(["del.pull"]))
-        .consumer(ConsumerSpec {
-            idle_heartbeat: Some(Duration::from_millis(300)),
-            ..ConsumerSpec::push("DEL", "pusher", "push").with_filter(["del.push"])
-        });
+        .consumer(ConsumerSpec::pull("DEL", "puller", "pull").filter(["del.pull"]))
+        .consumer(
+            ConsumerSpec::new(
+                "DEL",
+                "pusher",
+                "push",
+                PushSpec::default().idle_heartbeat(Duration::from_millis(300)),
+            )
+            .filter(["del.push"]),
+        );
     let args = SupervisorArgs::new(env.js.clone(), topology)
         .target("pull", pull_target)
         .target("push", push_target);
@@ -320,10 +337,7 @@ async fn consumption_goes_on_when_the_stream_leader_of_a_cluster_is_killed() {
             replicas: Some(3),
             ..StreamSpec::new("R3", ["r3.>"])
         })
-        .consumer(ConsumerSpec {
-            ack_wait: Some(Duration::from_secs(3)),
-            ..ConsumerSpec::pull("R3", "r3", "t")
-        });
+        .consumer(ConsumerSpec::pull("R3", "r3", "t").ack_wait(Duration::from_secs(3)));
     let (supervisor, _) = Actor::spawn(
         None,
         JetStreamSupervisor,

@@ -38,11 +38,9 @@ async fn last_delivery_held(
         _ => Action::Hold,
     })
     .await;
-    let spec = ConsumerSpec {
-        max_deliver: Some(2),
-        dead_letter_subject: Some(format!("dlq.{durable}")),
-        ..ConsumerSpec::pull("LASTD", durable, "t")
-    };
+    let spec = ConsumerSpec::pull("LASTD", durable, "t")
+        .max_deliver(2)
+        .dead_letter(format!("dlq.{durable}"));
     let child = spawn_pull(env, spec, target).await;
     let first = fetch(&child, 1, Duration::from_secs(1))
         .await
@@ -111,10 +109,7 @@ async fn a_term_decided_during_a_drain_reaches_the_dead_letter_subject() {
         _ => Action::Ack,
     })
     .await;
-    let spec = ConsumerSpec {
-        dead_letter_subject: Some("dlq.tdrain".into()),
-        ..ConsumerSpec::pull("TDRAIN", "td", "t")
-    };
+    let spec = ConsumerSpec::pull("TDRAIN", "td", "t").dead_letter("dlq.tdrain");
     let child = spawn_pull(&env, spec, target).await;
     let fetching = {
         let child = child.clone();
@@ -146,10 +141,7 @@ async fn a_dead_letter_stream_that_does_not_answer_does_not_stall_other_deliveri
         _ => Action::Ack,
     })
     .await;
-    let spec = ConsumerSpec {
-        dead_letter_subject: Some("silent.dlq".into()),
-        ..ConsumerSpec::pull("STALL", "s", "t")
-    };
+    let spec = ConsumerSpec::pull("STALL", "s", "t").dead_letter("silent.dlq");
     let child = spawn_pull(&env, spec, target).await;
     let started = Instant::now();
     let fetching = {

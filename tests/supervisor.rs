@@ -97,7 +97,7 @@ async fn supervisor_spawns_named_children_routes_fetches_and_reports_status() {
     let (_t, target, record) = acking_target().await;
     let topology = Topology::new()
         .stream(StreamSpec::new("ORD", ["ord.>"]))
-        .consumer(ConsumerSpec::pull("ORD", "billing", "worker").with_filter(["ord.created"]))
+        .consumer(ConsumerSpec::pull("ORD", "billing", "worker").filter(["ord.created"]))
         .consumer(ConsumerSpec::push("ORD", "audit", "worker"));
     let args = SupervisorArgs::new(env.js.clone(), topology).target("worker", target.clone());
     let (supervisor, _) = Actor::spawn(Some("sup-route".into()), JetStreamSupervisor, args)
@@ -336,18 +336,11 @@ async fn restart_kinds_decide_which_children_come_back() {
     let (_t, target, _record) = acking_target().await;
     let topology = Topology::new()
         .stream(StreamSpec::new("KINDS", ["kinds.>"]))
-        .consumer(ConsumerSpec {
-            restart: RestartKind::Temporary,
-            ..ConsumerSpec::pull("KINDS", "temporary", "t")
-        })
-        .consumer(ConsumerSpec {
-            restart: RestartKind::Transient,
-            ..ConsumerSpec::pull("KINDS", "transient", "t")
-        })
-        .consumer(ConsumerSpec {
-            restart: RestartKind::Transient,
-            ..ConsumerSpec::pull("KINDS", "transient-drained", "t")
-        });
+        .consumer(ConsumerSpec::pull("KINDS", "temporary", "t").restart(RestartKind::Temporary))
+        .consumer(ConsumerSpec::pull("KINDS", "transient", "t").restart(RestartKind::Transient))
+        .consumer(
+            ConsumerSpec::pull("KINDS", "transient-drained", "t").restart(RestartKind::Transient),
+        );
     let (supervisor, _) = Actor::spawn(
         None,
         JetStreamSupervisor,
@@ -430,7 +423,7 @@ fn start_removal(
 fn with_slow_durable(topology: Topology, stream: &str) -> Topology {
     topology.consumer(
         ConsumerSpec::push(stream, "slow", "holder")
-            .with_filter([format!("{}.slow", stream.to_lowercase())]),
+            .filter([format!("{}.slow", stream.to_lowercase())]),
     )
 }
 
@@ -442,7 +435,7 @@ async fn a_slow_drain_blocks_neither_fetches_nor_status() {
     let topology = with_slow_durable(
         Topology::new()
             .stream(StreamSpec::new("BUSY", ["busy.>"]))
-            .consumer(ConsumerSpec::pull("BUSY", "fast", "t").with_filter(["busy.fast"])),
+            .consumer(ConsumerSpec::pull("BUSY", "fast", "t").filter(["busy.fast"])),
         "BUSY",
     );
     let (supervisor, _) = Actor::spawn(
@@ -524,12 +517,13 @@ async fn a_killed_push_child_forwards_nothing_after_its_kill() {
     let topology = with_slow_durable(
         Topology::new()
             .stream(StreamSpec::new("KILL", ["kill.>"]))
-            .consumer(ConsumerSpec {
-                // Not restarted: whatever reaches the target after the kill
-                // came from the killed child.
-                restart: RestartKind::Temporary,
-                ..ConsumerSpec::push("KILL", "victim", "t").with_filter(["kill.victim"])
-            }),
+            .consumer(
+                ConsumerSpec::push("KILL", "victim", "t")
+                    .filter(["kill.victim"])
+                    // Not restarted: whatever reaches the target after the
+                    // kill came from the killed child.
+                    .restart(RestartKind::Temporary),
+            ),
         "KILL",
     );
     let (supervisor, _) = Actor::spawn(
@@ -662,10 +656,7 @@ async fn a_child_stopped_from_outside_while_working_comes_back_like_a_killed_one
     let (_t, target, record) = acking_target().await;
     let topology = Topology::new()
         .stream(StreamSpec::new("OUTSIDE", ["outside.>"]))
-        .consumer(ConsumerSpec {
-            restart: RestartKind::Transient,
-            ..ConsumerSpec::pull("OUTSIDE", "p", "t")
-        });
+        .consumer(ConsumerSpec::pull("OUTSIDE", "p", "t").restart(RestartKind::Transient));
     let (supervisor, _) = Actor::spawn(
         None,
         JetStreamSupervisor,

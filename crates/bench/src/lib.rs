@@ -31,7 +31,7 @@ use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_jetstream::{
     ConsumerArgs, ConsumerMsg, ConsumerSpec, Delivery, JetStreamSupervisor, PullConsumer,
-    PushConsumer, RestartPolicy, SupervisorArgs, SupervisorMsg, Topology,
+    PushConsumer, PushSpec, RestartPolicy, SupervisorArgs, SupervisorMsg, Topology,
 };
 use tokio::sync::oneshot;
 
@@ -421,10 +421,12 @@ async fn push_case(js: &jetstream::Context, options: &Options) -> Result<CaseRes
 
         fill(js, n).await?;
         let (target, mut probe) = spawn_target(n).await?;
-        let spec = ConsumerSpec {
-            max_in_flight: Some(options.window),
-            ..ConsumerSpec::push("BENCH", "actor", "bench")
-        };
+        let spec = ConsumerSpec::new(
+            "BENCH",
+            "actor",
+            "bench",
+            PushSpec::default().window(options.window as u64),
+        );
         reset_peak_rss();
         let started = Instant::now();
         let (child, _) = Actor::spawn(

@@ -14,7 +14,7 @@
 //!
 //! While the target holds a delivery, the child keeps it alive on the server
 //! by itself (`+WPI` every half of the server's ack wait), up to the
-//! consumer's `decision_timeout`. [`Delivery::in_progress`] does not settle:
+//! consumer's `max_hold`. [`Delivery::in_progress`] does not settle:
 //! it starts that timeout over (and sends a `+WPI` unless one went out for
 //! this delivery within the last period).
 //!

@@ -17,13 +17,15 @@
 //! All JetStream API calls go through one function, so every failure is
 //! classified the same way into a [`ServerErrorKind`].
 
-use std::time::Duration;
-
 use async_nats::jetstream::{self, consumer, stream};
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::error::{Error, ServerErrorKind, show_duration};
+use crate::error::{Error, ServerErrorKind};
 use crate::spec::{ConsumerMode, ConsumerSpec, StreamSpec};
+
+mod reconcile;
+
+use reconcile::reconcile;
 
 /// What [`ensure_stream`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -318,13 +320,16 @@ enum Create {
 
 async fn create_consumer(js: &jetstream::Context, spec: &ConsumerSpec) -> Result<Create, Error> {
     let (stream, durable) = (spec.stream.as_str(), spec.durable.as_str());
-    let deliver = (spec.mode == ConsumerMode::Push && spec.deliver_subject.is_none())
+    let deliver = spec
+        .mode
+        .as_push()
+        .is_some_and(|push| push.deliver_subject.is_none())
         .then(|| js.client().new_inbox());
     let config = spec.to_config(deliver);
     let op = format!("create consumer {stream}/{durable}");
     match put_consumer(js, &op, stream, &config, "create").await {
         Ok(info) => {
-            tracing::info!(stream, durable, mode = %spec.mode, "created durable consumer");
+            tracing::info!(stream, durable, mode = %spec.mode(), "created durable consumer");
             Ok(Create::Created(Box::new(info)))
         }
         Err(err) if err.server_kind() == Some(ServerErrorKind::ConsumerNameTaken) => {
@@ -343,11 +348,11 @@ async fn bind_consumer(
 ) -> Result<(consumer::Info, ConsumerAction), Error> {
     let (stream, durable) = (spec.stream.as_str(), spec.durable.as_str());
     let actual = server_mode(&info.config);
-    if actual != spec.mode {
+    if actual != spec.mode() {
         return Err(Error::ModeMismatch {
             stream: stream.into(),
             durable: durable.into(),
-            expected: spec.mode,
+            expected: spec.mode(),
             actual,
         });
     }
@@ -376,133 +381,4 @@ async fn bind_consumer(
         }),
         Err(err) => Err(err),
     }
-}
-
-/// The server's config with the spec's settings applied, and the names of
-/// the fields that changed. Fields that can never change on a consumer are
-/// a conflict.
-fn reconcile(
-    spec: &ConsumerSpec,
-    existing: &consumer::Config,
-) -> Result<(consumer::Config, Vec<String>), Error> {
-    let desired = spec.to_config(existing.deliver_subject.clone());
-    let mut config = existing.clone();
-    let mut changed = Vec::new();
-    let conflict = |fields: Vec<String>, detail: String| Error::ConsumerConflict {
-        stream: spec.stream.clone(),
-        durable: spec.durable.clone(),
-        fields,
-        detail,
-    };
-    if existing.ack_policy != consumer::AckPolicy::Explicit {
-        return Err(conflict(
-            vec!["ack_policy".into()],
-            format!(
-                "the consumer acks with {:?}, but this library needs explicit acks; create another durable",
-                existing.ack_policy
-            ),
-        ));
-    }
-    if spec.deliver_subject.is_some() && desired.deliver_subject != existing.deliver_subject {
-        return Err(conflict(
-            vec!["deliver_subject".into()],
-            format!(
-                "the server has {:?}, the spec asks for {:?}",
-                existing.deliver_subject, desired.deliver_subject
-            ),
-        ));
-    }
-    if desired.deliver_group != existing.deliver_group {
-        return Err(conflict(
-            vec!["deliver_group".into()],
-            format!(
-                "the server has {:?}, the spec asks for {:?}",
-                existing.deliver_group, desired.deliver_group
-            ),
-        ));
-    }
-    let mut set = |name: &str, differs: bool| {
-        if differs {
-            changed.push(name.to_string());
-        }
-        differs
-    };
-    let filters = |c: &consumer::Config| -> Vec<String> {
-        let mut all = c.filter_subjects.clone();
-        if !c.filter_subject.is_empty() {
-            all.push(c.filter_subject.clone());
-        }
-        all.sort();
-        all
-    };
-    if set("filter_subjects", filters(&desired) != filters(existing)) {
-        config.filter_subject = desired.filter_subject.clone();
-        config.filter_subjects = desired.filter_subjects.clone();
-    }
-    if (spec.ack_wait.is_some() || !spec.backoff.is_empty())
-        && set("ack_wait", desired.ack_wait != existing.ack_wait)
-    {
-        config.ack_wait = desired.ack_wait;
-    }
-    let max_deliver = |v: i64| if v <= 0 { -1 } else { v };
-    if spec.max_deliver.is_some()
-        && set(
-            "max_deliver",
-            max_deliver(desired.max_deliver) != max_deliver(existing.max_deliver),
-        )
-    {
-        config.max_deliver = desired.max_deliver;
-    }
-    if spec.max_ack_pending.is_some()
-        && set(
-            "max_ack_pending",
-            desired.max_ack_pending != existing.max_ack_pending,
-        )
-    {
-        config.max_ack_pending = desired.max_ack_pending;
-    }
-    if !spec.backoff.is_empty() && set("backoff", desired.backoff != existing.backoff) {
-        config.backoff = desired.backoff.clone();
-    }
-    if spec.max_batch.is_some() && set("max_batch", desired.max_batch != existing.max_batch) {
-        config.max_batch = desired.max_batch;
-    }
-    if spec.max_expires.is_some() && set("max_expires", desired.max_expires != existing.max_expires)
-    {
-        config.max_expires = desired.max_expires;
-    }
-    if spec.description.is_some() && set("description", desired.description != existing.description)
-    {
-        config.description = desired.description.clone();
-    }
-    if spec.mode == ConsumerMode::Push && existing.deliver_group.is_some() {
-        // A queue group gets no status messages (see
-        // `ConsumerSpec::deliver_group`): they would reach one member only.
-        if set("flow_control", existing.flow_control) {
-            config.flow_control = false;
-        }
-        if set("idle_heartbeat", !existing.idle_heartbeat.is_zero()) {
-            config.idle_heartbeat = Duration::ZERO;
-        }
-    } else if spec.mode == ConsumerMode::Push {
-        // The push child relies on flow control and heartbeats.
-        if set("flow_control", !existing.flow_control) {
-            config.flow_control = true;
-        }
-        let heartbeat_differs = if spec.idle_heartbeat.is_some() {
-            desired.idle_heartbeat != existing.idle_heartbeat
-        } else {
-            existing.idle_heartbeat.is_zero()
-        };
-        if set("idle_heartbeat", heartbeat_differs) {
-            config.idle_heartbeat = desired.idle_heartbeat;
-        }
-    }
-    tracing::debug!(
-        durable = %spec.durable,
-        ack_wait = %show_duration(config.ack_wait),
-        ?changed,
-        "reconciled consumer config"
-    );
-    Ok((config, changed))
 }

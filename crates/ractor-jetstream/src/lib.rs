@@ -93,13 +93,13 @@
 //!
 //! ```no_run
 //! use ractor::Actor;
-//! use ractor_jetstream::{ConsumerSpec, JetStreamSupervisor, StreamSpec, SupervisorArgs, Topology};
+//! use ractor_jetstream::{ConsumerSpec, JetStreamSupervisor, PushSpec, StreamSpec, SupervisorArgs, Topology};
 //!
 //! # async fn run(target: ractor::DerivedActorRef<ractor_jetstream::Delivery>) -> Result<(), Box<dyn std::error::Error>> {
 //! let js = async_nats::jetstream::new(async_nats::connect("nats://127.0.0.1:4222").await?);
 //! let topology = Topology::new()
 //!     .stream(StreamSpec::new("MAIL", ["mail.>"]))
-//!     .consumer(ConsumerSpec { max_in_flight: Some(32), ..ConsumerSpec::push("MAIL", "mailer", "mailer") });
+//!     .consumer(ConsumerSpec::new("MAIL", "mailer", "mailer", PushSpec::default().window(32)));
 //! let args = SupervisorArgs::new(js, topology).target("mailer", target);
 //! let (_supervisor, _) = Actor::spawn(Some("mail".into()), JetStreamSupervisor, args).await?;
 //! # Ok(()) }
@@ -202,7 +202,8 @@ pub use error::{
 pub use handle::{ConsumerHandle, PullHandle, SupervisorHandle};
 pub use restart::{RestartKind, RestartPolicy};
 pub use spec::{
-    ConsumerMode, ConsumerSpec, Discard, Retention, StartPosition, Storage, StreamSpec, Topology,
+    ChildSettings, ConsumerMode, ConsumerSpec, Discard, ModeSpec, PullSpec, PushSpec, Retention,
+    ServerSettings, StartPosition, Storage, StreamSpec, Topology,
 };
 pub use supervisor::{
     ChildState, ChildStatus, JetStreamSupervisor, SupervisorArgs, SupervisorMsg, SupervisorState,

@@ -64,7 +64,7 @@ impl WorkerCtx {
             self.js.clone(),
             self.stream.clone(),
             self.durable.clone(),
-            self.spec.dead_letter_subject.clone(),
+            self.spec.child.dead_letter_subject.clone(),
             self.effective.max_deliver,
         );
         inflight::InFlight::new(
@@ -122,7 +122,7 @@ impl fmt::Debug for ConsumerState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConsumerState")
             .field("durable", &self.durable)
-            .field("mode", &self.spec.mode)
+            .field("mode", &self.spec.mode())
             .field("draining", &self.draining)
             .finish_non_exhaustive()
     }
@@ -140,11 +140,11 @@ where
     Fut: Future<Output = Result<(), Error>> + Send + 'static,
 {
     let ConsumerArgs { js, spec, target } = args;
-    if spec.mode != mode {
+    if spec.mode() != mode {
         return Err(Box::new(Error::WrongMode {
             durable: spec.durable.clone(),
             expected: mode,
-            actual: spec.mode,
+            actual: spec.mode(),
         }));
     }
     crate::fault_point!("rj-child-pre-start");
@@ -232,11 +232,11 @@ pub(crate) fn handle_child_msg(
             expires,
             reply,
         } => {
-            if state.spec.mode != ConsumerMode::Pull {
+            if state.spec.mode() != ConsumerMode::Pull {
                 let _ = reply.send(Err(Error::WrongMode {
                     durable: state.spec.durable.clone(),
                     expected: ConsumerMode::Pull,
-                    actual: state.spec.mode,
+                    actual: state.spec.mode(),
                 }));
                 return Ok(());
             }

@@ -35,7 +35,7 @@ pub(crate) struct Effective {
     /// `+WPI`.
     pub keep_alive: Duration,
     /// How long the target may hold a delivery without a decision (the
-    /// spec's `decision_timeout`); past it, the child nak's it.
+    /// spec's `max_hold`); past it, the child nak's it.
     pub max_hold: Duration,
     /// The server's `max_deliver`, when it sets a limit.
     pub max_deliver: Option<u64>,
@@ -68,7 +68,7 @@ impl Effective {
         Self {
             ack_wait,
             keep_alive: ack_wait.mul_f64(KEEP_ALIVE_FRACTION).max(MIN_KEEP_ALIVE),
-            max_hold: spec.effective_decision_timeout(),
+            max_hold: spec.effective_max_hold(),
             max_deliver: positive(config.max_deliver),
             max_ack_pending: positive(config.max_ack_pending),
             max_batch: positive(config.max_batch),

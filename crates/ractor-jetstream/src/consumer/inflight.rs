@@ -14,7 +14,7 @@
 //! on the server: a `+WPI` every [`Effective::keep_alive`] (half the
 //! server's ack wait), so the server never hands a message the target is
 //! still working on to another worker. That lasts up to the maximum hold
-//! (the spec's `decision_timeout`); past it, the delivery is nak'ed. A
+//! (the spec's `max_hold`); past it, the delivery is nak'ed. A
 //! target's own [`Delivery::in_progress`] starts the hold over, and is sent
 //! on only when no `+WPI` went out for that delivery within the last
 //! period, however often the target calls it.

@@ -120,7 +120,10 @@ async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox) -> Result<(), Error> {
     let client = ctx.js.client();
     let in_flight = ctx.in_flight();
     let group = config.deliver_group.clone();
-    let window = ctx.spec.effective_max_in_flight().max(1);
+    // start_child refused a pull spec, so this is the spec's own push part.
+    let push = ctx.spec.mode.as_push().cloned().unwrap_or_default();
+    let window = push.effective_max_in_flight(ctx.spec.effective_max_ack_pending());
+    let window = usize::try_from(window).unwrap_or(usize::MAX).max(1);
     let unread = Unread::new(
         client.clone(),
         in_flight.unread_sink(),
@@ -130,7 +133,7 @@ async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox) -> Result<(), Error> {
         in_flight.guard(subscribe(&ctx, &client, &deliver_subject, group.as_deref()).await?);
     let mut pump = Pump {
         check_every: if config.idle_heartbeat.is_zero() {
-            ctx.spec.effective_idle_heartbeat()
+            push.effective_idle_heartbeat()
         } else {
             config.idle_heartbeat
         },

@@ -88,7 +88,7 @@ impl Counters {
         ConsumerStats {
             stream: spec.stream.clone(),
             durable: spec.durable.clone(),
-            mode: spec.mode,
+            mode: spec.mode(),
             delivered,
             acked: get(&self.acked),
             naked: get(&self.naked),

@@ -212,7 +212,7 @@ impl SupervisorState {
                 true
             }
         };
-        if !child.spec.restart.restarts_after(failed) {
+        if !child.spec.child.restart.restarts_after(failed) {
             child.state = ChildState::Stopped;
             return Ok(());
         }

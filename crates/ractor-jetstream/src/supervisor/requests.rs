@@ -175,11 +175,11 @@ impl SupervisorState {
             let _ = reply.send(Err(Error::UnknownConsumer { durable }));
             return;
         };
-        if child.spec.mode != ConsumerMode::Pull {
+        if child.spec.mode() != ConsumerMode::Pull {
             let _ = reply.send(Err(Error::WrongMode {
                 durable,
                 expected: ConsumerMode::Pull,
-                actual: child.spec.mode,
+                actual: child.spec.mode(),
             }));
             return;
         }
@@ -219,7 +219,7 @@ impl SupervisorState {
             .map(|(durable, c)| ChildStatus {
                 stream: c.spec.stream.clone(),
                 durable: durable.clone(),
-                mode: c.spec.mode,
+                mode: c.spec.mode(),
                 state: c.state.clone(),
                 restarts: c.restarts,
                 last_failure: c.last_failure.clone(),

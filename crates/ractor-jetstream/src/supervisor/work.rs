@@ -115,7 +115,7 @@ impl Launch {
         if bind {
             ensure_consumer(&js, &spec).await?;
         }
-        let mode = spec.mode;
+        let mode = spec.mode();
         let args = ConsumerArgs { js, spec, target };
         // `spawn_linked` awaits the child's `pre_start`, which binds it.
         let (actor, _) = match mode {
