@@ -157,7 +157,7 @@ impl Actor for Worker {
                 .nak_every
                 .is_some_and(|k| state.first_deliveries.is_multiple_of(k))
             {
-                delivery.nak(None);
+                delivery.nak();
                 return Ok(());
             }
         }

@@ -59,7 +59,7 @@ impl Actor for Worker {
         // Every 50th order cannot be handled the first time: nak it, and it
         // comes back.
         if first_time && number.is_multiple_of(50) {
-            order.nak(None);
+            order.nak();
             return Ok(());
         }
         let mut tally = tally.lock().map_err(|_| "tally lock poisoned")?;

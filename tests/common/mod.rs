@@ -367,7 +367,8 @@ impl Actor for RecordingTarget {
                         }
                         None => delivery.ack(),
                     },
-                    Action::Nak(delay) => delivery.nak(delay),
+                    Action::Nak(Some(delay)) => delivery.nak_after(delay),
+                    Action::Nak(None) => delivery.nak(),
                     Action::Term => delivery.term("test terminated it"),
                     Action::Drop => drop(delivery),
                     Action::Hold => state.never.push(delivery),

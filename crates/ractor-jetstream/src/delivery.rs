@@ -52,6 +52,8 @@ use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::HeaderMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
@@ -220,6 +222,11 @@ pub struct Delivery {
     settle: Option<SettleSender>,
     span: tracing::Span,
     received_at: std::time::Instant,
+    /// The child's maximum hold, and when the current one ends, in
+    /// nanoseconds after `received_at` (moved on by `in_progress`, which
+    /// takes `&self`).
+    max_hold: Duration,
+    hold_ends: AtomicU64,
 }
 
 impl Delivery {
@@ -230,6 +237,7 @@ impl Delivery {
         settle: SettleSender,
         span: tracing::Span,
         received_at: std::time::Instant,
+        max_hold: Duration,
     ) -> Self {
         Self {
             message,
@@ -238,7 +246,25 @@ impl Delivery {
             settle: Some(settle),
             span,
             received_at,
+            max_hold,
+            hold_ends: AtomicU64::new(nanos(max_hold)),
         }
+    }
+
+    /// When the child gives up waiting for a decision and nak's the
+    /// delivery: its maximum hold (the spec's `max_hold`, default 5
+    /// minutes) after it received the message, or after the last
+    /// [`in_progress`](Self::in_progress). Until then the child keeps it
+    /// alive on the server.
+    pub fn deadline(&self) -> std::time::Instant {
+        self.received_at + Duration::from_nanos(self.hold_ends.load(Ordering::Relaxed))
+    }
+
+    /// How many times this message has been delivered, this time included
+    /// (shorthand for `info().delivered`). Above 1, an earlier delivery
+    /// was nak'ed, timed out, or lost with its worker.
+    pub fn delivered(&self) -> u64 {
+        self.info.delivered
     }
 
     /// When the consumer child received the message from the server. The
@@ -355,9 +381,15 @@ impl Delivery {
         self.decide(Decision::Ack);
     }
 
-    /// Not processed now: it is delivered again, after `delay` when given.
-    pub fn nak(self, delay: Option<Duration>) {
-        self.decide(Decision::Nak(delay));
+    /// Not processed now: it is delivered again, as soon as the server
+    /// gets to it (or after the consumer's `backoff` step, if it has one).
+    pub fn nak(self) {
+        self.decide(Decision::Nak(None));
+    }
+
+    /// Not processed now: it is delivered again after `delay`.
+    pub fn nak_after(self, delay: Duration) {
+        self.decide(Decision::Nak(Some(delay)));
     }
 
     /// Never to be processed: terminate it, with a reason for the server's
@@ -377,6 +409,8 @@ impl Delivery {
     /// `+WPI` per delivery per keep-alive period reaches the server. Does
     /// not settle the delivery.
     pub fn in_progress(&self) {
+        let held = self.received_at.elapsed() + self.max_hold;
+        self.hold_ends.store(nanos(held), Ordering::Relaxed);
         if let Some(tx) = &self.settle {
             // A closed channel means the child is gone; nothing to extend.
             let _ = tx.send(Settlement {
@@ -412,6 +446,11 @@ impl Drop for Delivery {
             self.send(Verdict::Abandoned(Box::new(message)));
         }
     }
+}
+
+/// A duration in whole nanoseconds, saturating (584 years).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// An empty message, left in a [`Delivery`] whose own was taken out.

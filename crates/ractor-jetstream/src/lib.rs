@@ -77,7 +77,7 @@
 //!             // Not an address at all: it will never work.
 //!             Err(_) => mail.term("payload is not UTF-8"),
 //!             // The mail server is busy: try again in a minute.
-//!             Ok(address) if address.ends_with(".invalid") => mail.nak(Some(Duration::from_secs(60))),
+//!             Ok(address) if address.ends_with(".invalid") => mail.nak_after(Duration::from_secs(60)),
 //!             Ok(_) => mail.ack(),
 //!         }
 //!         Ok(())

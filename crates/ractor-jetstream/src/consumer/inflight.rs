@@ -319,6 +319,7 @@ impl InFlight {
             self.settle_tx.clone(),
             span,
             now.into_std(),
+            self.max_hold,
         );
         let Some(target) = self.target.as_ref() else {
             return Err(ForwardError::TargetGone);
