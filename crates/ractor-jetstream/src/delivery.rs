@@ -8,7 +8,7 @@
 //! | call | on the server | comes back? |
 //! |---|---|---|
 //! | [`Delivery::ack`] | `+ACK` | never |
-//! | [`Delivery::nak`] | `-NAK`, with an optional delay | yes, delivery count + 1 |
+//! | [`Delivery::nak`], [`Delivery::nak_after`] | `-NAK`, with the delay | yes, delivery count + 1 |
 //! | [`Delivery::term`] | `+TERM`, with a reason | never |
 //! | dropped unsettled | `-NAK` (counted as abandoned) | yes |
 //!
