@@ -24,7 +24,7 @@
 //! use ractor::{Actor, call_t};
 //! use ractor_jetstream::{ConsumerArgs, ConsumerMsg, ConsumerSpec, PullConsumer};
 //! # async fn run(js: async_nats::jetstream::Context, target: ractor::DerivedActorRef<ractor_jetstream::Delivery>) -> Result<(), Box<dyn std::error::Error>> {
-//! let args = ConsumerArgs { js, spec: ConsumerSpec::pull("ORDERS", "billing", "worker"), target };
+//! let args = ConsumerArgs { js, spec: ConsumerSpec::pull("ORDERS", "billing", "worker"), target: target.into() };
 //! let (child, _) = Actor::spawn(None, PullConsumer, args).await?;
 //! let outcome = call_t!(child, |reply| ConsumerMsg::Fetch { batch: 100, expires: None, reply }, 10_000)??;
 //! println!("{} delivered, {} acked, ended by {:?}", outcome.delivered, outcome.acked, outcome.end);
