@@ -38,7 +38,6 @@ pub mod push;
 mod settle;
 mod stats;
 
-use std::fmt;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -59,6 +58,7 @@ pub(crate) use stats::Counters;
 
 /// Messages of a consumer child ([`PullConsumer`](crate::PullConsumer) or
 /// [`PushConsumer`](crate::PushConsumer)).
+#[derive(Debug)]
 #[non_exhaustive]
 pub enum ConsumerMsg {
     /// Pull only: fetch at most `batch` messages, waiting at most `expires`
@@ -104,24 +104,6 @@ pub enum ConsumerMsg {
     Internal(Internal),
 }
 
-impl fmt::Debug for ConsumerMsg {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Fetch { batch, expires, .. } => f
-                .debug_struct("Fetch")
-                .field("batch", batch)
-                .field("expires", expires)
-                .finish(),
-            Self::Stats(_) => f.write_str("Stats"),
-            Self::Drain { timeout, .. } => {
-                f.debug_struct("Drain").field("timeout", timeout).finish()
-            }
-            Self::SetTarget(_) => f.write_str("SetTarget"),
-            Self::Internal(internal) => internal.fmt(f),
-        }
-    }
-}
-
 /// What a drain settled and what it nak'ed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DrainReport {
@@ -141,7 +123,7 @@ impl DrainReport {
 }
 
 /// What a consumer child is started with.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct ConsumerArgs {
     /// The JetStream context to bind through.
     pub js: jetstream::Context,
@@ -149,12 +131,4 @@ pub struct ConsumerArgs {
     pub spec: ConsumerSpec,
     /// Where deliveries go.
     pub target: Target,
-}
-
-impl fmt::Debug for ConsumerArgs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConsumerArgs")
-            .field("spec", &self.spec)
-            .finish_non_exhaustive()
-    }
 }

@@ -1,6 +1,5 @@
 //! The supervisor's messages and the status it reports.
 
-use std::fmt;
 use std::time::Duration;
 
 use ractor::{ActorRef, RpcReplyPort};
@@ -16,6 +15,7 @@ use crate::target::Target;
 // Specs travel by value for a readable API; ractor boxes each message
 // anyway, so the variants' sizes cost nothing extra.
 #[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
 #[non_exhaustive]
 pub enum SupervisorMsg {
     /// Make a stream exist (create, reuse, or update in place).
@@ -97,6 +97,7 @@ pub enum SupervisorMsg {
 }
 
 /// A message the supervisor sends itself; opaque outside this crate.
+#[derive(Debug)]
 pub struct Internal(pub(super) InternalMsg);
 
 /// What an [`Internal`] carries.
@@ -120,47 +121,6 @@ impl SupervisorMsg {
     /// A task's report.
     pub(super) fn done(done: Done) -> Self {
         Self::Internal(Internal(InternalMsg::Done(done)))
-    }
-}
-
-impl fmt::Debug for Internal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl fmt::Debug for SupervisorMsg {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::EnsureStream { spec, .. } => f
-                .debug_struct("EnsureStream")
-                .field("stream", &spec.name)
-                .finish(),
-            Self::AddConsumer { spec, .. } => f
-                .debug_struct("AddConsumer")
-                .field("durable", &spec.durable)
-                .finish(),
-            Self::RemoveConsumer { durable, .. } => f
-                .debug_struct("RemoveConsumer")
-                .field("durable", durable)
-                .finish(),
-            Self::Lookup { durable, .. } => {
-                f.debug_struct("Lookup").field("durable", durable).finish()
-            }
-            Self::Fetch { durable, batch, .. } => f
-                .debug_struct("Fetch")
-                .field("durable", durable)
-                .field("batch", batch)
-                .finish(),
-            Self::SetTarget { name, .. } => {
-                f.debug_struct("SetTarget").field("name", name).finish()
-            }
-            Self::Status(_) => f.write_str("Status"),
-            Self::Drain { timeout, .. } => {
-                f.debug_struct("Drain").field("timeout", timeout).finish()
-            }
-            Self::Internal(internal) => internal.fmt(f),
-        }
     }
 }
 

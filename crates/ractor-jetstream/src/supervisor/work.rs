@@ -11,7 +11,6 @@
 //! a message to the supervisor; the handlers only do
 //! bookkeeping.
 
-use std::fmt;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -29,30 +28,11 @@ use crate::{PullConsumer, PushConsumer};
 /// then to stop.
 const STOP_MARGIN: Duration = Duration::from_secs(5);
 
-impl fmt::Debug for Done {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Done::StreamEnsured { spec, .. } => f
-                .debug_struct("StreamEnsured")
-                .field("stream", &spec.name)
-                .finish_non_exhaustive(),
-            Done::ChildStarted { spec, result, .. } => f
-                .debug_struct("ChildStarted")
-                .field("durable", &spec.durable)
-                .field("ok", &result.is_ok())
-                .finish_non_exhaustive(),
-            Done::Removed { durable, .. } => f
-                .debug_struct("Removed")
-                .field("durable", durable)
-                .finish_non_exhaustive(),
-        }
-    }
-}
-
 /// What a task did.
 // One report per slow operation, and ractor boxes each message anyway: the
 // variants' sizes cost nothing worth a box of their own.
 #[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
 pub(super) enum Done {
     /// A stream was made to exist (or could not be).
     StreamEnsured {
@@ -76,6 +56,7 @@ pub(super) enum Done {
 }
 
 /// Why a child is being started.
+#[derive(Debug)]
 pub(super) enum Start {
     /// `AddConsumer`: the caller waits for the child. `drains` is the
     /// supervisor's drain count when the add began.
