@@ -164,6 +164,7 @@ impl<'a> AckMeta<'a> {
 
 /// A decision on a delivery, as the child applies it on the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Decision {
     /// Processed: never delivered again.
     Ack,

@@ -29,6 +29,7 @@ use reconcile::reconcile;
 
 /// What [`ensure_stream`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StreamAction {
     /// The stream did not exist and was created.
     Created,
@@ -40,6 +41,7 @@ pub enum StreamAction {
 
 /// What [`ensure_consumer`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ConsumerAction {
     /// The consumer did not exist and was created.
     Created,

@@ -133,6 +133,7 @@ pub(super) struct RestartTicket {
 
 /// The state of one child, as reported by [`SupervisorMsg::Status`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ChildState {
     /// Running.
     Running,
