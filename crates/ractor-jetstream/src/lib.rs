@@ -1,7 +1,7 @@
 //! NATS JetStream consumers inside a supervised [ractor] actor tree.
 //!
 //! A durable JetStream consumer delivers its messages into one of your
-//! actors, which decides on each: ack, nak (optionally delayed), term, or
+//! actors, which decides on each: ack, nak (now or after a delay), term, or
 //! "still working on it". The consumer itself lives in the actor tree: a
 //! crash restarts it, and it resumes from where the durable consumer stands
 //! on the server.
@@ -9,25 +9,40 @@
 //! # The tree
 //!
 //! ```text
-//! JetStreamSupervisor                 one per JetStream context
-//!  ├─ ensures streams and durable consumers
-//!  ├─ PushConsumer child   per push durable  ──Delivery──▶ target actor
-//!  ├─ PullConsumer child   per pull durable  ──Delivery──▶ target actor
-//!  │        ▲ Fetch RPC (direct, or routed through the supervisor)
-//!  └─ restarts failed children under a RestartPolicy
+//! SupervisorHandle ─▶ JetStreamSupervisor "<sup>"            one per JetStream context
+//!                      ├─ ensures streams and durable consumers
+//!                      ├─ PushConsumer "<sup>/<stream>/<durable>" ──Delivery──▶ target actor
+//!                      ├─ PullConsumer "<sup>/<stream>/<durable>" ──Delivery──▶ target actor
+//!                      │        ▲
+//!                      │        └─ fetch ◀─ PullHandle (finds the child by its name)
+//!                      └─ restarts failed children under a RestartPolicy
 //! ```
 //!
 //! - [`JetStreamSupervisor`] makes the [`Topology`]'s streams and durable
-//!   consumers exist, and spawns one child per durable.
-//! - [`PullConsumer`] does nothing until it gets a
-//!   [`ConsumerMsg::Fetch`] (or [`SupervisorMsg::Fetch`]); then it fetches at
+//!   consumers exist, and spawns one child per durable, registered in ractor
+//!   as `<sup>/<stream>/<durable>`, where `<sup>` is the supervisor's own
+//!   name (`jetstream-<actor id>` when it has none).
+//!   [`SupervisorHandle::spawn`] starts it and gives a handle whose calls
+//!   ([`fetch`](SupervisorHandle::fetch),
+//!   [`status`](SupervisorHandle::status),
+//!   [`add_consumer`](SupervisorHandle::add_consumer),
+//!   [`drain`](SupervisorHandle::drain), ...) each answer one
+//!   `Result<_, Error>`.
+//! - [`PullConsumer`] does nothing until it is asked to fetch, through a
+//!   [`PullHandle`] (from [`SupervisorHandle::pull`]); then it fetches at
 //!   most `batch` messages, forwards them, waits for every decision and
-//!   replies with a [`FetchOutcome`]. An expired fetch with nothing in it is
+//!   answers with a [`FetchOutcome`]. An expired fetch with nothing in it is
 //!   a clean empty outcome, not an error.
-//! - [`PushConsumer`] pumps a push subscription and never has more than
-//!   `max_in_flight` unsettled deliveries at its target.
+//! - [`PushConsumer`] pumps a push subscription and never has more than its
+//!   window ([`PushSpec::window`]) of unsettled deliveries at its target.
 //! - The target is any actor that takes a [`Delivery`] through a
-//!   [`ractor::DerivedActorRef<Delivery>`], so it keeps its own message enum.
+//!   [`ractor::DerivedActorRef<Delivery>`], so it keeps its own message enum
+//!   (see [Targets](#targets)).
+//!
+//! The handles wrap the actors' messages ([`SupervisorMsg`],
+//! [`ConsumerMsg`]) for code that wants an answer. An actor that talks to
+//! the tree by message can send a `Fetch` with a reply port and go on
+//! handling its mailbox: the child answers the port when the fetch is done.
 //!
 //! # Push or pull
 //!
@@ -43,18 +58,19 @@
 //! for the target's decision on it:
 //!
 //! - [`Delivery::ack`]: done; never delivered again.
-//! - [`Delivery::nak`]: not now; delivered again (after the delay, if any).
+//! - [`Delivery::nak`], [`Delivery::nak_after`]: not now; delivered again
+//!   (at once, or after the delay).
 //! - [`Delivery::term`]: never; not delivered again (dead-lettered first
 //!   when the consumer has a `dead_letter_subject`).
 //! - [`Delivery::in_progress`]: more time; the server waits another
-//!   `ack_wait` and the child's decision timeout starts over.
-//! - dropped without a decision, or not decided within the decision
-//!   timeout: nak'ed.
+//!   `ack_wait` and the child's hold on it starts over.
+//! - dropped without a decision, or held past the consumer's `max_hold`:
+//!   nak'ed.
 //!
-//! The child applies each decision on the server. A pull child replies to a
+//! The child applies each decision on the server. A pull child answers a
 //! fetch only when every delivery of it is settled, so a caller that fetches
-//! again only after the reply never has more than `batch` deliveries at its
-//! target. A push child keeps at most `max_in_flight` unsettled.
+//! again only after the answer never has more than `batch` deliveries at its
+//! target. A push child keeps at most its window unsettled.
 //!
 //! ```no_run
 //! use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -85,45 +101,16 @@
 //! }
 //! ```
 //!
-//! # A push consumer
+//! # A pull consumer
 //!
-//! The same target works for push; the child starts pumping as soon as it
-//! is spawned, and keeps at most `max_in_flight` unsettled deliveries at
-//! the target:
-//!
-//! ```no_run
-//! use ractor::Actor;
-//! use ractor_jetstream::{ConsumerSpec, JetStreamSupervisor, PushSpec, StreamSpec, SupervisorArgs, Topology};
-//!
-//! # async fn run(target: ractor::DerivedActorRef<ractor_jetstream::Delivery>) -> Result<(), Box<dyn std::error::Error>> {
-//! let js = async_nats::jetstream::new(async_nats::connect("nats://127.0.0.1:4222").await?);
-//! let topology = Topology::new()
-//!     .stream(StreamSpec::new("MAIL", ["mail.>"]))
-//!     .consumer(ConsumerSpec::new("MAIL", "mailer", "mailer", PushSpec::default().window(32)));
-//! let args = SupervisorArgs::new(js, topology).target("mailer", target);
-//! let (_supervisor, _) = Actor::spawn(Some("mail".into()), JetStreamSupervisor, args).await?;
-//! # Ok(()) }
-//! ```
-//!
-//! # Guarantees
-//!
-//! At-least-once. What was acked is never delivered again; what was in
-//! flight when a child stopped or crashed is nak'ed at once and delivered
-//! again, so it returns in well under a second rather than after
-//! `ack_wait`. A restarted child binds to the same durable consumer by
-//! name, so it resumes from the consumer's ack floor on the server. Only a
-//! killed process (or a lost connection) leaves its in-flight messages to
-//! the server's `ack_wait`; they still come back, later. Duplicates are
-//! possible after faults; gaps are not.
-//!
-//! # Example
+//! A stream, a pull durable on it, a target that acks everything, and one
+//! fetch of at most 10 messages. `js` is a JetStream context
+//! (`async_nats::jetstream::new(client)`; a [`ConnectionSpec`] describes a
+//! connection with credentials and TLS as data):
 //!
 //! ```no_run
-//! use ractor::{Actor, ActorProcessingErr, ActorRef, call_t};
-//! use ractor_jetstream::{
-//!     ConsumerSpec, Delivery, JetStreamSupervisor, StreamSpec, SupervisorArgs, SupervisorMsg,
-//!     Topology,
-//! };
+//! use ractor::{Actor, ActorProcessingErr, ActorRef};
+//! use ractor_jetstream::{ConsumerSpec, Delivery, StreamSpec, SupervisorArgs, SupervisorHandle, Topology};
 //!
 //! /// A target that acks everything it gets.
 //! struct Worker;
@@ -144,23 +131,123 @@
 //!     }
 //! }
 //!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let js = async_nats::jetstream::new(async_nats::connect("nats://127.0.0.1:4222").await?);
-//! let (worker, _) = Actor::spawn(None, Worker, ()).await?;
+//! async fn run(js: async_nats::jetstream::Context) -> Result<(), ractor_jetstream::Error> {
+//!     let (worker, _) = Actor::spawn(None, Worker, ()).await?;
+//!     let topology = Topology::new()
+//!         .stream(StreamSpec::new("ORDERS", ["orders.>"]))
+//!         .consumer(ConsumerSpec::pull("ORDERS", "billing", "worker"));
+//!     let args = SupervisorArgs::new(js, topology).target("worker", worker.get_derived());
+//!     let (supervisor, _) = SupervisorHandle::spawn(Some("shop".into()), args).await?;
+//!
+//!     // The child is registered as "shop/ORDERS/billing"; the handle finds
+//!     // it again after a restart.
+//!     let outcome = supervisor.pull("billing").await?.fetch(10, None).await?;
+//!     assert_eq!(outcome.delivered, outcome.acked);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # A push consumer
+//!
+//! The same kind of target works for push; the child starts pumping as soon
+//! as it is spawned, and keeps at most its window of unsettled deliveries
+//! at the target:
+//!
+//! ```no_run
+//! use ractor_jetstream::{ConsumerSpec, PushSpec, StreamSpec, SupervisorArgs, SupervisorHandle, Topology};
+//!
+//! # async fn run(js: async_nats::jetstream::Context, mailer: ractor::DerivedActorRef<ractor_jetstream::Delivery>) -> Result<(), ractor_jetstream::Error> {
 //! let topology = Topology::new()
-//!     .stream(StreamSpec::new("ORDERS", ["orders.>"]))
-//!     .consumer(ConsumerSpec::pull("ORDERS", "billing", "worker"));
-//! let args = SupervisorArgs::new(js, topology).target("worker", worker.get_derived());
-//! let (supervisor, _) = Actor::spawn(None, JetStreamSupervisor, args).await?;
-//! let outcome = call_t!(supervisor, |reply| SupervisorMsg::Fetch {
-//!     durable: "billing".into(),
-//!     batch: 10,
-//!     expires: None,
-//!     reply,
-//! }, 10_000)??;
-//! assert_eq!(outcome.delivered, outcome.acked);
+//!     .stream(StreamSpec::new("MAIL", ["mail.>"]))
+//!     .consumer(ConsumerSpec::new("MAIL", "mailer", "mailer", PushSpec::default().window(32)));
+//! let args = SupervisorArgs::new(js, topology).target("mailer", mailer);
+//! let (supervisor, _) = SupervisorHandle::spawn(Some("mail".into()), args).await?;
+//! let stats = supervisor.consumer("mailer").await?.stats().await?;
+//! println!("{} delivered so far", stats.delivered);
 //! # Ok(()) }
 //! ```
+//!
+//! # Targets
+//!
+//! A consumer's spec names its target; [`SupervisorArgs::target`] (or
+//! [`SupervisorHandle::set_target`] later) says which actor that name is,
+//! as a [`Target`]:
+//!
+//! - an actor ([`Target::actor`], or `.into()` from a
+//!   `DerivedActorRef<Delivery>`): that actor for good; when it is
+//!   restarted, its successor needs a `set_target`;
+//! - a registered name ([`Target::registered`]): whatever actor is
+//!   registered in ractor under that name, looked up again whenever the one
+//!   in hand has stopped;
+//! - a process group ([`Target::group`]): a running member of a ractor
+//!   process group, the same one until it stops.
+//!
+//! So a target that its own supervisor restarts under the same name (or
+//! into the same group) gets the deliveries with no application code:
+//!
+//! ```no_run
+//! use ractor_jetstream::{Delivery, SupervisorArgs, Target, Topology};
+//!
+//! # fn run(js: async_nats::jetstream::Context, topology: Topology, mailer: ractor::ActorRef<Delivery>) {
+//! let args = SupervisorArgs::new(js, topology)
+//!     // This actor, and no other.
+//!     .target("mailer", mailer.get_derived())
+//!     // The actor registered as "billing-worker" when a delivery goes out.
+//!     .target("billing", Target::registered::<Delivery>("billing-worker"))
+//!     // A running member of the process group "auditors".
+//!     .target("audit", Target::group::<Delivery>("auditors"));
+//! # }
+//! ```
+//!
+//! A message that finds no running target is not forwarded: it is nak'ed
+//! (or, on its last allowed delivery, kept for the next target), and a pull
+//! child sends no pull request while its target is not running. A dead
+//! target never costs a message its deliveries.
+//!
+//! # Errors
+//!
+//! Every call answers this crate's one [`Error`]. Match on its
+//! [`kind`](Error::kind) (an [`ErrorKind`]), never on its text;
+//! [`Error::is_transient`] says whether the same request may succeed later
+//! (a child restarting, a fetch cut short by a crash, a busy child, a
+//! server timeout), and [`std::error::Error::source`] keeps the async-nats
+//! or ractor error underneath:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use ractor_jetstream::{Error, ErrorKind, PullHandle};
+//!
+//! /// Fetches until a fetch comes back empty; returns how many were acked.
+//! async fn work_off_backlog(billing: &PullHandle) -> Result<u64, Error> {
+//!     let mut acked = 0;
+//!     loop {
+//!         match billing.fetch(100, Some(Duration::from_secs(1))).await {
+//!             Ok(outcome) if outcome.is_empty() => return Ok(acked),
+//!             Ok(outcome) => acked += outcome.acked,
+//!             // Restarting, cut short (what it held comes back), busy: again.
+//!             Err(err) if err.is_transient() => tokio::time::sleep(Duration::from_millis(100)).await,
+//!             // The consumer is being drained: stop fetching.
+//!             Err(err) if err.kind() == ErrorKind::Draining => return Ok(acked),
+//!             Err(err) => return Err(err),
+//!         }
+//!     }
+//! }
+//! ```
+//!
+//! A supervisor that gave up on a child (it failed more often than its
+//! [`RestartPolicy`] allows) fails itself with [`Error::GaveUp`], which its
+//! own parent reads with [`Error::of_actor_failure`].
+//!
+//! # Guarantees
+//!
+//! At-least-once. What was acked is never delivered again; what was in
+//! flight when a child stopped or crashed is nak'ed at once and delivered
+//! again, so it returns in well under a second rather than after
+//! `ack_wait`. A restarted child binds to the same durable consumer by
+//! name, so it resumes from the consumer's ack floor on the server. Only a
+//! killed process (or a lost connection) leaves its in-flight messages to
+//! the server's `ack_wait`; they still come back, later. Duplicates are
+//! possible after faults; gaps are not.
 #![warn(missing_docs)]
 
 /// A named failpoint for fault-injection tests; compiled out unless the

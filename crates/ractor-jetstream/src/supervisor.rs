@@ -8,31 +8,36 @@
 //! supervisor's own name, or `jetstream-<actor id>` when it has none), routes
 //! [`SupervisorMsg::Fetch`] to the right pull child, and restarts children
 //! that fail under its [`RestartPolicy`].
+//! [`SupervisorHandle::spawn`](crate::SupervisorHandle::spawn) starts one
+//! and gives a handle on it:
 //!
 //! ```no_run
-//! use ractor::{Actor, call_t};
-//! use ractor_jetstream::{
-//!     ConsumerSpec, JetStreamSupervisor, StreamSpec, SupervisorArgs, SupervisorMsg, Topology,
-//! };
-//! # async fn run(target: ractor::DerivedActorRef<ractor_jetstream::Delivery>) -> Result<(), Box<dyn std::error::Error>> {
-//! let client = async_nats::connect("nats://127.0.0.1:4222").await?;
-//! let js = async_nats::jetstream::new(client);
+//! use ractor_jetstream::{ConsumerSpec, StreamSpec, SupervisorArgs, SupervisorHandle, Topology};
+//! use std::time::Duration;
+//!
+//! # async fn run(js: async_nats::jetstream::Context, target: ractor::DerivedActorRef<ractor_jetstream::Delivery>) -> Result<(), ractor_jetstream::Error> {
 //! let topology = Topology::new()
 //!     .stream(StreamSpec::new("ORDERS", ["orders.>"]))
 //!     .consumer(ConsumerSpec::pull("ORDERS", "billing", "billing-worker"));
 //! let args = SupervisorArgs::new(js, topology).target("billing-worker", target);
-//! let (supervisor, _) = Actor::spawn(Some("jetstream".into()), JetStreamSupervisor, args).await?;
+//! let (supervisor, _) = SupervisorHandle::spawn(Some("jetstream".into()), args).await?;
 //!
-//! // Fetch through the supervisor: the reply comes from the pull child.
-//! let outcome = call_t!(supervisor, |reply| SupervisorMsg::Fetch {
-//!     durable: "billing".into(),
-//!     batch: 100,
-//!     expires: None,
-//!     reply,
-//! }, 10_000)??;
+//! // Through the supervisor: it forwards the fetch to the child registered
+//! // as "jetstream/ORDERS/billing", which answers.
+//! let outcome = supervisor.fetch("billing", 100, None).await?;
 //! println!("fetched {}", outcome.delivered);
+//!
+//! // Every child's state, then a drain: in-flight decisions complete, the
+//! // rest is nak'ed, and the children stop for good.
+//! for child in supervisor.status().await?.children {
+//!     println!("{} ({}): {:?}, {} restarts", child.durable, child.mode, child.state, child.restarts);
+//! }
+//! supervisor.drain(Duration::from_secs(5)).await?;
 //! # Ok(()) }
 //! ```
+//!
+//! From another actor, send [`SupervisorMsg`]s instead (the handle wraps
+//! them): a `Fetch` carries its reply port, which the child answers.
 //!
 //! The supervisor never blocks. It never waits on a fetch: it forwards the
 //! request with its reply port, and the child answers the caller directly.

@@ -21,12 +21,15 @@
 //! fetch ends when the request is closed and every delivery is settled.
 //!
 //! ```no_run
-//! use ractor::{Actor, call_t};
-//! use ractor_jetstream::{ConsumerArgs, ConsumerMsg, ConsumerSpec, PullConsumer};
-//! # async fn run(js: async_nats::jetstream::Context, target: ractor::DerivedActorRef<ractor_jetstream::Delivery>) -> Result<(), Box<dyn std::error::Error>> {
+//! use ractor::Actor;
+//! use ractor_jetstream::{ConsumerArgs, ConsumerSpec, PullConsumer, PullHandle};
+//! # async fn run(js: async_nats::jetstream::Context, target: ractor::DerivedActorRef<ractor_jetstream::Delivery>) -> Result<(), ractor_jetstream::Error> {
+//! // A child of its own, without a supervisor (usually the supervisor
+//! // spawns it, and `SupervisorHandle::pull` gives the handle).
 //! let args = ConsumerArgs { js, spec: ConsumerSpec::pull("ORDERS", "billing", "worker"), target: target.into() };
 //! let (child, _) = Actor::spawn(None, PullConsumer, args).await?;
-//! let outcome = call_t!(child, |reply| ConsumerMsg::Fetch { batch: 100, expires: None, reply }, 10_000)??;
+//! let billing = PullHandle::from_child("billing", child);
+//! let outcome = billing.fetch(100, None).await?;
 //! println!("{} delivered, {} acked, ended by {:?}", outcome.delivered, outcome.acked, outcome.end);
 //! # Ok(()) }
 //! ```
