@@ -36,8 +36,8 @@ use futures::stream::FuturesUnordered;
 use nats_harness::{NatsCluster, NatsServer};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use ractor_jetstream::{
-    ConsumerSpec, Delivery, JetStreamSupervisor, PushSpec, RestartPolicy, StreamSpec,
-    SupervisorArgs, SupervisorMsg, Topology,
+    ConsumerHandle, ConsumerSpec, Delivery, PullHandle, PushSpec, RestartPolicy, StreamSpec,
+    SupervisorArgs, SupervisorHandle, Target, Topology,
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -51,6 +51,9 @@ const PUBLISH_RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// How long each step of the final report may take once the run has ended.
 /// Long enough for a cluster to elect a new leader for a consumer.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The ractor process group the worker joins; both consumers deliver to
+/// its running member.
+const WORKERS: &str = "chaos-workers";
 
 struct Args {
     messages: u64,
@@ -182,15 +185,14 @@ impl Actor for Worker {
     }
 }
 
-/// Keeps the worker alive: respawns it after a panic and points the
-/// supervisor at the new one.
+/// Keeps the worker alive: respawns it after a panic into the process
+/// group [`WORKERS`], where the consumers' target finds it (no `SetTarget`).
 struct Keeper;
 
 struct KeeperState {
     worker: ActorRef<Delivery>,
     ledger: Arc<Ledger>,
     panic_next: Arc<AtomicBool>,
-    supervisor: Arc<Mutex<Option<ActorRef<SupervisorMsg>>>>,
 }
 
 impl Keeper {
@@ -203,32 +205,27 @@ impl Keeper {
             ledger: ledger.clone(),
             panic_next: panic_next.clone(),
         };
-        Ok(Actor::spawn_linked(None, Worker, args, myself.get_cell())
-            .await?
-            .0)
+        let (worker, _) = Actor::spawn_linked(None, Worker, args, myself.get_cell()).await?;
+        ractor::pg::join(WORKERS.to_string(), vec![worker.get_cell()]);
+        Ok(worker)
     }
 }
 
 impl Actor for Keeper {
     type Msg = ();
     type State = KeeperState;
-    type Arguments = (
-        Arc<Ledger>,
-        Arc<AtomicBool>,
-        Arc<Mutex<Option<ActorRef<SupervisorMsg>>>>,
-    );
+    type Arguments = (Arc<Ledger>, Arc<AtomicBool>);
 
     async fn pre_start(
         &self,
         myself: ActorRef<()>,
-        (ledger, panic_next, supervisor): Self::Arguments,
+        (ledger, panic_next): Self::Arguments,
     ) -> Result<KeeperState, ActorProcessingErr> {
         let worker = Self::spawn_worker(&myself, &ledger, &panic_next).await?;
         Ok(KeeperState {
             worker,
             ledger,
             panic_next,
-            supervisor,
         })
     }
 
@@ -242,13 +239,6 @@ impl Actor for Keeper {
             && cell.get_id() == state.worker.get_id()
         {
             state.worker = Self::spawn_worker(&myself, &state.ledger, &state.panic_next).await?;
-            let supervisor = state.supervisor.lock().ok().and_then(|s| s.clone());
-            if let Some(supervisor) = supervisor {
-                supervisor.cast(SupervisorMsg::SetTarget {
-                    name: "worker".into(),
-                    target: state.worker.get_derived().into(),
-                })?;
-            }
         }
         Ok(())
     }
@@ -359,36 +349,29 @@ async fn run() -> Result<(End, u64), String> {
             .ack_wait(ack_wait),
         );
 
-    // 2. The worker under its keeper, and the supervisor.
+    // 2. The worker under its keeper, and the supervisor, whose consumers
+    //    deliver to whichever worker runs in the process group, and handles
+    //    on its two children (found again by name after every restart).
     let ledger = Arc::new(Ledger::new(args.messages));
     let panic_next = Arc::new(AtomicBool::new(false));
-    let supervisor_slot = Arc::new(Mutex::new(None));
-    let (keeper, _) = Actor::spawn(
-        None,
-        Keeper,
-        (ledger.clone(), panic_next.clone(), supervisor_slot.clone()),
-    )
-    .await
-    .map_err(|e| text(&e))?;
-    let worker: ActorRef<Delivery> = keeper
-        .get_children()
-        .into_iter()
-        .next()
-        .map(Into::into)
-        .ok_or("the keeper has no worker")?;
+    let (keeper, _) = Actor::spawn(None, Keeper, (ledger.clone(), panic_next.clone()))
+        .await
+        .map_err(|e| text(&e))?;
     let policy = RestartPolicy {
         max_restarts: 1000,
         ..RestartPolicy::default()
     };
     let supervisor_args = SupervisorArgs::new(js.clone(), topology)
-        .target("worker", worker.get_derived())
+        .target("worker", Target::group::<Delivery>(WORKERS))
         .restart_policy(policy);
-    let (supervisor, _) = Actor::spawn(Some("chaos".into()), JetStreamSupervisor, supervisor_args)
+    let (supervisor, _) = SupervisorHandle::spawn(Some("chaos".into()), supervisor_args)
         .await
         .map_err(|e| text(&e))?;
-    if let Ok(mut slot) = supervisor_slot.lock() {
-        *slot = Some(supervisor.clone());
-    }
+    let chaos_pull = supervisor.pull("chaos-pull").await.map_err(|e| text(&e))?;
+    let chaos_push = supervisor
+        .consumer("chaos-push")
+        .await
+        .map_err(|e| text(&e))?;
 
     // 3. Publish in the background (retrying through faults; the message
     //    id makes a retry idempotent), and fetch in a loop. The publisher
@@ -399,7 +382,7 @@ async fn run() -> Result<(End, u64), String> {
         .build(js.client());
     let publisher = tokio::spawn(publish_all(publish_js, args.messages, published.clone()));
     let stop = Arc::new(AtomicBool::new(false));
-    let fetcher = tokio::spawn(fetch_loop(supervisor.clone(), stop.clone()));
+    let fetcher = tokio::spawn(fetch_loop(chaos_pull.clone(), stop.clone()));
 
     // 4. Faults, until everything is published and acked (or time is up).
     let started = Instant::now();
@@ -432,7 +415,8 @@ async fn run() -> Result<(End, u64), String> {
         if last_fault.elapsed() >= args.fault_every {
             last_fault = Instant::now();
             faults += 1;
-            inject(&mut rng, &mut servers, &supervisor, &panic_next).await;
+            let children = [chaos_pull.consumer(), &chaos_push];
+            inject(&mut rng, &mut servers, children, &panic_next).await;
         }
         if last_report.elapsed() >= Duration::from_secs(2) {
             last_report = Instant::now();
@@ -456,13 +440,9 @@ async fn run() -> Result<(End, u64), String> {
 
     // 5. The verdict, from the ledger and from the server. Every step is
     //    bounded, so that a run that ended badly still prints its summary.
-    let status = supervisor
-        .call(SupervisorMsg::Status, Some(REPORT_TIMEOUT))
-        .await;
+    let status = tokio::time::timeout(REPORT_TIMEOUT, supervisor.status()).await;
     let restarts: u64 = match status {
-        Ok(ractor::rpc::CallResult::Success(status)) => {
-            status.children.iter().map(|c| c.restarts).sum()
-        }
+        Ok(Ok(status)) => status.children.iter().map(|c| c.restarts).sum(),
         _ => 0,
     };
     let missing = ledger.missing(published);
@@ -493,7 +473,11 @@ async fn run() -> Result<(End, u64), String> {
             Err(_) => eprintln!("chaos: {durable}: no consumer info within {REPORT_TIMEOUT:?}"),
         }
     }
-    if let Err(e) = supervisor.stop_and_wait(None, Some(REPORT_TIMEOUT)).await {
+    if let Err(e) = supervisor
+        .actor()
+        .stop_and_wait(None, Some(REPORT_TIMEOUT))
+        .await
+    {
         eprintln!("chaos: the supervisor did not stop: {e}");
     }
     keeper.stop(None);
@@ -515,10 +499,11 @@ fn default_budget(args: &Args) -> Duration {
     (Duration::from_secs(120) + Duration::from_millis(args.messages / 10)).saturating_add(faults)
 }
 
+/// One random fault. `children` are the pull and the push consumer's.
 async fn inject(
     rng: &mut Rng,
     servers: &mut Servers,
-    supervisor: &ActorRef<SupervisorMsg>,
+    children: [&ConsumerHandle; 2],
     panic_next: &AtomicBool,
 ) {
     let kinds = if matches!(servers, Servers::Cluster(_)) {
@@ -528,22 +513,9 @@ async fn inject(
     };
     match rng.below(kinds) {
         0 => {
-            let durable = if rng.below(2) == 0 {
-                "chaos-pull"
-            } else {
-                "chaos-push"
-            };
-            let child = supervisor
-                .call(
-                    |reply| SupervisorMsg::Lookup {
-                        durable: durable.into(),
-                        reply,
-                    },
-                    Some(Duration::from_secs(5)),
-                )
-                .await;
-            if let Ok(ractor::rpc::CallResult::Success(Some(child))) = child {
-                println!("chaos: fault: kill the {durable} child");
+            let consumer = children[rng.below(2) as usize];
+            if let Some(child) = consumer.child() {
+                println!("chaos: fault: kill the {} child", consumer.durable());
                 child.kill();
             }
         }
@@ -647,20 +619,15 @@ async fn publish_one(
         .map_err(|e| e.to_string())
 }
 
-async fn fetch_loop(supervisor: ActorRef<SupervisorMsg>, stop: Arc<AtomicBool>) {
+/// Fetches from the pull child until `stop`; a failed fetch (the child
+/// restarting, a fetch cut short by a fault) is tried again after a pause.
+async fn fetch_loop(chaos_pull: PullHandle, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
-        let result = supervisor
-            .call(
-                |reply| SupervisorMsg::Fetch {
-                    durable: "chaos-pull".into(),
-                    batch: 100,
-                    expires: Some(Duration::from_millis(500)),
-                    reply,
-                },
-                Some(Duration::from_secs(30)),
-            )
-            .await;
-        if !matches!(result, Ok(ractor::rpc::CallResult::Success(Ok(_)))) {
+        // Bounded, as every wait of this run is: a soak ends with its
+        // summary whatever a fault did.
+        let fetch = chaos_pull.fetch(100, Some(Duration::from_millis(500)));
+        let result = tokio::time::timeout(Duration::from_secs(30), fetch).await;
+        if !matches!(result, Ok(Ok(_))) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -26,8 +26,7 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_jetstream::{
-    ConsumerSpec, Delivery, JetStreamSupervisor, StreamSpec, SupervisorArgs, SupervisorMsg,
-    Topology,
+    ConsumerSpec, Delivery, StreamSpec, SupervisorArgs, SupervisorHandle, Topology,
 };
 
 /// The command line, validated before anything connects.
@@ -151,7 +150,7 @@ impl Actor for Worker {
     ) -> Result<(), ActorProcessingErr> {
         // Every K-th first delivery is nak'ed; it is acked when it comes
         // again.
-        if delivery.info().delivered == 1 {
+        if delivery.delivered() == 1 {
             state.first_deliveries += 1;
             if state
                 .nak_every
@@ -234,38 +233,32 @@ async fn run() -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let supervisor_args = SupervisorArgs::new(js, topology).target("worker", worker.get_derived());
-    let (supervisor, _) = Actor::spawn(None, JetStreamSupervisor, supervisor_args)
+    let (supervisor, _) = SupervisorHandle::spawn(None, supervisor_args)
+        .await
+        .map_err(|e| e.to_string())?;
+    let workers = supervisor
+        .pull(&args.durable)
         .await
         .map_err(|e| e.to_string())?;
 
     // 4. Fetch, one batch at a time, only when the last one is settled.
+    //    The answer comes when every delivery of the batch is decided, so
+    //    the call has no timeout that could cut off a slow batch.
     let mut totals = Totals::default();
     let mut idle_since: Option<Instant> = None;
     loop {
         if args.max_messages.is_some_and(|max| totals.acked >= max) {
             break;
         }
-        let outcome = supervisor
-            .call(
-                |reply| SupervisorMsg::Fetch {
-                    durable: args.durable.clone(),
-                    batch: args.batch,
-                    expires: Some(args.expires),
-                    reply,
-                },
-                Some(args.expires + Duration::from_secs(60)),
-            )
+        let outcome = workers
+            .fetch(args.batch, Some(args.expires))
             .await
             .map_err(|e| e.to_string())?;
-        let outcome = match outcome {
-            ractor::rpc::CallResult::Success(result) => result.map_err(|e| e.to_string())?,
-            other => return Err(format!("fetch got no answer: {other:?}")),
-        };
         totals.fetches += 1;
-        totals.delivered += outcome.delivered as u64;
-        totals.acked += outcome.acked as u64;
-        totals.naked += outcome.naked as u64;
-        totals.termed += outcome.termed as u64;
+        totals.delivered += outcome.delivered;
+        totals.acked += outcome.acked;
+        totals.naked += outcome.naked;
+        totals.termed += outcome.termed;
         if outcome.delivered == 0 {
             totals.empty_fetches += 1;
             let since = *idle_since.get_or_insert_with(Instant::now);
@@ -279,6 +272,7 @@ async fn run() -> Result<(), String> {
 
     // 5. Shut down: stopping the supervisor drains its child.
     supervisor
+        .actor()
         .stop_and_wait(None, Some(Duration::from_secs(30)))
         .await
         .map_err(|e| e.to_string())?;

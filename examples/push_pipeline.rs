@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_jetstream::{
-    ConsumerSpec, Delivery, JetStreamSupervisor, PushSpec, StreamSpec, SupervisorArgs, Topology,
+    ConsumerSpec, Delivery, PushSpec, StreamSpec, SupervisorArgs, SupervisorHandle, Topology,
 };
 
 /// Stage one: decodes the reading and passes the delivery on.
@@ -145,7 +145,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             PushSpec::default().window(64),
         ));
     let args = SupervisorArgs::new(js.clone(), topology).target("parse", parse.get_derived());
-    let (supervisor, _) = Actor::spawn(None, JetStreamSupervisor, args).await?;
+    let (supervisor, _) = SupervisorHandle::spawn(None, args).await?;
 
     // 4. Publish readings; the push child starts forwarding at once.
     let mut acks = Vec::new();
@@ -187,6 +187,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     supervisor
+        .actor()
         .stop_and_wait(None, Some(Duration::from_secs(10)))
         .await?;
     println!(

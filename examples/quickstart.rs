@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use ractor_jetstream::{Delivery, JetStreamSupervisor, SupervisorArgs, SupervisorMsg, Topology};
+use ractor_jetstream::{Delivery, SupervisorArgs, SupervisorHandle, Topology};
 
 const ORDERS: u64 = 10_000;
 
@@ -54,7 +54,7 @@ impl Actor for Worker {
         order: Delivery,
         tally: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let first_time = order.info().delivered == 1;
+        let first_time = order.delivered() == 1;
         let number: u64 = std::str::from_utf8(order.payload())?.parse()?;
         // Every 50th order cannot be handled the first time: nak it, and it
         // comes back.
@@ -105,8 +105,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tally = Arc::new(Mutex::new(Tally::default()));
     let (worker, _) = Actor::spawn(None, Worker, tally.clone()).await?;
     let args = SupervisorArgs::new(js.clone(), topology).target("worker", worker.get_derived());
-    let (supervisor, _) =
-        Actor::spawn(Some("quickstart".into()), JetStreamSupervisor, args).await?;
+    let (supervisor, _) = SupervisorHandle::spawn(Some("quickstart".into()), args).await?;
     println!("quickstart: supervisor up: pull durable `fulfilment`, push durable `audit`");
 
     // 4. Publish the orders: even ones to Europe (pull), odd ones to the US
@@ -132,7 +131,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("quickstart: published {ORDERS} orders");
 
     // 5. Fetch the Europe orders in batches, the way a worker that pulls
-    //    only when ready does. Kill the pull child halfway through.
+    //    only when ready does. Kill the pull child halfway through. The
+    //    handle reaches the child directly, and finds the restarted one by
+    //    its registered name, `quickstart/QUICKSTART_ORDERS/fulfilment`.
+    let fulfilment = supervisor.pull("fulfilment").await?;
     let started = Instant::now();
     let mut killed = false;
     let mut resumed = false;
@@ -154,15 +156,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         if !killed && acked_pull >= ORDERS / 4 {
             killed = true;
-            let child = ractor::call_t!(
-                supervisor,
-                |reply| SupervisorMsg::Lookup {
-                    durable: "fulfilment".into(),
-                    reply
-                },
-                5_000
-            )?;
-            if let Some(child) = child {
+            if let Some(child) = fulfilment.consumer().child() {
                 println!(
                     "quickstart: killing the pull child halfway (at {acked_pull} of {} Europe orders)",
                     ORDERS / 2
@@ -174,22 +168,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             last_progress = Instant::now();
             println!("quickstart: {acked:>5}/{ORDERS} orders acked, {redelivered} redelivered");
         }
-        // A fetch that a crash cuts off fails: with FetchInterrupted, or, when
-        // the child died before reading it, with its reply channel closed.
-        // Either way nothing is lost; fetch again.
-        let fetched = ractor::call_t!(
-            supervisor,
-            |reply| SupervisorMsg::Fetch {
-                durable: "fulfilment".into(),
-                batch: 100,
-                expires: Some(Duration::from_millis(200)),
-                reply
-            },
-            30_000
-        )
-        .map_err(|err| err.to_string())
-        .and_then(|result| result.map_err(|err| err.to_string()));
-        match fetched {
+        // A fetch that a crash cuts off fails with FetchInterrupted; one sent
+        // while the child restarts, with Unavailable. Either way nothing is
+        // lost; fetch again.
+        match fulfilment
+            .fetch(100, Some(Duration::from_millis(200)))
+            .await
+        {
             Ok(outcome) => {
                 if killed && !resumed && outcome.delivered > 0 {
                     resumed = true;
@@ -208,14 +193,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             // While the child restarts, the supervisor says so; try again.
             Err(err) => {
-                println!("quickstart: fetch refused ({err}); retrying");
+                println!(
+                    "quickstart: fetch refused ({:?}: {err}); retrying",
+                    err.kind()
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
     }
 
     // 6. What the server says, and the summary.
-    let status = ractor::call_t!(supervisor, SupervisorMsg::Status, 5_000)?;
+    let status = supervisor.status().await?;
     let restarts: u64 = status.children.iter().map(|c| c.restarts).sum();
     for child in &status.children {
         println!(
@@ -239,6 +227,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     supervisor
+        .actor()
         .stop_and_wait(None, Some(Duration::from_secs(10)))
         .await?;
     let tally = tally.lock().map_err(|_| "tally lock poisoned")?;

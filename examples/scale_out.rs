@@ -25,8 +25,7 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_jetstream::{
-    ConsumerSpec, Delivery, JetStreamSupervisor, StreamSpec, SupervisorArgs, SupervisorMsg,
-    Topology,
+    ConsumerSpec, Delivery, StreamSpec, SupervisorArgs, SupervisorHandle, Topology,
 };
 
 /// Every worker records which stream sequences it processed.
@@ -124,15 +123,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .stream(StreamSpec::new("JOBS", ["jobs.>"]))
         .consumer(ConsumerSpec::pull("JOBS", "shared", "worker"));
 
-    // 2. The workers: each its own connection, supervisor and target.
+    // 2. The workers: each its own connection, supervisor and target, and
+    //    a handle on its own pull child of the shared durable.
     let ledger: Ledger = Arc::default();
     let mut supervisors = Vec::new();
+    let mut pulls = Vec::new();
     for i in 0..workers {
         let js = async_nats::jetstream::new(async_nats::connect(&url).await?);
         let (worker, _) = Actor::spawn(None, Worker, (i, ledger.clone())).await?;
         let args = SupervisorArgs::new(js, topology.clone()).target("worker", worker.get_derived());
-        let (supervisor, _) =
-            Actor::spawn(Some(format!("worker-{i}")), JetStreamSupervisor, args).await?;
+        let (supervisor, _) = SupervisorHandle::spawn(Some(format!("worker-{i}")), args).await?;
+        pulls.push(supervisor.pull("shared").await?);
         supervisors.push(supervisor);
     }
 
@@ -153,10 +154,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 4. Every worker fetches in its own loop until all jobs are done, and
     //    then for `--idle-ms` more. Each counts its fetches.
     let started = Instant::now();
-    let loops: Vec<_> = supervisors
-        .iter()
-        .cloned()
-        .map(|supervisor| {
+    let loops: Vec<_> = pulls
+        .into_iter()
+        .map(|shared| {
             let ledger = ledger.clone();
             tokio::spawn(async move {
                 let mut fetches = 0u64;
@@ -173,17 +173,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         }
                     }
                     fetches += 1;
-                    let _ = supervisor
-                        .call(
-                            |reply| SupervisorMsg::Fetch {
-                                durable: "shared".into(),
-                                batch: 50,
-                                expires: Some(EXPIRES),
-                                reply,
-                            },
-                            Some(Duration::from_secs(10)),
-                        )
-                        .await;
+                    let _ = shared.fetch(50, Some(EXPIRES)).await;
                 }
                 fetches
             })
@@ -208,7 +198,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .filter(|seq| !ledger.contains_key(seq))
         .count();
     for supervisor in &supervisors {
-        supervisor.stop(None);
+        supervisor.actor().stop(None);
     }
     let info = js.get_stream("JOBS").await?.consumer_info("shared").await?;
     println!(

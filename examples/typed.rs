@@ -22,8 +22,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_jetstream::{
-    ConsumerSpec, Delivery, JetStreamSupervisor, StreamSpec, SupervisorArgs, SupervisorMsg,
-    Topology,
+    ConsumerSpec, Delivery, StreamSpec, SupervisorArgs, SupervisorHandle, Topology,
 };
 use serde::Deserialize;
 
@@ -95,7 +94,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .stream(StreamSpec::new("DLQ", ["dlq.>"]))
         .consumer(ConsumerSpec::pull("TYPED_ORDERS", "typed", "orders").dead_letter("dlq.orders"));
     let args = SupervisorArgs::new(js.clone(), topology).target("orders", orders.get_derived());
-    let (supervisor, _) = Actor::spawn(None, JetStreamSupervisor, args).await?;
+    let (supervisor, _) = SupervisorHandle::spawn(None, args).await?;
 
     // 3. Some good orders, and some that are not orders at all.
     let payloads = [
@@ -111,17 +110,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             .await?;
     }
 
-    // 4. One fetch takes them all.
-    let outcome = ractor::call_t!(
-        supervisor,
-        |reply| SupervisorMsg::Fetch {
-            durable: "typed".into(),
-            batch: 10,
-            expires: Some(Duration::from_millis(500)),
-            reply
-        },
-        10_000
-    )??;
+    // 4. One fetch takes them all (through the supervisor, which hands it
+    //    to the pull child).
+    let outcome = supervisor
+        .fetch("typed", 10, Some(Duration::from_millis(500)))
+        .await?;
     println!(
         "typed: fetched {}: {} acked, {} terminated",
         outcome.delivered, outcome.acked, outcome.termed
@@ -154,6 +147,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         dead_lettered += 1;
     }
     supervisor
+        .actor()
         .stop_and_wait(None, Some(Duration::from_secs(10)))
         .await?;
     println!(
