@@ -9,8 +9,7 @@
 //! use ractor_jetstream::{ConsumerSpec, StreamSpec, SupervisorArgs, SupervisorHandle, Topology};
 //! use std::time::Duration;
 //!
-//! # async fn run(target: ractor::DerivedActorRef<ractor_jetstream::Delivery>) -> Result<(), ractor_jetstream::Error> {
-//! # let js = async_nats::jetstream::new(async_nats::connect("nats://127.0.0.1:4222").await.unwrap());
+//! # async fn run(js: async_nats::jetstream::Context, target: ractor::DerivedActorRef<ractor_jetstream::Delivery>) -> Result<(), ractor_jetstream::Error> {
 //! let topology = Topology::new()
 //!     .stream(StreamSpec::new("ORDERS", ["orders.>"]))
 //!     .consumer(ConsumerSpec::pull("ORDERS", "billing", "billing-worker"));
