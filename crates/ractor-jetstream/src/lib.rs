@@ -182,6 +182,9 @@
 //! - a process group ([`Target::group`]): a running member of a ractor
 //!   process group, the same one until it stops.
 //!
+//! The type parameter of the last two is the actor's own message type
+//! (`Delivery`, or an enum that converts from and into it).
+//!
 //! So a target that its own supervisor restarts under the same name (or
 //! into the same group) gets the deliveries with no application code:
 //!
