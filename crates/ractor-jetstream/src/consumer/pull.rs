@@ -34,6 +34,7 @@
 //! # Ok(()) }
 //! ```
 
+mod replies;
 mod request;
 mod serve;
 
@@ -117,6 +118,7 @@ async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox) -> Result<(), Error> {
         alarm: Alarm::new(),
         client: ctx.js.client(),
         denials: crate::connect::denials_of(&ctx.js.client()),
+        replies: None,
     };
     loop {
         // Deliveries kept for a target to come are kept alive meanwhile.
@@ -152,6 +154,16 @@ async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox) -> Result<(), Error> {
             () = worker.alarm.fired(), if worker.alarm.is_armed() => {
                 worker.in_flight.expire_due(Instant::now(), |_| {}).await;
             }
+            // Between fetches, whatever comes is for a fetch already
+            // answered: nak'ed now rather than left to `ack_wait`.
+            message = next_reply(&mut worker.replies) => match message {
+                Some(message) => {
+                    if let Some(replies) = &worker.replies {
+                        replies.stray(&message);
+                    }
+                }
+                None => worker.replies = None,
+            },
         }
     }
 }
@@ -178,6 +190,9 @@ struct Worker<'a> {
     /// The connection's permission reports, when it was made by
     /// [`crate::connect`].
     denials: Option<std::sync::Arc<crate::connect::Denials>>,
+    /// The reply subscription every fetch shares, once the first fetch
+    /// opened it (again after it closed).
+    replies: Option<replies::Replies>,
 }
 
 impl Worker<'_> {
@@ -221,5 +236,14 @@ impl Worker<'_> {
             tracing::info!(durable = %self.ctx.durable, ?fresh, "the consumer's settings changed on the server");
             self.ctx.limits.set(fresh);
         }
+    }
+}
+
+/// The next message of the shared reply subscription (pending forever
+/// without one).
+async fn next_reply(replies: &mut Option<replies::Replies>) -> Option<async_nats::Message> {
+    match replies.as_mut() {
+        Some(replies) => replies.next().await,
+        None => std::future::pending().await,
     }
 }

@@ -13,7 +13,7 @@ use ractor::DerivedActorRef;
 use tokio::time::Instant;
 
 use super::{EXPIRY_GRACE, RECONNECT_CHECK, RETRY_FIRST, RETRY_MAX, Worker};
-use crate::consumer::inflight::{ForwardError, GuardedSubscription};
+use crate::consumer::inflight::ForwardError;
 use crate::consumer::{FetchEnd, FetchOutcome, WorkerInbox};
 use crate::delivery::Delivery;
 use crate::ensure::consumer_info;
@@ -39,6 +39,9 @@ pub(super) enum Request {
 /// Where one fetch stands.
 pub(super) struct Fetch {
     pub(super) batch: usize,
+    /// The reply subject of this fetch's pull requests (empty until one
+    /// is sent).
+    pub(super) reply_to: String,
     pub(super) expires_at: Instant,
     pub(super) outcome: FetchOutcome,
     pub(super) request: Request,
@@ -73,15 +76,11 @@ impl Worker<'_> {
     pub(super) async fn on_alarm(
         &mut self,
         fetch: &mut Fetch,
-        subscription: &Option<(GuardedSubscription, String)>,
         now: Instant,
         next_check: &mut Instant,
         connected: &mut u64,
     ) {
-        let inbox_subject = subscription
-            .as_ref()
-            .map(|(_, s)| s.as_str())
-            .unwrap_or_default();
+        let inbox_subject = fetch.reply_to.clone();
         match &mut fetch.request {
             Request::Waiting {
                 retry_at,
@@ -99,7 +98,7 @@ impl Worker<'_> {
                     let left = fetch.expires_at.saturating_duration_since(now);
                     let pause = *pause;
                     match self
-                        .send_request(fetch.missing(), left, inbox_subject)
+                        .send_request(fetch.missing(), left, &inbox_subject)
                         .await
                     {
                         Ok(()) => {
@@ -131,7 +130,7 @@ impl Worker<'_> {
                             return;
                         }
                         if self
-                            .send_request(missing, left, inbox_subject)
+                            .send_request(missing, left, &inbox_subject)
                             .await
                             .is_ok()
                         {
@@ -162,6 +161,16 @@ impl Worker<'_> {
         _inbox: &WorkerInbox,
     ) {
         let ctx = self.ctx;
+        // A status names the request it ends by its subject (a JetStream
+        // message carries its own subject): one for an earlier fetch's
+        // request (given up on, or sent again after a reconnect) must not
+        // end this one.
+        if message.status.is_some_and(|s| s != StatusCode::OK)
+            && message.subject.as_str() != fetch.reply_to
+        {
+            tracing::debug!(durable = %ctx.durable, subject = %message.subject, "a status for an earlier fetch's request; ignored");
+            return;
+        }
         match message.status {
             None | Some(StatusCode::OK) => {
                 match self.in_flight.forward(message, &fetch.target) {

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::replies::Replies;
 use super::request::{Fetch, Request};
-use super::{EXPIRY_GRACE, FORWARD_BURST, RECONNECT_CHECK, Served, Worker};
+use super::{EXPIRY_GRACE, FORWARD_BURST, RECONNECT_CHECK, Served, Worker, next_reply};
 use crate::consumer::fetch::validate_fetch;
-use crate::consumer::inflight::{GuardedSubscription, is_running};
+use crate::consumer::inflight::is_running;
 use crate::consumer::{
     DrainReport, FetchEnd, FetchOutcome, FetchRequest, WorkerCtl, WorkerInbox, drain_recording,
 };
@@ -43,6 +44,7 @@ impl Worker<'_> {
         ctx.counters.fetches.fetch_add(1, Ordering::Relaxed);
         let mut fetch = Fetch {
             batch: request.batch,
+            reply_to: String::new(),
             expires_at: Instant::now() + expires,
             outcome: FetchOutcome::default(),
             request: Request::Closed,
@@ -55,17 +57,13 @@ impl Worker<'_> {
         // Deliveries kept while the target was gone go first.
         fetch.outcome.delivered += self.in_flight.forward_kept(fetch.batch, &fetch.target) as u64;
         let denials_since = self.denials.as_ref().map_or(0, |d| d.mark());
-        let mut subscription = None;
-        if fetch.missing() > 0 {
-            match self.open(&mut fetch, expires).await {
-                Ok(opened) => subscription = Some(opened),
-                Err(err) => {
-                    request.answer(Err(err));
-                    return Served::Done;
-                }
-            }
+        if fetch.missing() > 0
+            && let Err(err) = self.open(&mut fetch, expires).await
+        {
+            request.answer(Err(err));
+            return Served::Done;
         }
-        let served = self.run_fetch(&mut fetch, subscription, inbox).await;
+        let served = self.run_fetch(&mut fetch, inbox).await;
         if let Some(report) = served {
             // A drain: what was delivered was settled or nak'ed, and the
             // caller learns how.
@@ -76,35 +74,31 @@ impl Worker<'_> {
         self.finish(fetch, request, denials_since)
     }
 
-    /// Subscribes the fetch's inbox and sends its first pull request.
-    async fn open(
-        &mut self,
-        fetch: &mut Fetch,
-        expires: Duration,
-    ) -> Result<(GuardedSubscription, String), Error> {
-        let inbox_subject = self.client.new_inbox();
-        let subscription = self
-            .client
-            .subscribe(inbox_subject.clone())
-            .await
-            .map_err(|err| Error::server_caused(self.op(), ServerErrorKind::Connection, err))?;
-        let subscription = self.in_flight.guard(subscription);
-        self.send_request(fetch.missing(), expires, &inbox_subject)
+    /// Sends the fetch's first pull request, on a reply subject of its own
+    /// under the shared reply subscription (opened on first use).
+    async fn open(&mut self, fetch: &mut Fetch, expires: Duration) -> Result<(), Error> {
+        let replies =
+            match &mut self.replies {
+                Some(replies) => replies,
+                None => {
+                    self.replies
+                        .insert(Replies::open(&self.client, self.in_flight).await.map_err(
+                            |err| Error::server_caused(self.op(), ServerErrorKind::Connection, err),
+                        )?)
+                }
+            };
+        fetch.reply_to = replies.next_subject();
+        self.send_request(fetch.missing(), expires, &fetch.reply_to)
             .await?;
         fetch.request = Request::Open {
             give_up: fetch.expires_at + EXPIRY_GRACE,
         };
-        Ok((subscription, inbox_subject))
+        Ok(())
     }
 
     /// Runs a fetch until its request is closed and every delivery is
     /// settled. Returns `Some` when a drain ended it.
-    async fn run_fetch(
-        &mut self,
-        fetch: &mut Fetch,
-        mut subscription: Option<(GuardedSubscription, String)>,
-        inbox: &mut WorkerInbox,
-    ) -> Option<Served> {
+    async fn run_fetch(&mut self, fetch: &mut Fetch, inbox: &mut WorkerInbox) -> Option<Served> {
         let statistics = self.client.statistics();
         let mut connected = statistics.connects.load(Ordering::Relaxed);
         let mut next_check = Instant::now() + RECONNECT_CHECK;
@@ -119,15 +113,18 @@ impl Worker<'_> {
             }
             let mut forwarded = 0;
             while matches!(fetch.request, Request::Open { .. }) && forwarded < FORWARD_BURST {
-                let Some((sub, _)) = subscription.as_mut() else {
+                let Some(replies) = self.replies.as_mut() else {
                     break;
                 };
-                match sub.try_next() {
+                match replies.try_next() {
                     Some(Some(message)) => {
                         self.on_message(message, fetch, inbox).await;
                         forwarded += 1;
                     }
-                    Some(None) => fetch.close(FetchEnd::Expired),
+                    Some(None) => {
+                        self.replies = None;
+                        fetch.close(FetchEnd::Expired);
+                    }
                     None => break,
                 }
             }
@@ -163,8 +160,8 @@ impl Worker<'_> {
                         // Stop taking messages: whatever the server still
                         // sends for this request is nak'ed, not forwarded.
                         let mut report = DrainReport::default();
-                        if let Some((mut sub, _)) = subscription.take() {
-                            report.naked += sub.drain_and_nak().await as u64;
+                        if let Some(mut replies) = self.replies.take() {
+                            report.naked += replies.drain_and_nak().await as u64;
                         }
                         let outcome = &mut fetch.outcome;
                         let report = drain_recording(self.in_flight, timeout, report, |s| outcome.record(s)).await;
@@ -178,15 +175,18 @@ impl Worker<'_> {
                         fetch.outcome.record(settled);
                     }
                 }
-                message = next_message(&mut subscription), if open => match message {
+                message = next_reply(&mut self.replies), if open => match message {
                     Some(message) => self.on_message(message, fetch, inbox).await,
-                    None => fetch.close(FetchEnd::Expired),
+                    None => {
+                        self.replies = None;
+                        fetch.close(FetchEnd::Expired);
+                    }
                 },
                 () = self.alarm.fired(), if self.alarm.is_armed() => {
                     let now = Instant::now();
                     let outcome = &mut fetch.outcome;
                     self.in_flight.expire_due(now, |settled| outcome.record(settled)).await;
-                    self.on_alarm(fetch, &subscription, now, &mut next_check, &mut connected).await;
+                    self.on_alarm(fetch, now, &mut next_check, &mut connected).await;
                 }
             }
         }
@@ -238,16 +238,5 @@ impl Worker<'_> {
                 Served::Done
             }
         }
-    }
-}
-
-/// The next message of a fetch's subscription (pending forever without
-/// one; only polled while the request is open).
-async fn next_message(
-    subscription: &mut Option<(GuardedSubscription, String)>,
-) -> Option<async_nats::Message> {
-    match subscription.as_mut() {
-        Some((sub, _)) => sub.next().await,
-        None => std::future::pending().await,
     }
 }
