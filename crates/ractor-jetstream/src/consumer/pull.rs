@@ -3,11 +3,12 @@
 //! Each [`ConsumerMsg::Fetch`] becomes one pull request to the server for at
 //! most `batch` messages. The server answers with whatever is available, up
 //! to `batch`; when nothing is, it waits up to `expires` and then reports
-//! the expiry, which becomes the clean empty [`FetchOutcome`] (`delivered ==
-//! 0`, `end == FetchEnd::Expired`). Messages are forwarded as they arrive,
+//! the expiry, which becomes the clean empty
+//! [`FetchOutcome`](super::FetchOutcome) (`delivered == 0`,
+//! `end == FetchEnd::Expired`). Messages are forwarded as they arrive,
 //! without waiting for one decision before forwarding the next; the reply
 //! is sent once every forwarded message is settled on the server. The
-//! outcome's [`FetchEnd`] says why the fetch ended.
+//! outcome's [`FetchEnd`](super::FetchEnd) says why the fetch ended.
 //!
 //! Fetches are served one at a time, in the order they reach the child;
 //! one whose caller gave up by its turn is skipped. A fetch is never sent
