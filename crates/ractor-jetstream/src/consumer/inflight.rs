@@ -27,27 +27,33 @@
 //! Slots are reused; a token carries the slot's generation, so a late
 //! verdict for a delivery that already timed out cannot settle the slot's
 //! next occupant.
+//!
+//! By concern: forwarding in `inflight/forward.rs`, applying verdicts in
+//! `inflight/verdict.rs`, keep-alives and holds in `inflight/keepalive.rs`,
+//! what a stopping child settles in `inflight/stopping.rs`; this file holds
+//! the registry's slots and its publishes.
 
+mod forward;
+mod keepalive;
 mod stopping;
+mod verdict;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::Subject;
 use bytes::Bytes;
-use ractor::{ActorStatus, DerivedActorRef, MessagingErr};
+use ractor::{ActorStatus, DerivedActorRef};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::Counters;
-use super::dead_letter::{DeadLetterQueue, DeadLetters, Job};
+use super::dead_letter::{DeadLetterQueue, DeadLetters};
 use super::effective::Effective;
-use super::guard::ORPHAN;
 pub(crate) use super::guard::{GuardedSubscription, UnreadSink};
-use super::settle::{self, NAK, PROGRESS, Plan, Seen};
-use crate::delivery::{AckMeta, Decision, Delivery, Settlement, Token, Verdict};
+use super::settle;
+use crate::delivery::{Decision, Delivery, Settlement, Token};
 
 /// What became of one delivery, for the tally of a fetch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,324 +222,6 @@ impl InFlight {
         self.live - self.kept.len()
     }
 
-    /// Forwards one message to the target, tracking it until it is settled.
-    pub fn forward(
-        &mut self,
-        message: async_nats::Message,
-        target: &DerivedActorRef<Delivery>,
-    ) -> Result<u64, ForwardError> {
-        self.use_target(target);
-        let Some(reply) = message.reply.clone() else {
-            return Err(ForwardError::NotJetStream);
-        };
-        let Some(meta) = AckMeta::parse(reply.as_str()) else {
-            return Err(ForwardError::NotJetStream);
-        };
-        let stream_sequence = meta.stream_sequence;
-        let delivered = meta.delivered;
-        let info = meta.into_info();
-        let now = Instant::now();
-        let index = match self.free.pop() {
-            Some(index) => index,
-            None => {
-                self.slots.push(Slot::default());
-                (self.slots.len() - 1) as u32
-            }
-        };
-        let slot = &mut self.slots[index as usize];
-        slot.entry = Some(Entry {
-            reply,
-            stream_sequence,
-            delivered,
-            hold_until: now + self.max_hold,
-            renew_at: now + self.keep_alive,
-            renewed: now,
-            reached: false,
-            stage: Stage::AtTarget,
-        });
-        let token = token(index, slot.generation);
-        self.live += 1;
-        self.renewals.push_back((now + self.keep_alive, token));
-        self.counters.delivered.fetch_add(1, Ordering::Relaxed);
-        if !self.target_running() {
-            self.unseen(token, message);
-            return Err(ForwardError::TargetGone);
-        }
-        self.send_to_target(token, message, info, now)
-    }
-
-    /// Hands kept deliveries to the target, at most `max`. Returns how
-    /// many reached it.
-    pub fn forward_kept(&mut self, max: usize, target: &DerivedActorRef<Delivery>) -> usize {
-        self.use_target(target);
-        let mut forwarded = 0;
-        while forwarded < max && self.target_running() {
-            let Some(token) = self.kept.pop_front() else {
-                break;
-            };
-            let Some(entry) = self.current_mut(token) else {
-                continue;
-            };
-            let Stage::Kept(message) = std::mem::replace(&mut entry.stage, Stage::AtTarget) else {
-                continue;
-            };
-            let Some(meta) = AckMeta::parse(entry.reply.as_str()) else {
-                continue;
-            };
-            let info = meta.into_info();
-            if self
-                .send_to_target(token, *message, info, Instant::now())
-                .is_ok()
-            {
-                forwarded += 1;
-            }
-        }
-        forwarded
-    }
-
-    fn send_to_target(
-        &mut self,
-        token: Token,
-        message: async_nats::Message,
-        info: crate::DeliveryInfo,
-        now: Instant,
-    ) -> Result<u64, ForwardError> {
-        let hold_until = now + self.max_hold;
-        if let Some(entry) = self.current_mut(token) {
-            entry.hold_until = hold_until;
-            entry.reached = true;
-        }
-        self.deadlines.push_back((hold_until, token));
-        let span = tracing::debug_span!(
-            "delivery",
-            stream = %self.stream,
-            durable = %self.consumer,
-            stream_sequence = info.stream_sequence,
-            delivered = info.delivered,
-        );
-        let stream_sequence = info.stream_sequence;
-        let delivery = Delivery::new(
-            message,
-            info,
-            token,
-            self.settle_tx.clone(),
-            span,
-            now.into_std(),
-            self.max_hold,
-        );
-        let Some(target) = self.target.as_ref() else {
-            return Err(ForwardError::TargetGone);
-        };
-        match target.send_message(delivery) {
-            Ok(()) => Ok(stream_sequence),
-            Err(MessagingErr::SendErr(delivery)) => {
-                let message = delivery.into_message();
-                if let Some(entry) = self.current_mut(token) {
-                    entry.reached = false;
-                }
-                self.unseen(token, message);
-                Err(ForwardError::TargetGone)
-            }
-            // The delivery was dropped on the way, which queued its
-            // abandonment; applied while the target is not running, it is
-            // taken as unseen.
-            Err(_) => {
-                if let Some(entry) = self.current_mut(token) {
-                    entry.reached = false;
-                }
-                Err(ForwardError::TargetGone)
-            }
-        }
-    }
-
-    /// A message no target took: kept when a nak would lose it, nak'ed
-    /// otherwise. Returns what the fetch that counted it should record.
-    fn unseen(&mut self, token: Token, message: async_nats::Message) -> Option<Settled> {
-        let entry = self.current(token)?;
-        let (delivered, reached) = (entry.delivered, entry.reached);
-        match settle::plan(
-            &self.dead_letters,
-            delivered,
-            Decision::Nak(None),
-            Settled::Abandoned,
-            Seen::No,
-        ) {
-            Plan::Keep => {
-                if let Some(entry) = self.current_mut(token) {
-                    tracing::warn!(
-                        stream_sequence = entry.stream_sequence,
-                        "the target is not running and this is the message's last allowed delivery; kept for the next target"
-                    );
-                    entry.stage = Stage::Kept(Box::new(message));
-                    entry.reached = false;
-                }
-                self.kept.push_back(token);
-                reached.then_some(Settled::Abandoned)
-            }
-            _ => {
-                let entry = self.release(split(token).0)?;
-                self.publish_now_or_later(entry.reply, Bytes::from_static(NAK));
-                self.counters.record(Settled::Abandoned);
-                reached.then_some(Settled::Abandoned)
-            }
-        }
-    }
-
-    /// Waits for the next verdict. Never ends: the registry holds a sender.
-    pub async fn next_verdict(&mut self) -> Settlement {
-        match self.settle_rx.recv().await {
-            Some(settlement) => settlement,
-            // Unreachable while `self.settle_tx` lives; wait forever rather
-            // than spin.
-            None => std::future::pending().await,
-        }
-    }
-
-    /// A verdict that is already waiting, if any.
-    pub fn try_verdict(&mut self) -> Option<Settlement> {
-        self.settle_rx.try_recv().ok()
-    }
-
-    /// Applies one verdict on the server. Returns what became of the
-    /// delivery for the fetch that counted it, or `None` for a stale token,
-    /// an in-progress extension, or a delivery no fetch counted.
-    pub async fn apply(&mut self, settlement: Settlement) -> Option<Settled> {
-        crate::fault_point!("rj-before-apply");
-        let Settlement { token, verdict } = settlement;
-        let (decision, settled) = match verdict {
-            Verdict::Unread(reply) => {
-                self.publish(reply, Bytes::from_static(NAK)).await;
-                return None;
-            }
-            Verdict::Progress => {
-                self.progress(token).await;
-                return None;
-            }
-            Verdict::DeadLettered(confirmed) => return self.dead_lettered(token, confirmed).await,
-            Verdict::Abandoned(message) => {
-                if !self.target_running() && token != ORPHAN {
-                    // Dropped in a dead target's mailbox: never seen.
-                    return self.unseen(token, *message);
-                }
-                (Decision::Nak(None), Settled::Abandoned)
-            }
-            Verdict::Decided(decision) => {
-                let settled = match decision {
-                    Decision::Ack => Settled::Acked,
-                    Decision::Nak(_) => Settled::Naked,
-                    Decision::Term(_) => Settled::Termed,
-                };
-                (decision, settled)
-            }
-        };
-        let entry = self.current(token)?;
-        if !matches!(entry.stage, Stage::AtTarget) {
-            return None;
-        }
-        self.settle(token, decision, settled).await
-    }
-
-    /// The target asked for more time.
-    async fn progress(&mut self, token: Token) {
-        let now = Instant::now();
-        let (max_hold, keep_alive) = (self.max_hold, self.keep_alive);
-        let Some(entry) = self.current_mut(token) else {
-            return;
-        };
-        if !matches!(entry.stage, Stage::AtTarget) {
-            return;
-        }
-        entry.hold_until = now + max_hold;
-        // Coalesced: the server hears at most one `+WPI` per delivery per
-        // keep-alive period.
-        let renew = now.duration_since(entry.renewed) >= keep_alive;
-        self.deadlines.push_back((now + max_hold, token));
-        if renew {
-            self.renew(token, now).await;
-        }
-    }
-
-    /// Settles a delivery the target had, through the settle policy.
-    async fn settle(
-        &mut self,
-        token: Token,
-        decision: Decision,
-        settled: Settled,
-    ) -> Option<Settled> {
-        let entry = self.current(token)?;
-        let plan = settle::plan(
-            &self.dead_letters,
-            entry.delivered,
-            decision,
-            settled,
-            Seen::Yes,
-        );
-        match plan {
-            Plan::Publish(payload, settled) => {
-                let entry = self.release(split(token).0)?;
-                tracing::trace!(stream_sequence = entry.stream_sequence, ?settled, "settled");
-                self.publish(entry.reply, payload).await;
-                self.counters.record(settled);
-                Some(settled)
-            }
-            Plan::DeadLetter { why, then, settled } => {
-                self.start_dead_letter(token, why, then, settled);
-                None
-            }
-            Plan::Keep => None,
-        }
-    }
-
-    /// Queues the dead-letter publish of a delivery; the
-    /// delivery stays out (and kept alive) until it reports back.
-    fn start_dead_letter(&mut self, token: Token, why: String, then: Decision, settled: Settled) {
-        let last = self
-            .current(token)
-            .is_some_and(|e| self.dead_letters.last_delivery(e.delivered).is_some());
-        let Some(entry) = self.current_mut(token) else {
-            return;
-        };
-        entry.stage = Stage::DeadLettering { then, settled };
-        let (sequence, delivered) = (entry.stream_sequence, entry.delivered);
-        // A term that is not stored is nak'ed and comes back, so one
-        // attempt will do; on a last delivery a nak would lose the message,
-        // so the child keeps trying (and keeps it alive) up to its hold.
-        let until = if last {
-            entry.hold_until
-        } else {
-            Instant::now()
-        };
-        let job = Job {
-            token,
-            sequence,
-            delivered,
-            why,
-            until,
-        };
-        let (dead_letters, report) = (&self.dead_letters, &self.settle_tx);
-        self.dead_lettering
-            .get_or_insert_with(|| DeadLetterQueue::start(dead_letters.clone(), report.clone()))
-            .push(job);
-    }
-
-    /// A dead-letter publish finished: term the delivery, or nak it when
-    /// the dead letter was not stored.
-    async fn dead_lettered(&mut self, token: Token, confirmed: bool) -> Option<Settled> {
-        let entry = self.current(token)?;
-        let Stage::DeadLettering { then, settled } = &entry.stage else {
-            return None;
-        };
-        let (payload, settled) = settle::after_dead_letter(confirmed, then, *settled);
-        let reached = entry.reached;
-        let entry = self.release(split(token).0)?;
-        if confirmed {
-            self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
-        }
-        self.publish(entry.reply, payload).await;
-        self.counters.record(settled);
-        reached.then_some(settled)
-    }
-
     /// The entry a token names, unless it was settled already.
     fn current(&self, token: Token) -> Option<&Entry> {
         let (index, generation) = split(token);
@@ -563,94 +251,6 @@ impl InFlight {
             self.kept.retain(|t| *t != token);
         }
         Some(entry)
-    }
-
-    /// The next time something is due: a delivery kept alive on the
-    /// server, or one whose hold runs out.
-    pub fn next_deadline(&mut self) -> Option<Instant> {
-        let hold = self.next_hold();
-        let renewal = self.next_renewal();
-        match (hold, renewal) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
-    /// When the oldest hold runs out, if any delivery is at the target.
-    fn next_hold(&mut self) -> Option<Instant> {
-        while let Some(&(at, token)) = self.deadlines.front() {
-            if self
-                .current(token)
-                .is_some_and(|e| e.hold_until == at && matches!(e.stage, Stage::AtTarget))
-            {
-                return Some(at);
-            }
-            self.deadlines.pop_front();
-        }
-        None
-    }
-
-    /// When the next delivery is to be kept alive, if any is out.
-    fn next_renewal(&mut self) -> Option<Instant> {
-        while let Some(&(at, token)) = self.renewals.front() {
-            if self.current(token).is_some_and(|e| e.renew_at == at) {
-                return Some(at);
-            }
-            self.renewals.pop_front();
-        }
-        None
-    }
-
-    /// Sends `+WPI` for a delivery and schedules its next keep-alive.
-    async fn renew(&mut self, token: Token, now: Instant) {
-        let renew_at = now + self.keep_alive;
-        let Some(entry) = self.current_mut(token) else {
-            return;
-        };
-        entry.renewed = now;
-        entry.renew_at = renew_at;
-        let reply = entry.reply.clone();
-        self.renewals.push_back((renew_at, token));
-        self.counters.kept_alive.fetch_add(1, Ordering::Relaxed);
-        self.publish(reply, Bytes::from_static(PROGRESS)).await;
-    }
-
-    /// Keeps alive every delivery whose keep-alive is due, and nak's every
-    /// delivery whose hold has run out (or settles it as the policy says,
-    /// when it was its last allowed delivery), reporting each of those to
-    /// `record`.
-    pub async fn expire_due(&mut self, now: Instant, mut record: impl FnMut(Settled)) {
-        while let Some(at) = self.next_renewal() {
-            if at > now {
-                break;
-            }
-            let Some((_, token)) = self.renewals.pop_front() else {
-                break;
-            };
-            self.renew(token, now).await;
-        }
-        while let Some(deadline) = self.next_hold() {
-            if deadline > now {
-                break;
-            }
-            let Some((_, token)) = self.deadlines.pop_front() else {
-                break;
-            };
-            if let Some(entry) = self.current(token) {
-                tracing::debug!(
-                    stream = %self.stream,
-                    durable = %self.consumer,
-                    stream_sequence = entry.stream_sequence,
-                    "no decision within the decision timeout (the maximum hold); nak'ed"
-                );
-            }
-            if let Some(settled) = self
-                .settle(token, Decision::Nak(None), Settled::TimedOut)
-                .await
-            {
-                record(settled);
-            }
-        }
     }
 
     async fn publish(&self, subject: Subject, payload: Bytes) {

@@ -1,0 +1,177 @@
+//! Forwarding: a message becomes a tracked [`Delivery`] at the target, or,
+//! when no target can take it, is nak'ed or kept for the next one.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use ractor::{DerivedActorRef, MessagingErr};
+use tokio::time::Instant;
+
+use super::super::settle::{self, NAK, Plan, Seen};
+use super::{Entry, ForwardError, InFlight, Settled, Slot, Stage, split, token};
+use crate::delivery::{AckMeta, Decision, Delivery, Token};
+
+impl InFlight {
+    /// Forwards one message to the target, tracking it until it is settled.
+    pub fn forward(
+        &mut self,
+        message: async_nats::Message,
+        target: &DerivedActorRef<Delivery>,
+    ) -> Result<u64, ForwardError> {
+        self.use_target(target);
+        let Some(reply) = message.reply.clone() else {
+            return Err(ForwardError::NotJetStream);
+        };
+        let Some(meta) = AckMeta::parse(reply.as_str()) else {
+            return Err(ForwardError::NotJetStream);
+        };
+        let stream_sequence = meta.stream_sequence;
+        let delivered = meta.delivered;
+        let info = meta.into_info();
+        let now = Instant::now();
+        let index = match self.free.pop() {
+            Some(index) => index,
+            None => {
+                self.slots.push(Slot::default());
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slot = &mut self.slots[index as usize];
+        slot.entry = Some(Entry {
+            reply,
+            stream_sequence,
+            delivered,
+            hold_until: now + self.max_hold,
+            renew_at: now + self.keep_alive,
+            renewed: now,
+            reached: false,
+            stage: Stage::AtTarget,
+        });
+        let token = token(index, slot.generation);
+        self.live += 1;
+        self.renewals.push_back((now + self.keep_alive, token));
+        self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+        if !self.target_running() {
+            self.unseen(token, message);
+            return Err(ForwardError::TargetGone);
+        }
+        self.send_to_target(token, message, info, now)
+    }
+
+    /// Hands kept deliveries to the target, at most `max`. Returns how
+    /// many reached it.
+    pub fn forward_kept(&mut self, max: usize, target: &DerivedActorRef<Delivery>) -> usize {
+        self.use_target(target);
+        let mut forwarded = 0;
+        while forwarded < max && self.target_running() {
+            let Some(token) = self.kept.pop_front() else {
+                break;
+            };
+            let Some(entry) = self.current_mut(token) else {
+                continue;
+            };
+            let Stage::Kept(message) = std::mem::replace(&mut entry.stage, Stage::AtTarget) else {
+                continue;
+            };
+            let Some(meta) = AckMeta::parse(entry.reply.as_str()) else {
+                continue;
+            };
+            let info = meta.into_info();
+            if self
+                .send_to_target(token, *message, info, Instant::now())
+                .is_ok()
+            {
+                forwarded += 1;
+            }
+        }
+        forwarded
+    }
+
+    fn send_to_target(
+        &mut self,
+        token: Token,
+        message: async_nats::Message,
+        info: crate::DeliveryInfo,
+        now: Instant,
+    ) -> Result<u64, ForwardError> {
+        let hold_until = now + self.max_hold;
+        if let Some(entry) = self.current_mut(token) {
+            entry.hold_until = hold_until;
+            entry.reached = true;
+        }
+        self.deadlines.push_back((hold_until, token));
+        let span = tracing::debug_span!(
+            "delivery",
+            stream = %self.stream,
+            durable = %self.consumer,
+            stream_sequence = info.stream_sequence,
+            delivered = info.delivered,
+        );
+        let stream_sequence = info.stream_sequence;
+        let delivery = Delivery::new(
+            message,
+            info,
+            token,
+            self.settle_tx.clone(),
+            span,
+            now.into_std(),
+            self.max_hold,
+        );
+        let Some(target) = self.target.as_ref() else {
+            return Err(ForwardError::TargetGone);
+        };
+        match target.send_message(delivery) {
+            Ok(()) => Ok(stream_sequence),
+            Err(MessagingErr::SendErr(delivery)) => {
+                let message = delivery.into_message();
+                if let Some(entry) = self.current_mut(token) {
+                    entry.reached = false;
+                }
+                self.unseen(token, message);
+                Err(ForwardError::TargetGone)
+            }
+            // The delivery was dropped on the way, which queued its
+            // abandonment; applied while the target is not running, it is
+            // taken as unseen.
+            Err(_) => {
+                if let Some(entry) = self.current_mut(token) {
+                    entry.reached = false;
+                }
+                Err(ForwardError::TargetGone)
+            }
+        }
+    }
+
+    /// A message no target took: kept when a nak would lose it, nak'ed
+    /// otherwise. Returns what the fetch that counted it should record.
+    pub(super) fn unseen(&mut self, token: Token, message: async_nats::Message) -> Option<Settled> {
+        let entry = self.current(token)?;
+        let (delivered, reached) = (entry.delivered, entry.reached);
+        match settle::plan(
+            &self.dead_letters,
+            delivered,
+            Decision::Nak(None),
+            Settled::Abandoned,
+            Seen::No,
+        ) {
+            Plan::Keep => {
+                if let Some(entry) = self.current_mut(token) {
+                    tracing::warn!(
+                        stream_sequence = entry.stream_sequence,
+                        "the target is not running and this is the message's last allowed delivery; kept for the next target"
+                    );
+                    entry.stage = Stage::Kept(Box::new(message));
+                    entry.reached = false;
+                }
+                self.kept.push_back(token);
+                reached.then_some(Settled::Abandoned)
+            }
+            _ => {
+                let entry = self.release(split(token).0)?;
+                self.publish_now_or_later(entry.reply, Bytes::from_static(NAK));
+                self.counters.record(Settled::Abandoned);
+                reached.then_some(Settled::Abandoned)
+            }
+        }
+    }
+}

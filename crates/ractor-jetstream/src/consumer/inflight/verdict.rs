@@ -1,0 +1,171 @@
+//! Verdicts: the target's decisions (and the registry's own reports: an
+//! unread message, a dead letter done, a dropped delivery) applied on the
+//! server through the one settle policy.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::super::dead_letter::{DeadLetterQueue, Job};
+use super::super::guard::ORPHAN;
+use super::super::settle::{self, NAK, Plan, Seen};
+use super::{InFlight, Settled, Stage, split};
+use crate::delivery::{Decision, Settlement, Token, Verdict};
+
+impl InFlight {
+    /// Waits for the next verdict. Never ends: the registry holds a sender.
+    pub async fn next_verdict(&mut self) -> Settlement {
+        match self.settle_rx.recv().await {
+            Some(settlement) => settlement,
+            // Unreachable while `self.settle_tx` lives; wait forever rather
+            // than spin.
+            None => std::future::pending().await,
+        }
+    }
+
+    /// A verdict that is already waiting, if any.
+    pub fn try_verdict(&mut self) -> Option<Settlement> {
+        self.settle_rx.try_recv().ok()
+    }
+
+    /// Applies one verdict on the server. Returns what became of the
+    /// delivery for the fetch that counted it, or `None` for a stale token,
+    /// an in-progress extension, or a delivery no fetch counted.
+    pub async fn apply(&mut self, settlement: Settlement) -> Option<Settled> {
+        crate::fault_point!("rj-before-apply");
+        let Settlement { token, verdict } = settlement;
+        let (decision, settled) = match verdict {
+            Verdict::Unread(reply) => {
+                self.publish(reply, Bytes::from_static(NAK)).await;
+                return None;
+            }
+            Verdict::Progress => {
+                self.progress(token).await;
+                return None;
+            }
+            Verdict::DeadLettered(confirmed) => return self.dead_lettered(token, confirmed).await,
+            Verdict::Abandoned(message) => {
+                if !self.target_running() && token != ORPHAN {
+                    // Dropped in a dead target's mailbox: never seen.
+                    return self.unseen(token, *message);
+                }
+                (Decision::Nak(None), Settled::Abandoned)
+            }
+            Verdict::Decided(decision) => {
+                let settled = match decision {
+                    Decision::Ack => Settled::Acked,
+                    Decision::Nak(_) => Settled::Naked,
+                    Decision::Term(_) => Settled::Termed,
+                };
+                (decision, settled)
+            }
+        };
+        let entry = self.current(token)?;
+        if !matches!(entry.stage, Stage::AtTarget) {
+            return None;
+        }
+        self.settle(token, decision, settled).await
+    }
+
+    /// The target asked for more time.
+    async fn progress(&mut self, token: Token) {
+        let now = Instant::now();
+        let (max_hold, keep_alive) = (self.max_hold, self.keep_alive);
+        let Some(entry) = self.current_mut(token) else {
+            return;
+        };
+        if !matches!(entry.stage, Stage::AtTarget) {
+            return;
+        }
+        entry.hold_until = now + max_hold;
+        // Coalesced: the server hears at most one `+WPI` per delivery per
+        // keep-alive period.
+        let renew = now.duration_since(entry.renewed) >= keep_alive;
+        self.deadlines.push_back((now + max_hold, token));
+        if renew {
+            self.renew(token, now).await;
+        }
+    }
+
+    /// Settles a delivery the target had, through the settle policy.
+    pub(super) async fn settle(
+        &mut self,
+        token: Token,
+        decision: Decision,
+        settled: Settled,
+    ) -> Option<Settled> {
+        let entry = self.current(token)?;
+        let plan = settle::plan(
+            &self.dead_letters,
+            entry.delivered,
+            decision,
+            settled,
+            Seen::Yes,
+        );
+        match plan {
+            Plan::Publish(payload, settled) => {
+                let entry = self.release(split(token).0)?;
+                tracing::trace!(stream_sequence = entry.stream_sequence, ?settled, "settled");
+                self.publish(entry.reply, payload).await;
+                self.counters.record(settled);
+                Some(settled)
+            }
+            Plan::DeadLetter { why, then, settled } => {
+                self.start_dead_letter(token, why, then, settled);
+                None
+            }
+            Plan::Keep => None,
+        }
+    }
+
+    /// Queues the dead-letter publish of a delivery; the
+    /// delivery stays out (and kept alive) until it reports back.
+    fn start_dead_letter(&mut self, token: Token, why: String, then: Decision, settled: Settled) {
+        let last = self
+            .current(token)
+            .is_some_and(|e| self.dead_letters.last_delivery(e.delivered).is_some());
+        let Some(entry) = self.current_mut(token) else {
+            return;
+        };
+        entry.stage = Stage::DeadLettering { then, settled };
+        let (sequence, delivered) = (entry.stream_sequence, entry.delivered);
+        // A term that is not stored is nak'ed and comes back, so one
+        // attempt will do; on a last delivery a nak would lose the message,
+        // so the child keeps trying (and keeps it alive) up to its hold.
+        let until = if last {
+            entry.hold_until
+        } else {
+            Instant::now()
+        };
+        let job = Job {
+            token,
+            sequence,
+            delivered,
+            why,
+            until,
+        };
+        let (dead_letters, report) = (&self.dead_letters, &self.settle_tx);
+        self.dead_lettering
+            .get_or_insert_with(|| DeadLetterQueue::start(dead_letters.clone(), report.clone()))
+            .push(job);
+    }
+
+    /// A dead-letter publish finished: term the delivery, or nak it when
+    /// the dead letter was not stored.
+    async fn dead_lettered(&mut self, token: Token, confirmed: bool) -> Option<Settled> {
+        let entry = self.current(token)?;
+        let Stage::DeadLettering { then, settled } = &entry.stage else {
+            return None;
+        };
+        let (payload, settled) = settle::after_dead_letter(confirmed, then, *settled);
+        let reached = entry.reached;
+        let entry = self.release(split(token).0)?;
+        if confirmed {
+            self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        }
+        self.publish(entry.reply, payload).await;
+        self.counters.record(settled);
+        reached.then_some(settled)
+    }
+}
