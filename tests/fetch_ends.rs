@@ -409,7 +409,13 @@ async fn a_drain_in_the_middle_of_a_fetch_keeps_its_counts() {
         .await
         .expect("fetch");
     assert_eq!((outcome.delivered, outcome.acked), (3, 3), "{outcome:?}");
-    assert!(started.elapsed() < Duration::from_secs(2));
+    // Within this one fetch, so long before the 30 s ack wait; the fetch
+    // itself may run to its `expires` on a loaded machine.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(again.sequences(), vec![3, 4, 5]);
     wait_for_consumer(&env.js, "MIDDRAIN", "m", "all acked", |i| {
         i.ack_floor.stream_sequence == 5 && i.num_ack_pending == 0

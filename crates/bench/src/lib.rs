@@ -346,22 +346,13 @@ async fn pull_case(
         let sampler = InFlightSampler::start(child.clone());
         let started = Instant::now();
         let mut delivered = 0u64;
+        // The path a user gets: a pull handle on the child.
+        let pull = ractor_jetstream::PullHandle::from_child("actor", child.clone());
         while delivered < n {
-            let outcome = child
-                .call(
-                    |reply| ConsumerMsg::Fetch {
-                        batch: batch as u64,
-                        expires: Some(Duration::from_secs(1)),
-                        reply,
-                    },
-                    Some(Duration::from_secs(30)),
-                )
+            let outcome = pull
+                .fetch(batch as u64, Some(Duration::from_secs(1)))
                 .await?;
-            let outcome = match outcome {
-                ractor::rpc::CallResult::Success(result) => result?,
-                other => return Err(format!("fetch: {other:?}").into()),
-            };
-            delivered += outcome.delivered as u64;
+            delivered += outcome.delivered;
         }
         js.client().flush().await?;
         let elapsed = started.elapsed();

@@ -46,10 +46,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ractor::rpc::CallResult;
-use ractor::{Actor, ActorCell, ActorRef, MessagingErr, RpcReplyPort};
+use ractor::{Actor, ActorCell, ActorRef, RpcReplyPort};
 use tokio::task::JoinHandle;
 
-use crate::consumer::{ConsumerMsg, ConsumerStats, DrainReport, FetchOutcome};
+use crate::consumer::{ConsumerMsg, ConsumerStats, DrainReport, FetchOutcome, FetchPort, Internal};
 use crate::ensure::StreamAction;
 use crate::error::{ActorErrorKind, Error, UnavailableReason};
 use crate::mode::ConsumerMode;
@@ -132,7 +132,10 @@ impl SupervisorHandle {
                 actual: consumer.mode,
             });
         }
-        Ok(PullHandle { consumer })
+        Ok(PullHandle {
+            consumer,
+            port: Arc::new(Mutex::new(None)),
+        })
     }
 
     /// A handle on a consumer's child of either mode (its stats, a drain).
@@ -371,6 +374,8 @@ fn is_running(actor: &ActorRef<ConsumerMsg>) -> bool {
 #[derive(Debug, Clone)]
 pub struct PullHandle {
     consumer: ConsumerHandle,
+    /// The child's way into its worker's queue, shared by the clones.
+    port: Arc<Mutex<Option<FetchPort>>>,
 }
 
 impl PullHandle {
@@ -378,6 +383,7 @@ impl PullHandle {
     pub fn from_child(durable: impl Into<String>, child: ActorRef<ConsumerMsg>) -> Self {
         Self {
             consumer: ConsumerHandle::from_child(durable, ConsumerMode::Pull, child),
+            port: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -385,34 +391,64 @@ impl PullHandle {
     /// 5 s, or the consumer's `max_expires` if that is shorter) for them,
     /// forwards them to the target, and answers once every one is decided.
     /// An expired fetch with nothing in it is an empty `Ok`.
+    ///
+    /// The fetch goes straight into the queue of the child's worker (whose
+    /// way in the handle asks the child for once), not through the child's
+    /// mailbox; the checks and the answers are the same as for a
+    /// [`ConsumerMsg::Fetch`].
     pub async fn fetch(
         &self,
         batch: u64,
         expires: Option<Duration>,
     ) -> Result<FetchOutcome, Error> {
-        let request = |reply| ConsumerMsg::Fetch {
-            batch,
-            expires,
-            reply,
-        };
-        let Some(child) = self.consumer.child() else {
-            return self.fetch_via_supervisor(batch, expires).await;
-        };
-        match child.call(request, None).await {
-            Ok(CallResult::Success(result)) => result,
-            Ok(CallResult::Timeout) => Err(Error::actor(
-                format!("fetch from {}", self.consumer.durable),
-                ActorErrorKind::Timeout,
-            )),
-            // The child stopped before it took the fetch: nothing was
-            // fetched. The supervisor says why, or serves it from the child
-            // that replaced this one.
-            Ok(CallResult::SenderError)
-            | Err(MessagingErr::SendErr(_) | MessagingErr::ChannelClosed) => {
-                self.fetch_via_supervisor(batch, expires).await
+        // A closed port means the child stopped: find its successor once.
+        for _ in 0..2 {
+            let Some(port) = self.port().await else {
+                break;
+            };
+            let (reply, answer) = ractor::concurrency::oneshot();
+            match port.submit(batch, expires, reply.into()) {
+                // The worker answers every request it took, or the request
+                // answers for itself (`FetchInterrupted`) when dropped.
+                Ok(()) => {
+                    return answer
+                        .await
+                        .unwrap_or_else(|_| Err(self.consumer.unavailable()));
+                }
+                Err(_) => self.forget_port(),
             }
-            Err(MessagingErr::InvalidActorType) => Err(self.consumer.unavailable()),
         }
+        // No child runs: the supervisor says why, or serves it from a child
+        // that has just started.
+        self.fetch_via_supervisor(batch, expires).await
+    }
+
+    /// The current child's fetch port, asked for when the one in hand is
+    /// closed.
+    async fn port(&self) -> Option<FetchPort> {
+        let cached = self
+            .port
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .filter(FetchPort::is_open);
+        if cached.is_some() {
+            return cached;
+        }
+        let child = self.consumer.child()?;
+        let port = match child
+            .call(|reply| ConsumerMsg::Internal(Internal::port(reply)), None)
+            .await
+        {
+            Ok(CallResult::Success(port)) => port,
+            _ => return None,
+        };
+        *self.port.lock().unwrap_or_else(PoisonError::into_inner) = Some(port.clone());
+        Some(port)
+    }
+
+    fn forget_port(&self) {
+        *self.port.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 
     async fn fetch_via_supervisor(

@@ -13,19 +13,32 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::effective::{Effective, SharedEffective};
-use super::fetch::FetchRequest;
-use super::fetch::MAX_QUEUED_FETCHES;
-use super::fetch::validate_fetch;
+use super::fetch::{self, FetchRequest, MAX_QUEUED_FETCHES};
 use super::inflight::{self};
+use super::port::FetchPort;
 use super::{ConsumerArgs, ConsumerMsg, Counters, DrainReport, dead_letter};
 use crate::ensure::ensure_consumer;
 use crate::error::Error;
 use crate::spec::{ConsumerMode, ConsumerSpec};
 use crate::target::{Target, TargetSlot};
 
-/// A message a child's worker sends the child; opaque outside this crate.
+/// A message that only this crate sends a child (its worker's end, a
+/// handle asking for the fetch port); opaque outside this crate.
 #[derive(Debug)]
-pub struct Internal(WorkerExit);
+pub struct Internal(InternalMsg);
+
+#[derive(Debug)]
+enum InternalMsg {
+    WorkerExited(WorkerExit),
+    Port(RpcReplyPort<FetchPort>),
+}
+
+impl Internal {
+    /// Asks a child for its [`FetchPort`].
+    pub(crate) fn port(reply: RpcReplyPort<FetchPort>) -> Self {
+        Self(InternalMsg::Port(reply))
+    }
+}
 
 /// How a child's worker task ended.
 #[derive(Debug)]
@@ -101,7 +114,7 @@ pub struct ConsumerState {
     spec: ConsumerSpec,
     durable: Arc<str>,
     counters: Arc<Counters>,
-    fetches: mpsc::Sender<FetchRequest>,
+    port: FetchPort,
     control: mpsc::UnboundedSender<WorkerCtl>,
     limits: SharedEffective,
     draining: bool,
@@ -195,13 +208,15 @@ where
             _ = myself.wait(None) => return,
         };
         // The actor may be gone already; then there is nobody to tell.
-        let _ = myself.cast(ConsumerMsg::Internal(Internal(WorkerExit { failure })));
+        let _ = myself.cast(ConsumerMsg::Internal(Internal(InternalMsg::WorkerExited(
+            WorkerExit { failure },
+        ))));
     });
     Ok(ConsumerState {
+        port: FetchPort::new(fetch_tx, limits.clone(), durable.clone(), mode),
         spec,
         durable,
         counters,
-        fetches: fetch_tx,
         control: control_tx,
         limits,
         draining: false,
@@ -232,38 +247,9 @@ pub(crate) fn handle_child_msg(
             expires,
             reply,
         } => {
-            if state.spec.mode() != ConsumerMode::Pull {
-                let _ = reply.send(Err(Error::WrongMode {
-                    durable: state.spec.durable.clone(),
-                    expected: ConsumerMode::Pull,
-                    actual: state.spec.mode(),
-                }));
-                return Ok(());
-            }
-            if state.draining {
-                let _ = reply.send(Err(Error::Draining {
-                    durable: state.spec.durable.clone(),
-                }));
-                return Ok(());
-            }
-            let expires = match validate_fetch(batch, expires, &state.limits.get()) {
-                Ok(expires) => expires,
-                Err(err) => {
-                    let _ = reply.send(Err(err));
-                    return Ok(());
-                }
-            };
-            let request = FetchRequest::new(batch, expires, reply, state.durable.clone());
-            match state.fetches.try_send(request) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(request)) => {
-                    request.answer(Err(Error::Busy {
-                        durable: state.spec.durable.clone(),
-                        queued: MAX_QUEUED_FETCHES,
-                    }));
-                }
-                // The worker is gone: the request answers for itself.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            if let Err(reply) = state.port.submit(batch, expires, reply) {
+                // The worker is gone; the child is about to stop.
+                let _ = reply.send(Err(fetch::interrupted(&state.durable)));
             }
         }
         ConsumerMsg::Stats(reply) => {
@@ -271,6 +257,7 @@ pub(crate) fn handle_child_msg(
         }
         ConsumerMsg::Drain { timeout, reply } => {
             state.draining = true;
+            state.port.start_draining();
             if let Err(mpsc::error::SendError(WorkerCtl::Drain { reply, .. })) =
                 state.control.send(WorkerCtl::Drain { timeout, reply })
             {
@@ -280,17 +267,22 @@ pub(crate) fn handle_child_msg(
         ConsumerMsg::SetTarget(target) => {
             let _ = state.control.send(WorkerCtl::SetTarget(target));
         }
-        ConsumerMsg::Internal(Internal(WorkerExit { failure })) => match failure {
-            Some(failure) => {
-                tracing::warn!(durable = %state.durable, %failure, "consumer worker failed");
-                return Err(failure.into());
+        ConsumerMsg::Internal(Internal(InternalMsg::WorkerExited(WorkerExit { failure }))) => {
+            match failure {
+                Some(failure) => {
+                    tracing::warn!(durable = %state.durable, %failure, "consumer worker failed");
+                    return Err(failure.into());
+                }
+                None => {
+                    tracing::debug!(durable = %state.durable, "consumer worker finished; stopping");
+                    state.finished = true;
+                    myself.stop(Some("drained".into()));
+                }
             }
-            None => {
-                tracing::debug!(durable = %state.durable, "consumer worker finished; stopping");
-                state.finished = true;
-                myself.stop(Some("drained".into()));
-            }
-        },
+        }
+        ConsumerMsg::Internal(Internal(InternalMsg::Port(reply))) => {
+            let _ = reply.send(state.port.clone());
+        }
     }
     Ok(())
 }

@@ -172,14 +172,26 @@ impl FetchRequest {
     }
 }
 
+/// The answer to a fetch whose child stopped or crashed before it ended.
+pub(crate) fn interrupted(durable: &str) -> Error {
+    Error::FetchInterrupted {
+        durable: durable.to_string(),
+        reason: "the consumer child stopped or crashed; what was in flight was nak'ed".into(),
+    }
+}
+
+impl FetchRequest {
+    /// Takes the caller's reply port back out of a request the worker never
+    /// took, so that the caller can send the fetch elsewhere.
+    pub fn into_reply(mut self) -> Option<RpcReplyPort<Result<FetchOutcome, Error>>> {
+        self.reply.take()
+    }
+}
+
 impl Drop for FetchRequest {
     fn drop(&mut self) {
         if let Some(port) = self.reply.take() {
-            let _ = port.send(Err(Error::FetchInterrupted {
-                durable: self.durable.to_string(),
-                reason: "the consumer child stopped or crashed; what was in flight was nak'ed"
-                    .into(),
-            }));
+            let _ = port.send(Err(interrupted(&self.durable)));
         }
     }
 }
