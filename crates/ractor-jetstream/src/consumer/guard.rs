@@ -14,8 +14,8 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::settle::NAK;
 use crate::delivery::{Settlement, Token, Verdict};
+use async_nats::jetstream::AckKind;
 
 /// The token of an unread message handed over by a subscription guard.
 pub(crate) const ORPHAN: Token = Token::MAX;
@@ -74,7 +74,10 @@ impl GuardedSubscription {
         let deadline = Instant::now() + Duration::from_secs(2);
         while let Ok(Some(message)) = tokio::time::timeout_at(deadline, subscription.next()).await {
             if let Some(reply) = js_reply(&message) {
-                let _ = self.client.publish(reply, Bytes::from_static(NAK)).await;
+                let _ = self
+                    .client
+                    .publish(reply, Bytes::from(AckKind::Nak(None)))
+                    .await;
                 naked += 1;
             }
         }

@@ -20,6 +20,7 @@
 //! stream never stalls other deliveries.
 
 use async_nats::Subject;
+use async_nats::jetstream::AckKind;
 use bytes::Bytes;
 use futures::FutureExt;
 
@@ -27,21 +28,17 @@ use super::dead_letter::DeadLetters;
 use super::inflight::Settled;
 use crate::delivery::Decision;
 
-pub(crate) const ACK: &[u8] = b"+ACK";
-pub(crate) const NAK: &[u8] = b"-NAK";
-pub(crate) const TERM: &[u8] = b"+TERM";
-pub(crate) const PROGRESS: &[u8] = b"+WPI";
-
+// The payloads are async-nats' own (`AckKind`); only `+TERM <reason>`,
+// which `AckKind::Term` cannot carry, is written here.
 /// The payload that applies a decision on the server.
 pub(crate) fn decision_payload(decision: &Decision) -> Bytes {
     match decision {
-        Decision::Ack => Bytes::from_static(ACK),
-        Decision::Nak(None) => Bytes::from_static(NAK),
-        Decision::Nak(Some(delay)) => format!("-NAK {{\"delay\":{}}}", delay.as_nanos()).into(),
-        Decision::Term(None) => Bytes::from_static(TERM),
-        Decision::Term(Some(reason)) => {
+        Decision::Ack => AckKind::Ack.into(),
+        Decision::Nak(delay) => AckKind::Nak(*delay).into(),
+        Decision::Term(Some(reason)) if !reason.is_empty() => {
             format!("+TERM {}", reason.replace(['\r', '\n'], " ")).into()
         }
+        Decision::Term(_) => AckKind::Term.into(),
     }
 }
 
@@ -129,11 +126,11 @@ pub(crate) fn plan(
                     reason = %why,
                     "nak'ed; the server will not deliver it again (set a dead_letter_subject to keep such messages)"
                 );
-                Plan::Publish(Bytes::from_static(NAK), Settled::Abandoned)
+                Plan::Publish(Bytes::from(AckKind::Nak(None)), Settled::Abandoned)
             }
         }
         (_, Seen::No | Seen::NoAndStopping) => {
-            Plan::Publish(Bytes::from_static(NAK), Settled::Abandoned)
+            Plan::Publish(Bytes::from(AckKind::Nak(None)), Settled::Abandoned)
         }
         (decision, Seen::Yes) => Plan::Publish(decision_payload(&decision), settled),
     }
@@ -155,7 +152,7 @@ pub(crate) fn after_dead_letter(
         } else {
             settled
         };
-        (Bytes::from_static(NAK), settled)
+        (Bytes::from(AckKind::Nak(None)), settled)
     }
 }
 

@@ -7,9 +7,10 @@ use bytes::Bytes;
 use ractor::{DerivedActorRef, MessagingErr};
 use tokio::time::Instant;
 
-use super::super::settle::{self, NAK, Plan, Seen};
+use super::super::settle::{self, Plan, Seen};
 use super::{Entry, ForwardError, InFlight, Settled, Slot, Stage, split, token};
 use crate::delivery::{AckMeta, Decision, Delivery, Token};
+use async_nats::jetstream::AckKind;
 
 impl InFlight {
     /// Forwards one message to the target, tracking it until it is settled.
@@ -168,7 +169,7 @@ impl InFlight {
             }
             _ => {
                 let entry = self.release(split(token).0)?;
-                self.publish_now_or_later(entry.reply, Bytes::from_static(NAK));
+                self.publish_now_or_later(entry.reply, Bytes::from(AckKind::Nak(None)));
                 self.counters.record(Settled::Abandoned);
                 reached.then_some(Settled::Abandoned)
             }

@@ -13,9 +13,9 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::super::settle::PROGRESS;
 use super::{InFlight, Settled, Stage};
 use crate::delivery::{Decision, Token};
+use async_nats::jetstream::AckKind;
 
 impl InFlight {
     /// The next time something is due: a delivery kept alive on the
@@ -65,7 +65,7 @@ impl InFlight {
         let reply = entry.reply.clone();
         self.renewals.push_back((renew_at, token));
         self.counters.kept_alive.fetch_add(1, Ordering::Relaxed);
-        self.publish(reply, Bytes::from_static(PROGRESS)).await;
+        self.publish(reply, Bytes::from(AckKind::Progress)).await;
     }
 
     /// Keeps alive every delivery whose keep-alive is due, and nak's every

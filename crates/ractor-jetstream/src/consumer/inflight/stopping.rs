@@ -8,9 +8,10 @@ use async_nats::Subject;
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
 
-use super::super::settle::{self, NAK, PendingDeadLetter, Plan, Seen, settle_stopped};
+use super::super::settle::{self, PendingDeadLetter, Plan, Seen, settle_stopped};
 use super::{InFlight, Settled, Stage, split};
 use crate::delivery::{AckMeta, Decision, Verdict};
+use async_nats::jetstream::AckKind;
 
 impl InFlight {
     /// Settles every delivery still out, as a stopping child must (used by
@@ -57,7 +58,7 @@ impl InFlight {
                         }
                         settle::after_dead_letter(confirmed, &then, settled)
                     }
-                    Plan::Keep => (Bytes::from_static(NAK), Settled::Abandoned),
+                    Plan::Keep => (Bytes::from(AckKind::Nak(None)), Settled::Abandoned),
                 };
             self.publish(entry.reply, payload).await;
             self.counters.record(settled);
@@ -85,7 +86,7 @@ impl Drop for InFlight {
             match settlement.verdict {
                 Verdict::Unread(reply) => {
                     let sequence = AckMeta::parse(reply.as_str()).map_or(0, |m| m.stream_sequence);
-                    publishes.push((sequence, reply, Bytes::from_static(NAK)));
+                    publishes.push((sequence, reply, Bytes::from(AckKind::Nak(None))));
                 }
                 Verdict::Decided(decision) if self.current(settlement.token).is_some() => {
                     let settled = match decision {
@@ -124,7 +125,11 @@ impl Drop for InFlight {
                     then,
                 }),
                 Plan::Keep => {
-                    publishes.push((entry.stream_sequence, entry.reply, Bytes::from_static(NAK)));
+                    publishes.push((
+                        entry.stream_sequence,
+                        entry.reply,
+                        Bytes::from(AckKind::Nak(None)),
+                    ));
                 }
             }
         }

@@ -9,9 +9,10 @@ use tokio::time::Instant;
 
 use super::super::dead_letter::{DeadLetterQueue, Job};
 use super::super::guard::ORPHAN;
-use super::super::settle::{self, NAK, Plan, Seen};
+use super::super::settle::{self, Plan, Seen};
 use super::{InFlight, Settled, Stage, split};
 use crate::delivery::{Decision, Settlement, Token, Verdict};
+use async_nats::jetstream::AckKind;
 
 impl InFlight {
     /// Waits for the next verdict. Never ends: the registry holds a sender.
@@ -37,7 +38,7 @@ impl InFlight {
         let Settlement { token, verdict } = settlement;
         let (decision, settled) = match verdict {
             Verdict::Unread(reply) => {
-                self.publish(reply, Bytes::from_static(NAK)).await;
+                self.publish(reply, Bytes::from(AckKind::Nak(None))).await;
                 return None;
             }
             Verdict::Progress => {

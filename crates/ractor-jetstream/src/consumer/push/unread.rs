@@ -20,7 +20,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::consumer::inflight::UnreadSink;
-use crate::consumer::settle::PROGRESS;
+use async_nats::jetstream::AckKind;
 
 /// The shortest extension period: a tiny ack wait must not turn keeping
 /// messages alive into a busy loop.
@@ -120,7 +120,7 @@ impl Unread {
     async fn publish_progress(&self, reply: async_nats::Subject) {
         if let Err(err) = self
             .client
-            .publish(reply, Bytes::from_static(PROGRESS))
+            .publish(reply, Bytes::from(AckKind::Progress))
             .await
         {
             // Closed connection: the server sends it again after ack_wait.
