@@ -113,15 +113,15 @@ async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox) -> Result<(), Error> {
                 err,
             )
         })?;
-    let consumer = consumer::Consumer::new(config, ctx.info.clone(), ctx.js.clone());
+    let consumer = consumer::Consumer::new(config, ctx.info.clone(), ctx.connection.jetstream().clone());
     let mut in_flight = ctx.in_flight();
     let mut worker = Worker {
         ctx: &ctx,
         consumer: &consumer,
         in_flight: &mut in_flight,
         alarm: Alarm::new(),
-        client: ctx.js.client(),
-        denials: crate::connect::denials_of(&ctx.js.client()),
+        client: ctx.connection.client(),
+        denials: ctx.connection.denials().cloned(),
         replies: None,
     };
     loop {
@@ -192,8 +192,8 @@ struct Worker<'a> {
     alarm: Alarm,
     client: async_nats::Client,
     /// The connection's permission reports, when it was made by
-    /// [`crate::connect`].
-    denials: Option<std::sync::Arc<crate::connect::Denials>>,
+    /// `connect`.
+    denials: Option<std::sync::Arc<crate::connection::Denials>>,
     /// The reply subscription every fetch shares, once the first fetch
     /// opened it (again after it closed).
     replies: Option<replies::Replies>,
@@ -234,7 +234,7 @@ impl Worker<'_> {
     /// Reads the consumer's settings from the server again.
     async fn refresh_limits(&self) {
         if let Ok(Some(info)) =
-            consumer_info(&self.ctx.js, &self.ctx.stream, &self.ctx.durable).await
+            consumer_info(&self.ctx.connection, &self.ctx.stream, &self.ctx.durable).await
         {
             let fresh = Effective::from_server(&self.ctx.spec, &info.config);
             tracing::info!(durable = %self.ctx.durable, ?fresh, "the consumer's settings changed on the server");
