@@ -193,8 +193,13 @@ pub async fn ensure_stream(
     let name = &spec.name;
     let Some(existing) = stream_info(conn, name).await? else {
         let op = format!("create stream {name}");
-        let _: stream::Info =
-            api_request(conn, &op, format!("STREAM.CREATE.{name}"), &spec.to_config()).await?;
+        let _: stream::Info = api_request(
+            conn,
+            &op,
+            format!("STREAM.CREATE.{name}"),
+            &spec.to_config(),
+        )
+        .await?;
         tracing::info!(stream = %name, "created stream");
         return Ok(StreamAction::Created);
     };
@@ -214,7 +219,8 @@ pub async fn ensure_stream(
     let mut config = existing.config.clone();
     spec.apply_to(&mut config);
     let op = format!("update stream {name}");
-    match api_request::<_, stream::Info>(conn, &op, format!("STREAM.UPDATE.{name}"), &config).await {
+    match api_request::<_, stream::Info>(conn, &op, format!("STREAM.UPDATE.{name}"), &config).await
+    {
         Ok(_) => {
             tracing::info!(stream = %name, fields = ?diff.mutable, "updated stream");
             Ok(StreamAction::Updated(diff.mutable))
@@ -273,7 +279,13 @@ async fn put_consumer(
         config,
         action,
     };
-    api_request(conn, op, format!("CONSUMER.CREATE.{stream}.{name}"), &request).await
+    api_request(
+        conn,
+        op,
+        format!("CONSUMER.CREATE.{stream}.{name}"),
+        &request,
+    )
+    .await
 }
 
 /// The mode a consumer has on the server.

@@ -30,7 +30,7 @@
 //! # async fn run(js: async_nats::jetstream::Context, target: ractor::DerivedActorRef<ractor_jetstream::Delivery>) -> Result<(), ractor_jetstream::Error> {
 //! // A child of its own, without a supervisor (usually the supervisor
 //! // spawns it, and `SupervisorHandle::pull` gives the handle).
-//! let args = ConsumerArgs { js, spec: ConsumerSpec::pull("ORDERS", "billing", "worker"), target: target.into() };
+//! let args = ConsumerArgs { connection: js.into(), spec: ConsumerSpec::pull("ORDERS", "billing", "worker"), target: target.into() };
 //! let (child, _) = Actor::spawn(None, PullConsumer, args).await?;
 //! let billing = PullHandle::from_child("billing", child);
 //! let outcome = billing.fetch(100, None).await?;
@@ -113,7 +113,8 @@ async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox) -> Result<(), Error> {
                 err,
             )
         })?;
-    let consumer = consumer::Consumer::new(config, ctx.info.clone(), ctx.connection.jetstream().clone());
+    let consumer =
+        consumer::Consumer::new(config, ctx.info.clone(), ctx.connection.jetstream().clone());
     let mut in_flight = ctx.in_flight();
     let mut worker = Worker {
         ctx: &ctx,

@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
-
 use crate::connection::Connection;
 use crate::restart::RestartPolicy;
 use crate::spec::Topology;

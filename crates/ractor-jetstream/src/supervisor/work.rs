@@ -159,6 +159,7 @@ pub(super) async fn delete_consumer(
 ) -> Result<(), Error> {
     let op = format!("delete consumer {stream}/{durable}");
     let subject = format!("CONSUMER.DELETE.{stream}.{durable}");
-    let _: serde_json::Value = api_request(connection, &op, subject, &serde_json::json!({})).await?;
+    let _: serde_json::Value =
+        api_request(connection, &op, subject, &serde_json::json!({})).await?;
     Ok(())
 }
