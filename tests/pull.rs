@@ -346,7 +346,7 @@ async fn bad_requests_get_their_error_and_nothing_moves() {
         None,
         ractor_jetstream::PushConsumer,
         ConsumerArgs {
-            js: env.js.clone(),
+            connection: env.js.clone().into(),
             spec: ConsumerSpec::push("PUSHBAD", "p", "t"),
             target: target.into(),
         },

@@ -36,7 +36,7 @@ async fn push_forwards_everything_in_order_within_the_window() {
         None,
         PushConsumer,
         ConsumerArgs {
-            js: env.js.clone(),
+            connection: env.js.clone().into(),
             spec,
             target: target.into(),
         },
@@ -120,7 +120,7 @@ async fn push_and_pull_on_one_stream_each_get_their_own_subjects() {
         None,
         PushConsumer,
         ConsumerArgs {
-            js: env.js.clone(),
+            connection: env.js.clone().into(),
             spec: ConsumerSpec::push("BOTH", "pusher", "t").filter(["both.push"]),
             target: push_target.into(),
         },
@@ -131,7 +131,7 @@ async fn push_and_pull_on_one_stream_each_get_their_own_subjects() {
         None,
         PullConsumer,
         ConsumerArgs {
-            js: env.js.clone(),
+            connection: env.js.clone().into(),
             spec: ConsumerSpec::pull("BOTH", "puller", "t").filter(["both.pull"]),
             target: pull_target.into(),
         },
@@ -174,7 +174,7 @@ async fn push_messages_waiting_unread_in_the_client_are_not_redelivered() {
         None,
         PushConsumer,
         ConsumerArgs {
-            js: env.js.clone(),
+            connection: env.js.clone().into(),
             spec,
             target: target.into(),
         },
@@ -244,7 +244,7 @@ async fn push_keeps_unread_messages_alive_by_the_bound_consumers_own_ack_wait() 
         None,
         PushConsumer,
         ConsumerArgs {
-            js: env.js.clone(),
+            connection: env.js.clone().into(),
             spec,
             target: target.into(),
         },
@@ -446,7 +446,7 @@ async fn a_subscription_rebuilt_after_missed_heartbeats_delivers_nothing_twice()
         None,
         PushConsumer,
         ConsumerArgs {
-            js: env.js.clone(),
+            connection: env.js.clone().into(),
             spec,
             target: target.into(),
         },

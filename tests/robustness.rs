@@ -277,7 +277,7 @@ async fn spawn_child(
     target: DerivedActorRef<Delivery>,
 ) -> ActorRef<ConsumerMsg> {
     let args = ConsumerArgs {
-        js: env.js.clone(),
+        connection: env.js.clone().into(),
         spec: spec.clone(),
         target: target.into(),
     };

@@ -235,10 +235,10 @@ async fn decentralized() -> Decentralized {
 /// publishes three messages and fetches them through the supervisor; checks
 /// that all three were acked, on the server's own consumer info.
 async fn consumes_end_to_end(spec: &ConnectionSpec) {
-    let client = connect(spec)
+    let connection = connect(spec)
         .await
         .expect("connect with the right credentials");
-    let js = spec.jetstream_context(client);
+    let js = connection.jetstream().clone();
     let topology = Topology::new()
         .stream(StreamSpec::new("ORDERS", ["orders.>"]))
         .consumer(ConsumerSpec::pull("ORDERS", "billing", "worker"));
@@ -250,7 +250,7 @@ async fn consumes_end_to_end(spec: &ConnectionSpec) {
     let (supervisor, handle) = Actor::spawn(
         Some(name),
         JetStreamSupervisor,
-        SupervisorArgs::new(js.clone(), topology).target("worker", target),
+        SupervisorArgs::new(connection, topology).target("worker", target),
     )
     .await
     .expect("spawn supervisor");
@@ -349,7 +349,7 @@ async fn nkey_seed_inline_and_from_a_file() {
         .await
         .expect("start nats-server");
     let inline = ConnectionSpec {
-        nkey_seed: Some(seed(&user)),
+        nkey_seed: Some(seed(&user).into()),
         ..ConnectionSpec::new(server.url())
     };
     consumes_end_to_end(&inline).await;
@@ -360,8 +360,8 @@ async fn nkey_seed_inline_and_from_a_file() {
         nkey_seed_file: Some(file.path().to_path_buf()),
         ..ConnectionSpec::new(server.url())
     };
-    let client = connect(&from_file).await.expect("connect with a seed file");
-    client.flush().await.expect("flush");
+    let connection = connect(&from_file).await.expect("connect with a seed file");
+    connection.client().flush().await.expect("flush");
 }
 
 #[tokio::test]
@@ -448,7 +448,10 @@ async fn wrong_credentials_fail_fast() {
     .await;
     // Several servers, all refusing: still one attempt each.
     let twice = ConnectionSpec {
-        servers: vec![server.url(), server.url().replace("127.0.0.1", "localhost")],
+        servers: vec![
+            server.url().into(),
+            server.url().replace("127.0.0.1", "localhost").into(),
+        ],
         ..login("billing", "wrong-password")
     };
     fails_fast(
@@ -484,7 +487,7 @@ async fn wrong_credentials_fail_fast() {
         .await
         .expect("start nats-server");
     let unknown_nkey = ConnectionSpec {
-        nkey_seed: Some(seed(&KeyPair::new_user())),
+        nkey_seed: Some(seed(&KeyPair::new_user()).into()),
         ..ConnectionSpec::new(nkey_server.url())
     };
     fails_fast(
@@ -591,8 +594,13 @@ async fn a_user_without_permission_gets_a_clear_error() {
         jetstream_timeout: Some(Duration::from_secs(20)),
         ..ConnectionSpec::new(server.url())
     };
-    let reader = spec("reader").jetstream().await.expect("connect");
-    let admin = spec("admin").jetstream().await.expect("connect");
+    let reader = spec("reader").connect().await.expect("connect");
+    let admin = spec("admin")
+        .connect()
+        .await
+        .expect("connect")
+        .jetstream()
+        .clone();
 
     // The reader may manage streams, but not create consumers.
     let topology = Topology::new()
@@ -662,7 +670,7 @@ async fn a_fetch_the_user_may_not_make_is_a_permission_error_and_the_child_stays
         password: Some(user.into()),
         ..ConnectionSpec::new(server.url())
     };
-    let js = spec("nofetch").jetstream().await.expect("connect");
+    let js = spec("nofetch").connect().await.expect("connect");
     let topology = Topology::new()
         .stream(StreamSpec::new("ORDERS", ["orders.>"]))
         .consumer(ConsumerSpec::pull("ORDERS", "billing", "worker"));
@@ -674,7 +682,12 @@ async fn a_fetch_the_user_may_not_make_is_a_permission_error_and_the_child_stays
     )
     .await
     .expect("the consumer may be created");
-    let admin = spec("admin").jetstream().await.expect("connect");
+    let admin = spec("admin")
+        .connect()
+        .await
+        .expect("connect")
+        .jetstream()
+        .clone();
     admin
         .publish("orders.new", "1".into())
         .await
@@ -787,7 +800,7 @@ async fn no_secret_in_logs_or_debug_output() {
     topology.validate().expect("valid topology");
     consumes_end_to_end(&spec).await;
     let wrong = ConnectionSpec {
-        password: Some(format!("{PASSWORD}-wrong")),
+        password: Some(format!("{PASSWORD}-wrong").into()),
         ..spec.clone()
     };
     let wrong_err = connect(&wrong).await.expect_err("wrong password");
@@ -805,6 +818,7 @@ async fn no_secret_in_logs_or_debug_output() {
     connect(&token_spec)
         .await
         .expect("token")
+        .client()
         .flush()
         .await
         .expect("flush");
@@ -819,12 +833,13 @@ async fn no_secret_in_logs_or_debug_output() {
         .await
         .expect("start nats-server");
     let nkey_spec = ConnectionSpec {
-        nkey_seed: Some(user_seed.clone()),
+        nkey_seed: Some(user_seed.clone().into()),
         ..ConnectionSpec::new(nkey_server.url())
     };
     connect(&nkey_spec)
         .await
         .expect("nkey")
+        .client()
         .flush()
         .await
         .expect("flush");
@@ -833,7 +848,7 @@ async fn no_secret_in_logs_or_debug_output() {
     let invalid = ConnectionSpec {
         user: None,
         token: Some(TOKEN.into()),
-        nkey_seed: Some(user_seed.clone()),
+        nkey_seed: Some(user_seed.clone().into()),
         ..spec.clone()
     };
     let invalid_err = connect(&invalid).await.expect_err("invalid spec");
@@ -872,8 +887,9 @@ async fn no_secret_in_logs_or_debug_output() {
             assert!(!text.contains(secret), "a secret in the {what}:\n{text}");
         }
     }
-    assert!(format!("{spec:?}").contains("<redacted>"));
-    // Serializing keeps the secret: it is the user's own file.
+    assert!(format!("{spec:?}").contains("[REDACTED]"));
+    // Serializing leaves the secret out: a file the program writes never
+    // holds one.
     let toml = topology.to_toml_string().expect("serializes");
-    assert!(toml.contains(PASSWORD), "{toml}");
+    assert!(!toml.contains(PASSWORD), "{toml}");
 }

@@ -58,9 +58,12 @@ async fn consumer_names(js: &jetstream::Context, stream: &str) -> Vec<String> {
 
 /// Spawns a supervisor and returns its startup error, which must be our
 /// `Error`.
-async fn supervisor_startup_error(js: jetstream::Context, topology: Topology) -> Error {
+async fn supervisor_startup_error(
+    connection: impl Into<ractor_jetstream::Connection>,
+    topology: Topology,
+) -> Error {
     let (_target_ref, target, _) = common::acking_target().await;
-    let args = SupervisorArgs::new(js, topology).target("worker", target);
+    let args = SupervisorArgs::new(connection, topology).target("worker", target);
     let started = tokio::time::timeout(
         common::PATIENCE,
         Actor::spawn(None, JetStreamSupervisor, args),
@@ -83,7 +86,7 @@ async fn jetstream_not_enabled_on_the_server() {
         .start()
         .await
         .expect("start nats-server");
-    let js = spec_for(&server).jetstream().await.expect("connect");
+    let js = spec_for(&server).connect().await.expect("connect");
 
     // $JS.API has no responders on this server: that is reported as
     // "JetStream not enabled", promptly, not as a timeout.
@@ -124,7 +127,7 @@ async fn jetstream_not_enabled_for_the_account() {
         .await
         .expect("start nats-server");
     let js = with_login(&server, "plain", "plain")
-        .jetstream()
+        .connect()
         .await
         .expect("connect");
     let err = ensure_stream(&js, &StreamSpec::new("ORDERS", ["orders.>"]))
@@ -138,10 +141,10 @@ async fn jetstream_not_enabled_for_the_account() {
 
     // Nothing was created in the account that has JetStream either.
     let js_account = with_login(&server, "js", "js")
-        .jetstream()
+        .connect()
         .await
         .expect("connect");
-    assert!(stream_names(&js_account).await.is_empty());
+    assert!(stream_names(js_account.jetstream()).await.is_empty());
 }
 
 #[tokio::test]
@@ -151,7 +154,7 @@ async fn a_domain_nobody_serves_is_not_reachable() {
         jetstream_domain: Some("elsewhere".into()),
         ..spec_for(&env.server)
     };
-    let js = spec.jetstream().await.expect("connect");
+    let js = spec.connect().await.expect("connect");
     let started = Instant::now();
     let err = ensure_stream(&js, &StreamSpec::new("ORDERS", ["orders.>"]))
         .await
@@ -291,7 +294,7 @@ async fn permission_denied_on_the_jetstream_api() {
     };
     let stream = StreamSpec::new("ORDERS", ["orders.>"]);
 
-    let js = spec("no-api").jetstream().await.expect("connect");
+    let js = spec("no-api").connect().await.expect("connect");
     let started = Instant::now();
     let err = ensure_stream(&js, &stream)
         .await
@@ -310,7 +313,7 @@ async fn permission_denied_on_the_jetstream_api() {
         "the subject is not named: {err}"
     );
 
-    let js = spec("no-replies").jetstream().await.expect("connect");
+    let js = spec("no-replies").connect().await.expect("connect");
     let started = Instant::now();
     let err = ensure_stream(&js, &stream)
         .await
@@ -335,7 +338,7 @@ async fn permission_denied_on_the_jetstream_api() {
         jetstream_timeout: Some(Duration::from_millis(500)),
         ..with_login(&server, "no-replies", "no-replies")
     }
-    .jetstream()
+    .connect()
     .await
     .expect("connect");
     for attempt in 0..2 {
@@ -351,8 +354,8 @@ async fn permission_denied_on_the_jetstream_api() {
 
     // Each request failed at its first step, the stream info: nothing was
     // created.
-    let admin = spec("admin").jetstream().await.expect("connect");
-    assert!(stream_names(&admin).await.is_empty());
+    let admin = spec("admin").connect().await.expect("connect");
+    assert!(stream_names(admin.jetstream()).await.is_empty());
 }
 
 #[tokio::test]
@@ -362,7 +365,7 @@ async fn a_server_that_does_not_answer_times_out() {
         jetstream_timeout: Some(Duration::from_millis(500)),
         ..spec_for(&env.server)
     };
-    let js = spec.jetstream().await.expect("connect");
+    let js = spec.connect().await.expect("connect");
     ensure_stream(&js, &StreamSpec::new("ORDERS", ["orders.>"]))
         .await
         .expect("create while the server answers");
@@ -410,7 +413,7 @@ async fn account_limits_exceeded() {
         .await
         .expect("start nats-server");
     let js = with_login(&server, "app", "app")
-        .jetstream()
+        .connect()
         .await
         .expect("connect");
 
@@ -442,7 +445,10 @@ async fn account_limits_exceeded() {
         Some(ServerErrorKind::LimitsExceeded),
         "{err}"
     );
-    assert_eq!(stream_names(&js).await, vec!["FIRST".to_string()]);
+    assert_eq!(
+        stream_names(js.jetstream()).await,
+        vec!["FIRST".to_string()]
+    );
 }
 
 /// `max_waiting` reaches the server when the consumer is created, binds

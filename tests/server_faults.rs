@@ -555,7 +555,7 @@ async fn a_pull_request_lost_to_a_reconnect_is_sent_again() {
         None,
         ractor_jetstream::PullConsumer,
         ractor_jetstream::ConsumerArgs {
-            js: env.js.clone(),
+            connection: env.js.clone().into(),
             spec: ConsumerSpec::pull("RESEND", "r", "t"),
             target: target.into(),
         },

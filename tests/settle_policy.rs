@@ -189,7 +189,8 @@ async fn an_old_inbox_denial_does_not_turn_later_empty_fetches_into_errors() {
         password: Some("app".into()),
         ..ConnectionSpec::new(server.url())
     };
-    let js = spec.jetstream().await.expect("connect");
+    let connection = spec.connect().await.expect("connect");
+    let js = connection.jetstream().clone();
     let client = js.client();
     js.create_stream(jetstream::stream::Config {
         name: "STALE".into(),
@@ -204,7 +205,7 @@ async fn an_old_inbox_denial_does_not_turn_later_empty_fetches_into_errors() {
             None,
             ractor_jetstream::PullConsumer,
             ractor_jetstream::ConsumerArgs {
-                js: js.clone(),
+                connection,
                 spec: ConsumerSpec::pull("STALE", "st", "t"),
                 target: target.into(),
             },

@@ -622,7 +622,7 @@ async fn a_killed_push_child_stops_forwarding_however_busy_its_parent_is() {
         None,
         ractor_jetstream::PushConsumer,
         ractor_jetstream::ConsumerArgs {
-            js: env.js.clone(),
+            connection: env.js.clone().into(),
             spec: ConsumerSpec::push("ORPHAN", "child", "t"),
             target: target.into(),
         },

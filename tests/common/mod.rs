@@ -466,7 +466,7 @@ pub async fn spawn_pull(
         None,
         ractor_jetstream::PullConsumer,
         ractor_jetstream::ConsumerArgs {
-            js: env.js.clone(),
+            connection: env.js.clone().into(),
             spec,
             target: target.into(),
         },

@@ -336,7 +336,7 @@ async fn pull_case(
             None,
             PullConsumer,
             ConsumerArgs {
-                js: js.clone(),
+                connection: js.clone().into(),
                 spec,
                 target: target.get_derived().into(),
             },
@@ -424,7 +424,7 @@ async fn push_case(js: &jetstream::Context, options: &Options) -> Result<CaseRes
             None,
             PushConsumer,
             ConsumerArgs {
-                js: js.clone(),
+                connection: js.clone().into(),
                 spec,
                 target: target.get_derived().into(),
             },

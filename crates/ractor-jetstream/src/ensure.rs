@@ -20,6 +20,7 @@
 use async_nats::jetstream::{self, consumer, stream};
 use serde::{Serialize, de::DeserializeOwned};
 
+use crate::connection::Connection;
 use crate::error::{Error, ServerErrorKind};
 use crate::spec::{ConsumerMode, ConsumerSpec, StreamSpec};
 
@@ -60,12 +61,12 @@ const CONSUMER_DOES_NOT_EXIST: u64 = 10149;
 /// prefix) and classifies any failure. `op` describes the operation for the
 /// error message.
 ///
-/// On a connection made by [`crate::connect()`], a permission violation that
-/// the server reports for this request (the publish to the API subject, or
+/// On a [`Connection`] that collects permission reports (one made by
+/// `connect`), a permission violation that the server reports for this request (the publish to the API subject, or
 /// the subscription its reply needs) ends it at once with
 /// [`ServerErrorKind::PermissionDenied`]; otherwise it would only time out.
 pub(crate) async fn api_request<T, V>(
-    js: &jetstream::Context,
+    conn: &Connection,
     op: &str,
     subject: String,
     payload: &T,
@@ -74,10 +75,12 @@ where
     T: ?Sized + Serialize,
     V: DeserializeOwned,
 {
-    let denials = crate::connect::denials_of(&js.client());
-    let since = denials.as_ref().map_or(0, |d| d.mark());
-    let request = js.request::<_, T, jetstream::response::Response<V>>(subject.clone(), payload);
-    let result = match &denials {
+    let denials = conn.denials();
+    let since = denials.map_or(0, |d| d.mark());
+    let request = conn
+        .jetstream()
+        .request::<_, T, jetstream::response::Response<V>>(subject.clone(), payload);
+    let result = match denials {
         Some(denials) => {
             tokio::select! {
                 biased;
@@ -156,12 +159,12 @@ pub(crate) fn api_error(op: &str, err: &jetstream::Error) -> Error {
 
 /// The stream's info, or `None` when it does not exist.
 pub(crate) async fn stream_info(
-    js: &jetstream::Context,
+    conn: &Connection,
     name: &str,
 ) -> Result<Option<stream::Info>, Error> {
     let op = format!("stream info {name}");
     match api_request(
-        js,
+        conn,
         &op,
         format!("STREAM.INFO.{name}"),
         &serde_json::json!({}),
@@ -176,16 +179,27 @@ pub(crate) async fn stream_info(
 
 /// Creates the stream, reuses it, or updates it in place; see the module
 /// docs.
+///
+/// `connection` is a [`Connection`] or a JetStream context (`&js`): through
+/// a `Connection` made by `connect`, a request the account may not make
+/// fails at once with [`ServerErrorKind::PermissionDenied`]; through a plain
+/// context it fails when it times out.
 pub async fn ensure_stream(
-    js: &jetstream::Context,
+    connection: impl Into<Connection>,
     spec: &StreamSpec,
 ) -> Result<StreamAction, Error> {
+    let conn = &connection.into();
     spec.validate()?;
     let name = &spec.name;
-    let Some(existing) = stream_info(js, name).await? else {
+    let Some(existing) = stream_info(conn, name).await? else {
         let op = format!("create stream {name}");
-        let _: stream::Info =
-            api_request(js, &op, format!("STREAM.CREATE.{name}"), &spec.to_config()).await?;
+        let _: stream::Info = api_request(
+            conn,
+            &op,
+            format!("STREAM.CREATE.{name}"),
+            &spec.to_config(),
+        )
+        .await?;
         tracing::info!(stream = %name, "created stream");
         return Ok(StreamAction::Created);
     };
@@ -205,7 +219,8 @@ pub async fn ensure_stream(
     let mut config = existing.config.clone();
     spec.apply_to(&mut config);
     let op = format!("update stream {name}");
-    match api_request::<_, stream::Info>(js, &op, format!("STREAM.UPDATE.{name}"), &config).await {
+    match api_request::<_, stream::Info>(conn, &op, format!("STREAM.UPDATE.{name}"), &config).await
+    {
         Ok(_) => {
             tracing::info!(stream = %name, fields = ?diff.mutable, "updated stream");
             Ok(StreamAction::Updated(diff.mutable))
@@ -225,13 +240,13 @@ pub async fn ensure_stream(
 
 /// The consumer's info, or `None` when it does not exist.
 pub(crate) async fn consumer_info(
-    js: &jetstream::Context,
+    conn: &Connection,
     stream: &str,
     durable: &str,
 ) -> Result<Option<consumer::Info>, Error> {
     let op = format!("consumer info {stream}/{durable}");
     match api_request(
-        js,
+        conn,
         &op,
         format!("CONSUMER.INFO.{stream}.{durable}"),
         &serde_json::json!({}),
@@ -252,7 +267,7 @@ struct CreateConsumer<'a> {
 }
 
 async fn put_consumer(
-    js: &jetstream::Context,
+    conn: &Connection,
     op: &str,
     stream: &str,
     config: &consumer::Config,
@@ -264,7 +279,13 @@ async fn put_consumer(
         config,
         action,
     };
-    api_request(js, op, format!("CONSUMER.CREATE.{stream}.{name}"), &request).await
+    api_request(
+        conn,
+        op,
+        format!("CONSUMER.CREATE.{stream}.{name}"),
+        &request,
+    )
+    .await
 }
 
 /// The mode a consumer has on the server.
@@ -282,15 +303,21 @@ pub(crate) fn server_mode(config: &consumer::Config) -> ConsumerMode {
 /// Several processes may ensure one durable at once (members of a queue
 /// group): the one whose create loses the race binds to the consumer the
 /// other created.
+///
+/// `connection` is a [`Connection`] or a JetStream context (`&js`): through
+/// a `Connection` made by `connect`, a request the account may not make
+/// fails at once with [`ServerErrorKind::PermissionDenied`]; through a plain
+/// context it fails when it times out.
 pub async fn ensure_consumer(
-    js: &jetstream::Context,
+    connection: impl Into<Connection>,
     spec: &ConsumerSpec,
 ) -> Result<(consumer::Info, ConsumerAction), Error> {
+    let conn = &connection.into();
     spec.validate()?;
     let (stream, durable) = (spec.stream.as_str(), spec.durable.as_str());
-    let existing = match consumer_info(js, stream, durable).await? {
+    let existing = match consumer_info(conn, stream, durable).await? {
         Some(info) => info,
-        None => match create_consumer(js, spec).await? {
+        None => match create_consumer(conn, spec).await? {
             Create::Created(info) => return Ok((*info, ConsumerAction::Created)),
             Create::Raced(err) => {
                 tracing::debug!(
@@ -298,7 +325,7 @@ pub async fn ensure_consumer(
                     durable,
                     "created concurrently elsewhere; binding to it"
                 );
-                consumer_info(js, stream, durable).await?.ok_or_else(|| {
+                consumer_info(conn, stream, durable).await?.ok_or_else(|| {
                     Error::ConsumerConflict {
                         stream: stream.into(),
                         durable: durable.into(),
@@ -309,7 +336,7 @@ pub async fn ensure_consumer(
             }
         },
     };
-    bind_consumer(js, spec, existing).await
+    bind_consumer(conn, spec, existing).await
 }
 
 /// What a create request came to.
@@ -320,16 +347,16 @@ enum Create {
     Raced(Error),
 }
 
-async fn create_consumer(js: &jetstream::Context, spec: &ConsumerSpec) -> Result<Create, Error> {
+async fn create_consumer(conn: &Connection, spec: &ConsumerSpec) -> Result<Create, Error> {
     let (stream, durable) = (spec.stream.as_str(), spec.durable.as_str());
     let deliver = spec
         .mode
         .as_push()
         .is_some_and(|push| push.deliver_subject.is_none())
-        .then(|| js.client().new_inbox());
+        .then(|| conn.client().new_inbox());
     let config = spec.to_config(deliver);
     let op = format!("create consumer {stream}/{durable}");
-    match put_consumer(js, &op, stream, &config, "create").await {
+    match put_consumer(conn, &op, stream, &config, "create").await {
         Ok(info) => {
             tracing::info!(stream, durable, mode = %spec.mode(), "created durable consumer");
             Ok(Create::Created(Box::new(info)))
@@ -344,7 +371,7 @@ async fn create_consumer(js: &jetstream::Context, spec: &ConsumerSpec) -> Result
 /// Binds to an existing consumer: checks its mode and applies what the spec
 /// changes.
 async fn bind_consumer(
-    js: &jetstream::Context,
+    conn: &Connection,
     spec: &ConsumerSpec,
     info: consumer::Info,
 ) -> Result<(consumer::Info, ConsumerAction), Error> {
@@ -363,7 +390,7 @@ async fn bind_consumer(
         return Ok((info, ConsumerAction::Bound));
     }
     let op = format!("update consumer {stream}/{durable}");
-    match put_consumer(js, &op, stream, &config, "update").await {
+    match put_consumer(conn, &op, stream, &config, "update").await {
         Ok(info) => {
             tracing::info!(stream, durable, ?fields, "updated durable consumer");
             Ok((info, ConsumerAction::Updated(fields)))

@@ -265,6 +265,7 @@ macro_rules! fault_point {
 pub(crate) use fault_point;
 
 pub mod connect;
+pub mod connection;
 pub mod consumer;
 pub mod delivery;
 pub mod ensure;
@@ -276,7 +277,8 @@ pub mod spec;
 pub mod supervisor;
 pub mod target;
 
-pub use connect::{ConnectionSpec, connect, connect_jetstream};
+pub use connect::{ConnectionSpec, ServerUrl, connect};
+pub use connection::Connection;
 pub use consumer::pull::PullConsumer;
 pub use consumer::push::PushConsumer;
 pub use consumer::{

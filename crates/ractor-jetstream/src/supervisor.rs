@@ -66,10 +66,10 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::time::Duration;
 
-use async_nats::jetstream;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::task::JoinSet;
 
+use crate::connection::Connection;
 use crate::consumer::ConsumerMsg;
 use crate::ensure::ensure_stream;
 use crate::error::ValidationErrors;
@@ -96,7 +96,7 @@ pub struct JetStreamSupervisor;
 
 /// The supervisor's state.
 pub struct SupervisorState {
-    js: jetstream::Context,
+    connection: Connection,
     policy: RestartPolicy,
     drain_timeout: Duration,
     targets: HashMap<String, Target>,
@@ -138,7 +138,7 @@ impl Actor for JetStreamSupervisor {
         args: SupervisorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let SupervisorArgs {
-            js,
+            connection,
             topology,
             targets,
             restart_policy,
@@ -158,10 +158,10 @@ impl Actor for JetStreamSupervisor {
         }
         missing.into_result()?;
         for stream in &topology.streams {
-            ensure_stream(&js, stream).await?;
+            ensure_stream(&connection, stream).await?;
         }
         let mut state = SupervisorState {
-            js,
+            connection,
             policy: restart_policy,
             drain_timeout,
             targets,

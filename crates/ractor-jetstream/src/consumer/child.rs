@@ -17,6 +17,7 @@ use super::fetch::{self, FetchRequest, MAX_QUEUED_FETCHES};
 use super::inflight::{self};
 use super::port::FetchPort;
 use super::{ConsumerArgs, ConsumerMsg, Counters, DrainReport, dead_letter};
+use crate::connection::Connection;
 use crate::ensure::ensure_consumer;
 use crate::error::Error;
 use crate::spec::{ConsumerMode, ConsumerSpec};
@@ -57,7 +58,7 @@ pub(crate) enum WorkerCtl {
 
 /// Everything a worker needs, fixed at bind time.
 pub(crate) struct WorkerCtx {
-    pub js: jetstream::Context,
+    pub connection: Connection,
     pub spec: ConsumerSpec,
     pub info: jetstream::consumer::Info,
     /// The settings in effect when the child bound, from the server's view
@@ -74,14 +75,14 @@ impl WorkerCtx {
     /// The worker's in-flight registry.
     pub fn in_flight(&self) -> inflight::InFlight {
         let dead_letters = dead_letter::DeadLetters::new(
-            self.js.clone(),
+            self.connection.jetstream().clone(),
             self.stream.clone(),
             self.durable.clone(),
             self.spec.child.dead_letter_subject.clone(),
             self.effective.max_deliver,
         );
         inflight::InFlight::new(
-            self.js.client(),
+            self.connection.client(),
             self.stream.clone(),
             self.durable.clone(),
             &self.effective,
@@ -152,7 +153,11 @@ where
     F: FnOnce(WorkerCtx, WorkerInbox) -> Fut,
     Fut: Future<Output = Result<(), Error>> + Send + 'static,
 {
-    let ConsumerArgs { js, spec, target } = args;
+    let ConsumerArgs {
+        connection,
+        spec,
+        target,
+    } = args;
     if spec.mode() != mode {
         return Err(Box::new(Error::WrongMode {
             durable: spec.durable.clone(),
@@ -161,7 +166,7 @@ where
         }));
     }
     crate::fault_point!("rj-child-pre-start");
-    let (info, action) = ensure_consumer(&js, &spec).await?;
+    let (info, action) = ensure_consumer(&connection, &spec).await?;
     if action == crate::ensure::ConsumerAction::Created {
         // Normally the supervisor creates the consumer before spawning the
         // child; a child that finds it missing re-creates it from its spec.
@@ -180,7 +185,7 @@ where
     tracing::debug!(durable = %spec.durable, ?effective, "settings in effect");
     let limits = SharedEffective::new(effective.clone());
     let ctx = WorkerCtx {
-        js,
+        connection,
         spec: spec.clone(),
         info,
         effective,

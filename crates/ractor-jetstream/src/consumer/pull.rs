@@ -30,7 +30,7 @@
 //! # async fn run(js: async_nats::jetstream::Context, target: ractor::DerivedActorRef<ractor_jetstream::Delivery>) -> Result<(), ractor_jetstream::Error> {
 //! // A child of its own, without a supervisor (usually the supervisor
 //! // spawns it, and `SupervisorHandle::pull` gives the handle).
-//! let args = ConsumerArgs { js, spec: ConsumerSpec::pull("ORDERS", "billing", "worker"), target: target.into() };
+//! let args = ConsumerArgs { connection: js.into(), spec: ConsumerSpec::pull("ORDERS", "billing", "worker"), target: target.into() };
 //! let (child, _) = Actor::spawn(None, PullConsumer, args).await?;
 //! let billing = PullHandle::from_child("billing", child);
 //! let outcome = billing.fetch(100, None).await?;
@@ -113,15 +113,16 @@ async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox) -> Result<(), Error> {
                 err,
             )
         })?;
-    let consumer = consumer::Consumer::new(config, ctx.info.clone(), ctx.js.clone());
+    let consumer =
+        consumer::Consumer::new(config, ctx.info.clone(), ctx.connection.jetstream().clone());
     let mut in_flight = ctx.in_flight();
     let mut worker = Worker {
         ctx: &ctx,
         consumer: &consumer,
         in_flight: &mut in_flight,
         alarm: Alarm::new(),
-        client: ctx.js.client(),
-        denials: crate::connect::denials_of(&ctx.js.client()),
+        client: ctx.connection.client(),
+        denials: ctx.connection.denials().cloned(),
         replies: None,
     };
     loop {
@@ -192,8 +193,8 @@ struct Worker<'a> {
     alarm: Alarm,
     client: async_nats::Client,
     /// The connection's permission reports, when it was made by
-    /// [`crate::connect`].
-    denials: Option<std::sync::Arc<crate::connect::Denials>>,
+    /// `connect`.
+    denials: Option<std::sync::Arc<crate::connection::Denials>>,
     /// The reply subscription every fetch shares, once the first fetch
     /// opened it (again after it closed).
     replies: Option<replies::Replies>,
@@ -234,7 +235,7 @@ impl Worker<'_> {
     /// Reads the consumer's settings from the server again.
     async fn refresh_limits(&self) {
         if let Ok(Some(info)) =
-            consumer_info(&self.ctx.js, &self.ctx.stream, &self.ctx.durable).await
+            consumer_info(&self.ctx.connection, &self.ctx.stream, &self.ctx.durable).await
         {
             let fresh = Effective::from_server(&self.ctx.spec, &info.config);
             tracing::info!(durable = %self.ctx.durable, ?fresh, "the consumer's settings changed on the server");

@@ -117,7 +117,7 @@ async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox) -> Result<(), Error> {
             "the consumer has no deliver subject",
         )
     })?;
-    let client = ctx.js.client();
+    let client = ctx.connection.client();
     let in_flight = ctx.in_flight();
     let group = config.deliver_group.clone();
     // start_child refused a pull spec, so this is the spec's own push part.
@@ -332,7 +332,7 @@ impl Pump<'_> {
     /// subscription as it is: see the module docs. A check that fails (the
     /// server does not answer) is repeated after the next silence.
     async fn check_consumer(&mut self, why: &str) -> Result<(), Error> {
-        match consumer_info(&self.ctx.js, &self.ctx.stream, &self.ctx.durable).await {
+        match consumer_info(&self.ctx.connection, &self.ctx.stream, &self.ctx.durable).await {
             Ok(None) => Err(Error::server(
                 op(self.ctx),
                 ServerErrorKind::ConsumerNotFound,

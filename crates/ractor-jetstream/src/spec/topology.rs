@@ -34,7 +34,7 @@ pub struct Topology {
     pub consumers: Vec<ConsumerSpec>,
     /// How to reach the server (`[connection]` in TOML), for
     /// [`connect`](crate::connect()); unset when the caller connects by other means.
-    /// Its secrets are redacted in `Debug` output but kept when
+    /// Its secrets are redacted in `Debug` output and left out when
     /// serialized.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connection: Option<ConnectionSpec>,

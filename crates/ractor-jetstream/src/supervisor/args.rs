@@ -4,16 +4,16 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
-use async_nats::jetstream;
-
+use crate::connection::Connection;
 use crate::restart::RestartPolicy;
 use crate::spec::Topology;
 use crate::target::Target;
 
 /// What a [`JetStreamSupervisor`](super::JetStreamSupervisor) is started with.
 pub struct SupervisorArgs {
-    /// The JetStream context every child binds through.
-    pub js: jetstream::Context,
+    /// The connection every child binds through: made by `connect`, or
+    /// from a plain JetStream context.
+    pub connection: Connection,
     /// The streams and consumers to make exist at start.
     pub topology: Topology,
     /// Target actors by name; each consumer spec names one.
@@ -28,9 +28,14 @@ pub struct SupervisorArgs {
 impl SupervisorArgs {
     /// Arguments with no targets yet, the default restart policy and a 5 s
     /// drain timeout.
-    pub fn new(js: jetstream::Context, topology: Topology) -> Self {
+    ///
+    /// `connection` is a [`Connection`] made by [`connect`](crate::connect()),
+    /// whose permission reports let a refused request fail at once, or a
+    /// plain [`jetstream::Context`](async_nats::jetstream::Context), whose
+    /// refused requests fail when they time out.
+    pub fn new(connection: impl Into<Connection>, topology: Topology) -> Self {
         Self {
-            js,
+            connection: connection.into(),
             topology,
             targets: HashMap::new(),
             restart_policy: RestartPolicy::default(),

@@ -309,7 +309,7 @@ impl SupervisorState {
             drain,
             reply,
         } = removal;
-        let js = self.js.clone();
+        let connection = self.connection.clone();
         let myself = myself.clone();
         self.spawn_task(async move {
             let report = match &actor {
@@ -317,7 +317,7 @@ impl SupervisorState {
                 None => DrainReport::default(),
             };
             let result = if delete {
-                work::delete_consumer(&js, &stream, &durable)
+                work::delete_consumer(&connection, &stream, &durable)
                     .await
                     .map(|()| report)
             } else {

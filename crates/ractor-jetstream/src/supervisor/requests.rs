@@ -39,10 +39,10 @@ impl SupervisorState {
         spec: StreamSpec,
         reply: RpcReplyPort<Result<StreamAction, Error>>,
     ) {
-        let js = self.js.clone();
+        let connection = self.connection.clone();
         let myself = myself.clone();
         self.spawn_task(async move {
-            let result = ensure_stream(&js, &spec).await;
+            let result = ensure_stream(&connection, &spec).await;
             let done = Done::StreamEnsured {
                 spec,
                 result,
@@ -78,7 +78,7 @@ impl SupervisorState {
 
     pub(super) fn launch(&self, myself: &ActorRef<SupervisorMsg>, spec: &ConsumerSpec) -> Launch {
         Launch {
-            js: self.js.clone(),
+            connection: self.connection.clone(),
             spec: spec.clone(),
             target: self.targets.get(&spec.target).cloned(),
             name: self.child_name(spec),

@@ -13,10 +13,10 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream;
 use futures::future::join_all;
 use ractor::{Actor, ActorCell, ActorRef, RpcReplyPort};
 
+use crate::connection::Connection;
 use crate::consumer::{ConsumerArgs, ConsumerMsg, DrainReport};
 use crate::ensure::{StreamAction, api_request, ensure_consumer};
 use crate::error::Error;
@@ -70,7 +70,7 @@ pub(super) enum Start {
 
 /// Everything spawning one child takes, owned, so that a task can do it.
 pub(super) struct Launch {
-    pub js: jetstream::Context,
+    pub connection: Connection,
     pub spec: ConsumerSpec,
     pub target: Option<Target>,
     pub name: String,
@@ -83,7 +83,7 @@ impl Launch {
     /// a typed error (the child binds again by name when it starts).
     pub async fn spawn(self, bind: bool) -> Result<ActorRef<ConsumerMsg>, Error> {
         let Launch {
-            js,
+            connection,
             spec,
             target,
             name,
@@ -94,10 +94,14 @@ impl Launch {
             target: spec.target.clone(),
         })?;
         if bind {
-            ensure_consumer(&js, &spec).await?;
+            ensure_consumer(&connection, &spec).await?;
         }
         let mode = spec.mode();
-        let args = ConsumerArgs { js, spec, target };
+        let args = ConsumerArgs {
+            connection,
+            spec,
+            target,
+        };
         // `spawn_linked` awaits the child's `pre_start`, which binds it.
         let (actor, _) = match mode {
             ConsumerMode::Pull => {
@@ -149,12 +153,13 @@ pub(super) async fn retire_all(
 
 /// Deletes a durable consumer on the server.
 pub(super) async fn delete_consumer(
-    js: &jetstream::Context,
+    connection: &Connection,
     stream: &str,
     durable: &str,
 ) -> Result<(), Error> {
     let op = format!("delete consumer {stream}/{durable}");
     let subject = format!("CONSUMER.DELETE.{stream}.{durable}");
-    let _: serde_json::Value = api_request(js, &op, subject, &serde_json::json!({})).await?;
+    let _: serde_json::Value =
+        api_request(connection, &op, subject, &serde_json::json!({})).await?;
     Ok(())
 }

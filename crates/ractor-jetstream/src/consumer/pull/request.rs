@@ -210,7 +210,8 @@ impl Worker<'_> {
         let lower = description.to_ascii_lowercase();
         let deleted = lower.contains("consumer deleted");
         if (deleted || status == StatusCode::NO_RESPONDERS)
-            && let Ok(None) = consumer_info(&self.ctx.js, &self.ctx.stream, &self.ctx.durable).await
+            && let Ok(None) =
+                consumer_info(&self.ctx.connection, &self.ctx.stream, &self.ctx.durable).await
         {
             fetch.failure.get_or_insert(Error::server(
                 self.op(),
