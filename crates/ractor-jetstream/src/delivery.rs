@@ -49,7 +49,7 @@
 //! ```
 
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_nats::HeaderMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,110 +57,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::error::{Error, FieldError, ValidationErrors};
+use crate::error::Error;
 
-/// The server's metadata about one delivery, read from the message's
-/// `$JS.ACK` reply subject. The stream and consumer names are on the
-/// [`Delivery`] ([`Delivery::stream`], [`Delivery::consumer`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DeliveryInfo {
-    /// The message's sequence in the stream.
-    pub stream_sequence: u64,
-    /// The delivery's sequence in the consumer (grows with redeliveries).
-    pub consumer_sequence: u64,
-    /// How many times this message has been delivered, this time included.
-    pub delivered: u64,
-    /// How many messages the server still had pending for the consumer.
-    pub pending: u64,
-    /// When the message was published to the stream.
-    pub published: SystemTime,
-}
+mod info;
 
-impl DeliveryInfo {
-    /// Parses the metadata from a `$JS.ACK.…` reply subject, in either the
-    /// 9-token form or the 11-or-more-token form with domain and account
-    /// hash.
-    ///
-    /// ```
-    /// use ractor_jetstream::DeliveryInfo;
-    ///
-    /// let info = DeliveryInfo::from_reply_subject("$JS.ACK.ORDERS.billing.2.41.57.1700000000000000000.9")?;
-    /// assert_eq!((info.stream_sequence, info.delivered, info.pending), (41, 2, 9));
-    /// # Ok::<(), ractor_jetstream::Error>(())
-    /// ```
-    pub fn from_reply_subject(reply: &str) -> Result<Self, Error> {
-        let meta = AckMeta::parse(reply).ok_or_else(|| {
-            Error::Invalid(ValidationErrors::single(FieldError::new(
-                "reply_subject",
-                format!("{reply:?}"),
-                "not a JetStream $JS.ACK subject with numeric metadata",
-            )))
-        })?;
-        Ok(meta.into_info())
-    }
-}
-
-/// The metadata of a `$JS.ACK` subject, borrowed from it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct AckMeta<'a> {
-    pub stream: &'a str,
-    pub consumer: &'a str,
-    pub delivered: u64,
-    pub stream_sequence: u64,
-    pub consumer_sequence: u64,
-    pub published_nanos: u64,
-    pub pending: u64,
-}
-
-impl<'a> AckMeta<'a> {
-    /// Parses `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`
-    /// or `$JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>[.<token>…]`.
-    pub fn parse(reply: &'a str) -> Option<Self> {
-        let rest = reply.strip_prefix("$JS.ACK.")?;
-        let mut tokens: [&str; 9] = [""; 9];
-        let mut count = 0;
-        for token in rest.split('.') {
-            if count < tokens.len() {
-                tokens[count] = token;
-            }
-            count += 1;
-        }
-        let fields: &[&str] = match count {
-            7 => &tokens[..7],
-            n if n >= 9 => &tokens[2..9],
-            _ => return None,
-        };
-        let number = |s: &str| -> Option<u64> {
-            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            s.parse().ok()
-        };
-        let (stream, consumer) = (fields[0], fields[1]);
-        if stream.is_empty() || consumer.is_empty() {
-            return None;
-        }
-        Some(Self {
-            stream,
-            consumer,
-            delivered: number(fields[2])?,
-            stream_sequence: number(fields[3])?,
-            consumer_sequence: number(fields[4])?,
-            published_nanos: number(fields[5])?,
-            pending: number(fields[6])?,
-        })
-    }
-
-    pub fn into_info(self) -> DeliveryInfo {
-        DeliveryInfo {
-            stream_sequence: self.stream_sequence,
-            consumer_sequence: self.consumer_sequence,
-            delivered: self.delivered,
-            pending: self.pending,
-            published: UNIX_EPOCH + Duration::from_nanos(self.published_nanos),
-        }
-    }
-}
+pub(crate) use info::AckMeta;
+pub use info::DeliveryInfo;
 
 /// A decision on a delivery, as the child applies it on the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
