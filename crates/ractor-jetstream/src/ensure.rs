@@ -16,6 +16,19 @@
 //!
 //! All JetStream API calls go through one function, so every failure is
 //! classified the same way into a [`ServerErrorKind`].
+//!
+//! Why not async-nats' own calls (`get_or_create_stream`,
+//! `create_consumer_strict_on_stream`, `update_consumer_on_stream`, ...):
+//! this crate needs three things they do not give. It races each request
+//! against the connection's permission reports for that request's API
+//! subject, which it must know (otherwise a refused request only times
+//! out); it keeps the server's error code and description unchanged for
+//! [`Error::StreamConflict`] and [`Error::ConsumerConflict`], where those
+//! calls fold several answers into one error kind; and it compares a
+//! consumer's whole configuration with the spec before deciding between
+//! bind, update and conflict, which needs the info before any create or
+//! update is sent. The requests themselves are `js.request` on the documented
+//! API subjects, with async-nats' own config and info types.
 
 use async_nats::jetstream::{self, consumer, stream};
 use serde::{Serialize, de::DeserializeOwned};
@@ -62,8 +75,9 @@ const CONSUMER_DOES_NOT_EXIST: u64 = 10149;
 /// error message.
 ///
 /// On a [`Connection`] that collects permission reports (one made by
-/// `connect`), a permission violation that the server reports for this request (the publish to the API subject, or
-/// the subscription its reply needs) ends it at once with
+/// `connect`), a permission violation that the server reports for this
+/// request (the publish to the API subject, or the subscription its reply
+/// needs) ends it at once with
 /// [`ServerErrorKind::PermissionDenied`]; otherwise it would only time out.
 pub(crate) async fn api_request<T, V>(
     conn: &Connection,
