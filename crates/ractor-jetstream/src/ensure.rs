@@ -19,16 +19,13 @@
 //!
 //! Why not async-nats' own calls (`get_or_create_stream`,
 //! `create_consumer_strict_on_stream`, `update_consumer_on_stream`, ...):
-//! this crate needs three things they do not give. It races each request
-//! against the connection's permission reports for that request's API
-//! subject, which it must know (otherwise a refused request only times
-//! out); it keeps the server's error code and description unchanged for
-//! [`Error::StreamConflict`] and [`Error::ConsumerConflict`], where those
-//! calls fold several answers into one error kind; and it compares a
-//! consumer's whole configuration with the spec before deciding between
-//! bind, update and conflict, which needs the info before any create or
-//! update is sent. The requests themselves are `js.request` on the documented
-//! API subjects, with async-nats' own config and info types.
+//! each request here is raced against the connection's permission reports
+//! for its own API subject, which the caller must know (otherwise a refused
+//! request only times out), and every answer, whichever call it came from,
+//! goes through one classification into [`ServerErrorKind`]; those calls
+//! hide the subject and return a different error type each. The requests
+//! are `js.request` on the documented API subjects, with async-nats' own
+//! config and info types, so nothing of the wire format is written here.
 
 use async_nats::jetstream::{self, consumer, stream};
 use serde::{Serialize, de::DeserializeOwned};
