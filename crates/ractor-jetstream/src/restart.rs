@@ -23,7 +23,6 @@
 //! ```
 
 use std::collections::VecDeque;
-use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -119,10 +118,8 @@ impl RestartPolicy {
         if jitter == 0.0 || base.is_zero() {
             return base;
         }
-        // A uniform value in [-1, 1) from the process's random hasher keys.
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u32(attempt);
-        let unit = (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
+        // A uniform value in [-1, 1).
+        let unit = fastrand::f64() * 2.0 - 1.0;
         base.mul_f64((1.0 + jitter * unit).max(0.0))
     }
 }
