@@ -11,7 +11,7 @@ use secrecy::ExposeSecret;
 
 use super::spec::ConnectionSpec;
 use crate::connection::{Connection, Denial, Denials};
-use crate::error::{Error, ServerErrorKind, ValidationErrors, show_duration};
+use crate::error::{Error, ServerErrorKind, ValidationErrors, one_line_chain, show_duration};
 
 /// Validates the spec and connects to the first server that answers.
 ///
@@ -191,7 +191,7 @@ fn connect_error(op: &str, err: &async_nats::ConnectError) -> Error {
             ServerErrorKind::Connection
         }
     };
-    Error::server(op, kind, one_line(&error_chain(err)))
+    Error::server(op, kind, one_line(&one_line_chain(err)))
 }
 
 /// Whether a rustls error is somewhere in the chain of `err`.
@@ -211,21 +211,6 @@ fn caused_by_tls(err: &(dyn std::error::Error + 'static)) -> bool {
         next = current.source();
     }
     false
-}
-
-/// The error and its sources, `: `-separated, skipping repeats.
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut next = err.source();
-    while let Some(current) = next {
-        let part = current.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        next = current.source();
-    }
-    text
 }
 
 fn one_line(text: &str) -> String {
