@@ -243,9 +243,12 @@ async fn quickstart_ends_with_nothing_lost() {
     assert_eq!(fields["published"], 10_000, "{stdout}");
     assert_eq!(fields["acked"], 10_000, "{stdout}");
     assert_eq!(fields["lost"], 0, "{stdout}");
-    assert_eq!(
-        fields["redelivered"], 200,
-        "every 50th order is nak'ed once: {stdout}"
+    // Every 50th order is nak'ed once (200). The kill may cut one fetch of
+    // 100 whose messages the server had sent: those come back at once
+    // (nak'ed by the dying child), delivered a second time.
+    assert!(
+        (200..=300).contains(&fields["redelivered"]),
+        "every 50th order is nak'ed once, and at most one fetch is cut by the kill: {stdout}"
     );
     assert!(
         fields["restarts"] >= 1,

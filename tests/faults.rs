@@ -166,6 +166,113 @@ async fn a_pull_child_that_panics_mid_fetch_is_restarted_and_nothing_acked_retur
     scenario.teardown();
 }
 
+/// The child is killed just after its worker sent a pull request, while
+/// the server's answer is on the wire: messages the server sends to an
+/// inbox that is going away. Swept over delays from 0 to 3 ms between the
+/// request and the kill, so that some rounds die before the answer
+/// arrives and some while it arrives. Whatever was sent comes back at once
+/// (nak'ed by the dying reply subscription), not after the 30 s ack wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_child_killed_with_its_batch_on_the_wire_gets_it_back_at_once() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let scenario = fail::FailScenario::setup();
+    let env = env().await;
+    let (_t, target, record) = spawn_target(|_| Action::Ack).await;
+    let spec = ConsumerSpec::pull("TRANSIT", "p", "t").ack_wait(Duration::from_secs(30));
+    let topology = Topology::new()
+        .stream(StreamSpec::new("TRANSIT", ["transit.>"]))
+        .consumer(spec);
+    // Thirty kills in a row: let the supervisor restart them all, fast.
+    let policy = RestartPolicy {
+        max_restarts: 100,
+        initial_backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(5),
+        jitter: 0.0,
+        ..RestartPolicy::default()
+    };
+    let args = SupervisorArgs::new(env.js.clone(), topology)
+        .target("t", target)
+        .restart_policy(policy);
+    let (supervisor, _) = Actor::spawn(None, JetStreamSupervisor, args)
+        .await
+        .expect("supervisor");
+    const TOTAL: usize = 1000;
+    const ROUNDS: u64 = 30;
+    publish_n(&env.js, "transit.x", TOTAL).await;
+
+    let mut killed = HashSet::new();
+    for delay_us in (0..ROUNDS).map(|round| round * 100) {
+        // The child of this round: a new one after each kill.
+        let deadline = Instant::now() + PATIENCE;
+        let child = loop {
+            match lookup(&supervisor, "p").await {
+                Some(child) if !killed.contains(&child.get_id()) => break child,
+                _ => {
+                    assert!(Instant::now() < deadline, "no child after a kill");
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+        };
+        killed.insert(child.get_id());
+        let armed = Arc::new(AtomicBool::new(true));
+        let once = armed.clone();
+        let victim = child.clone();
+        fail::cfg_callback("rj-pull-after-request", move || {
+            if once.swap(false, Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_micros(delay_us));
+                victim.kill();
+            }
+        })
+        .expect("failpoint");
+        // Served or cut off, as the kill falls; either way nothing may be
+        // lost.
+        let _ = fetch_when_up_or_cut(&supervisor, "p", 30).await;
+        assert!(
+            !armed.load(Ordering::SeqCst),
+            "round {delay_us} us: the failpoint fired"
+        );
+    }
+    fail::remove("rj-pull-after-request");
+    let killed_at = Instant::now();
+
+    while record.distinct().len() < TOTAL {
+        if killed_at.elapsed() > Duration::from_secs(15) {
+            let seen = record.distinct();
+            let missing: Vec<u64> = (1..=TOTAL as u64).filter(|s| !seen.contains(s)).collect();
+            let info = try_consumer_info(&env.js, "TRANSIT", "p").await;
+            panic!(
+                "{} of {TOTAL} never came back within 15 s (ack wait 30 s): {missing:?}; the server: {info:?}",
+                missing.len()
+            );
+        }
+        fetch_when_up(&supervisor, "p", 100, Duration::from_millis(300)).await;
+    }
+    let info = wait_for_consumer(&env.js, "TRANSIT", "p", "all acked", |i| {
+        i.ack_floor.stream_sequence == TOTAL as u64 && i.num_ack_pending == 0
+    })
+    .await;
+    assert_eq!(info.num_pending, 0);
+    scenario.teardown();
+}
+
+/// One fetch through the supervisor once the child is up: its own result,
+/// whether served or cut off by a crash.
+async fn fetch_when_up_or_cut(
+    supervisor: &ActorRef<SupervisorMsg>,
+    durable: &str,
+    batch: u64,
+) -> Result<ractor_jetstream::FetchOutcome, Error> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match fetch_via(supervisor, durable, batch, Duration::from_secs(1)).await {
+            Err(Error::Unavailable { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Keeps a recording target alive: respawns it when it panics and points
 /// the JetStream supervisor at the new one.
 struct Keeper;

@@ -94,6 +94,11 @@ pub(crate) enum Verdict {
     /// A message that arrived but was never forwarded (its subscription
     /// was dropped); to be nak'ed.
     Unread(async_nats::Subject),
+    /// A dropped subscription's tail (see `consumer/guard.rs`): sends the
+    /// reply subjects of what it held once it has unsubscribed. Nak's from
+    /// the registry wait for it, so that none is delivered straight back
+    /// into a dead pull request.
+    Tail(tokio::sync::oneshot::Receiver<Vec<async_nats::Subject>>),
 }
 
 /// Identifies one delivery within its child (slot and generation).

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use super::effective::{Effective, SharedEffective};
 use super::fetch::{self, FetchRequest, MAX_QUEUED_FETCHES};
 use super::inflight::{self};
-use super::port::FetchPort;
+use super::port::{FetchPort, FetchReply};
 use super::{ConsumerArgs, ConsumerMsg, Counters, DrainReport, dead_letter};
 use crate::connection::Connection;
 use crate::ensure::ensure_consumer;
@@ -32,12 +32,59 @@ pub struct Internal(InternalMsg);
 enum InternalMsg {
     WorkerExited(WorkerExit),
     Port(RpcReplyPort<FetchPort>),
+    Fetch(ForwardedFetch),
 }
 
 impl Internal {
     /// Asks a child for its [`FetchPort`].
     pub(crate) fn port(reply: RpcReplyPort<FetchPort>) -> Self {
         Self(InternalMsg::Port(reply))
+    }
+
+    /// A fetch the supervisor forwards. Unlike a bare
+    /// [`ConsumerMsg::Fetch`], it is answered even when the child stops
+    /// before it reads it (a stopped actor's mailbox is dropped unread):
+    /// with [`Error::FetchInterrupted`], instead of a dropped reply port.
+    pub(crate) fn fetch(
+        durable: &str,
+        batch: u64,
+        expires: Option<Duration>,
+        reply: FetchReply,
+    ) -> Self {
+        Self(InternalMsg::Fetch(ForwardedFetch {
+            durable: durable.to_string(),
+            batch,
+            expires,
+            reply: Some(reply),
+        }))
+    }
+}
+
+impl Internal {
+    /// The reply port of a forwarded fetch that was never sent.
+    pub(crate) fn into_fetch_reply(self) -> Option<FetchReply> {
+        match self.0 {
+            InternalMsg::Fetch(mut forwarded) => forwarded.reply.take(),
+            _ => None,
+        }
+    }
+}
+
+/// A fetch on its way through a child's mailbox; answered
+/// [`Error::FetchInterrupted`] if it is dropped unread.
+#[derive(Debug)]
+struct ForwardedFetch {
+    durable: String,
+    batch: u64,
+    expires: Option<Duration>,
+    reply: Option<FetchReply>,
+}
+
+impl Drop for ForwardedFetch {
+    fn drop(&mut self) {
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(Err(fetch::interrupted(&self.durable)));
+        }
     }
 }
 
@@ -287,6 +334,13 @@ pub(crate) fn handle_child_msg(
         }
         ConsumerMsg::Internal(Internal(InternalMsg::Port(reply))) => {
             let _ = reply.send(state.port.clone());
+        }
+        ConsumerMsg::Internal(Internal(InternalMsg::Fetch(mut forwarded))) => {
+            if let Some(reply) = forwarded.reply.take()
+                && let Err(reply) = state.port.submit(forwarded.batch, forwarded.expires, reply)
+            {
+                let _ = reply.send(Err(fetch::interrupted(&state.durable)));
+            }
         }
     }
     Ok(())

@@ -186,7 +186,12 @@ impl InFlight {
     /// Wraps a subscription so that its unread messages are nak'ed by this
     /// registry when it is dropped.
     pub fn guard(&self, subscription: async_nats::Subscriber) -> GuardedSubscription {
-        GuardedSubscription::new(subscription, self.settle_tx.clone(), self.client.clone())
+        GuardedSubscription::new(
+            subscription,
+            self.settle_tx.clone(),
+            self.client.clone(),
+            self.keep_alive,
+        )
     }
 
     /// Where a message read from a subscription but not forwarded goes to
@@ -261,6 +266,27 @@ impl InFlight {
         }
     }
 
+    /// The longest the registry waits for a dropped subscription's tail
+    /// (its hold is at most `keep_alive`).
+    fn tail_wait(&self) -> Duration {
+        self.keep_alive + Duration::from_secs(3)
+    }
+
+    /// Nak's what a dropped subscription's tail held, once it has
+    /// unsubscribed (see `consumer/guard.rs`).
+    fn after_tail(&self, held: tokio::sync::oneshot::Receiver<Vec<Subject>>) {
+        settle::settle_stopped(
+            &self.client,
+            &self.dead_letters,
+            Vec::new(),
+            Vec::new(),
+            Some(settle::AfterTail {
+                held,
+                wait: self.tail_wait(),
+            }),
+        );
+    }
+
     /// Queues a publish from a context that does not wait.
     fn publish_now_or_later(&self, subject: Subject, payload: Bytes) {
         settle::settle_stopped(
@@ -268,6 +294,7 @@ impl InFlight {
             &self.dead_letters,
             vec![(subject, payload)],
             Vec::new(),
+            None,
         );
     }
 

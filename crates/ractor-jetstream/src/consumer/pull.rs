@@ -214,11 +214,16 @@ impl Worker<'_> {
 
     /// Sends the pull request for `batch` more messages within `expires`.
     async fn send_request(
-        &self,
+        &mut self,
         batch: usize,
         expires: Duration,
         inbox: &str,
     ) -> Result<(), Error> {
+        // Noted before it is sent: a worker killed right after sending it
+        // must still wait for what it delivers.
+        if let Some(replies) = self.replies.as_mut() {
+            replies.expect(inbox, batch, expires);
+        }
         let request = pull::BatchConfig {
             batch,
             expires: Some(expires),

@@ -19,14 +19,17 @@
 //! dead-letter publish in a task of its own so that a slow dead-letter
 //! stream never stalls other deliveries.
 
+use std::time::Duration;
+
 use async_nats::Subject;
 use async_nats::jetstream::AckKind;
 use bytes::Bytes;
 use futures::FutureExt;
+use tokio::sync::oneshot;
 
 use super::dead_letter::DeadLetters;
 use super::inflight::Settled;
-use crate::delivery::Decision;
+use crate::delivery::{AckMeta, Decision};
 
 // The payloads are async-nats' own (`AckKind`); only `+TERM <reason>`,
 // which `AckKind::Term` cannot carry, is written here.
@@ -173,27 +176,47 @@ pub(crate) struct PendingDeadLetter {
     pub then: Decision,
 }
 
+/// A dropped subscription's tail to wait for before nak'ing (see
+/// `consumer/guard.rs`): it sends what it held once it has unsubscribed.
+pub(crate) struct AfterTail {
+    pub held: oneshot::Receiver<Vec<Subject>>,
+    /// The longest to wait for it.
+    pub wait: Duration,
+}
+
 /// Settles what a stopped child still held, from a context that cannot
 /// wait (a drop guard). Publishes are queued at once; what cannot be
 /// queued, and the dead letters, go to one short task that exists only to
 /// finish them and ends when they are done (bounded by the dead-letter
 /// timeout). async-nats' own `Subscriber` drop spawns such a task too.
+///
+/// With a tail to wait for, everything goes to that task, which first
+/// waits for the tail's unsubscribe, then nak's what the tail held with
+/// the rest, in stream order.
 pub(crate) fn settle_stopped(
     client: &async_nats::Client,
     dead_letters: &DeadLetters,
     publishes: Vec<(Subject, Bytes)>,
     letters: Vec<PendingDeadLetter>,
+    after: Option<AfterTail>,
 ) {
     let mut rest = Vec::new();
-    for (subject, payload) in publishes {
-        if !publish_now(client, subject.clone(), payload.clone()) {
-            rest.push((subject, payload));
+    if after.is_some() {
+        rest = publishes;
+    } else {
+        for (subject, payload) in publishes {
+            if !publish_now(client, subject.clone(), payload.clone()) {
+                rest.push((subject, payload));
+            }
         }
     }
-    if rest.is_empty() && letters.is_empty() {
+    if rest.is_empty() && letters.is_empty() && after.is_none() {
         return;
     }
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        for (subject, payload) in std::mem::take(&mut rest) {
+            let _ = publish_now(client, subject, payload);
+        }
         tracing::warn!(
             count = rest.len() + letters.len(),
             "no runtime to settle in-flight deliveries; they return after ack_wait"
@@ -203,6 +226,21 @@ pub(crate) fn settle_stopped(
     let client = client.clone();
     let dead_letters = dead_letters.clone();
     handle.spawn(async move {
+        if let Some(AfterTail { held, wait }) = after {
+            // A tail that is gone (its task aborted) sends nothing: go on.
+            let held = tokio::time::timeout(wait, held)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+            rest.extend(
+                held.into_iter()
+                    .map(|reply| (reply, Bytes::from(AckKind::Nak(None)))),
+            );
+            rest.sort_by_key(|(reply, _)| {
+                AckMeta::parse(reply.as_str()).map_or(0, |m| m.stream_sequence)
+            });
+        }
         for (subject, payload) in rest {
             let _ = client.publish(subject, payload).await;
         }

@@ -8,7 +8,7 @@ use ractor::{ActorCell, ActorRef, MessagingErr, RpcReplyPort};
 use super::children::Child;
 use super::work::{Done, Launch, Start};
 use super::{ChildState, ChildStatus, SupervisorMsg, SupervisorState, SupervisorStatus};
-use crate::consumer::{ConsumerMsg, FetchOutcome};
+use crate::consumer::{ConsumerMsg, FetchOutcome, Internal};
 use crate::ensure::{StreamAction, ensure_stream};
 use crate::error::{Error, UnavailableReason, ValidationErrors};
 use crate::spec::{ConsumerMode, ConsumerSpec, StreamSpec, check_filters_covered};
@@ -200,13 +200,14 @@ impl SupervisorState {
             unavailable(reply, reason);
             return;
         };
-        // Forward with the caller's reply port: the child answers directly.
-        if let Err(MessagingErr::SendErr(ConsumerMsg::Fetch { reply, .. })) =
-            actor.cast(ConsumerMsg::Fetch {
-                batch,
-                expires,
-                reply,
-            })
+        // Forward with the caller's reply port: the child answers directly,
+        // and a child that stops before it reads the fetch answers it
+        // `FetchInterrupted` (the forwarded fetch's drop guard), so the
+        // caller never sees a dropped reply port.
+        let forwarded = Internal::fetch(&durable, batch, expires, reply);
+        if let Err(MessagingErr::SendErr(ConsumerMsg::Internal(message))) =
+            actor.cast(ConsumerMsg::Internal(forwarded))
+            && let Some(reply) = message.into_fetch_reply()
         {
             unavailable(reply, UnavailableReason::Stopped);
         }

@@ -82,8 +82,15 @@ impl Drop for InFlight {
         let mut publishes: Vec<(u64, Subject, Bytes)> = Vec::new();
         let mut letters = Vec::new();
         let mut decided: Vec<Option<(Decision, Settled)>> = vec![None; self.slots.len()];
+        let mut tail = None;
         while let Ok(settlement) = self.settle_rx.try_recv() {
             match settlement.verdict {
+                Verdict::Tail(held) => {
+                    tail = Some(settle::AfterTail {
+                        held,
+                        wait: self.tail_wait(),
+                    });
+                }
                 Verdict::Unread(reply) => {
                     let sequence = AckMeta::parse(reply.as_str()).map_or(0, |m| m.stream_sequence);
                     publishes.push((sequence, reply, Bytes::from(AckKind::Nak(None))));
@@ -133,7 +140,7 @@ impl Drop for InFlight {
                 }
             }
         }
-        if publishes.is_empty() && letters.is_empty() {
+        if publishes.is_empty() && letters.is_empty() && tail.is_none() {
             return;
         }
         // In stream order, so that the server delivers them again in the
@@ -155,6 +162,7 @@ impl Drop for InFlight {
                 .map(|(_, subject, payload)| (subject, payload))
                 .collect(),
             letters,
+            tail,
         );
     }
 }

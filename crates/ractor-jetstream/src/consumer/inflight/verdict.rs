@@ -41,6 +41,10 @@ impl InFlight {
                 self.publish(reply, Bytes::from(AckKind::Nak(None))).await;
                 return None;
             }
+            Verdict::Tail(held) => {
+                self.after_tail(held);
+                return None;
+            }
             Verdict::Progress => {
                 self.progress(token).await;
                 return None;

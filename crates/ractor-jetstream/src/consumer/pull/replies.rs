@@ -11,6 +11,8 @@
 //! nak'ed at once, instead of being dropped by the server for want of a
 //! subscriber and coming back only after `ack_wait`.
 
+use std::time::Duration;
+
 use async_nats::Message;
 
 use crate::consumer::inflight::{GuardedSubscription, InFlight, UnreadSink};
@@ -45,6 +47,13 @@ impl Replies {
     pub fn next_subject(&mut self) -> String {
         self.next += 1;
         format!("{}.{}", self.prefix, self.next)
+    }
+
+    /// Notes the pull request about to be sent on `subject`, so that a
+    /// dropped subscription waits for what it may still deliver (see
+    /// `consumer/guard.rs`).
+    pub fn expect(&mut self, subject: &str, batch: usize, expires: Duration) {
+        self.subscription.expect(subject, batch, expires);
     }
 
     /// The next message; `None` when the subscription is closed.

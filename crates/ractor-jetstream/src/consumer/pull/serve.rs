@@ -90,6 +90,7 @@ impl Worker<'_> {
         fetch.reply_to = replies.next_subject();
         self.send_request(fetch.missing(), expires, &fetch.reply_to)
             .await?;
+        crate::fault_point!("rj-pull-after-request");
         fetch.request = Request::Open {
             give_up: fetch.expires_at + EXPIRY_GRACE,
         };
