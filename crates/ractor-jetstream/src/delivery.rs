@@ -135,7 +135,26 @@ pub struct Delivery {
     /// takes `&self`).
     max_hold: Duration,
     hold_ends: AtomicU64,
+    /// Told the outcome once the delivery is settled (a keyed dispatcher
+    /// watching its workers; see `crate::keyed`).
+    observer: Option<Observer>,
 }
+
+/// What a settled delivery tells its observer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Ack,
+    Nak(Option<Duration>),
+    Term,
+    /// Dropped undecided (its target failed): nak'ed by the child.
+    Abandoned,
+    /// Decided after the child had given up on it (its hold ended): the
+    /// child nak'ed it then, so it comes back whatever the decision was.
+    Late,
+}
+
+/// Called with a delivery's outcome when it is settled.
+pub(crate) type Observer = Box<dyn FnOnce(Outcome) + Send + Sync>;
 
 impl Delivery {
     pub(crate) fn new(
@@ -156,7 +175,18 @@ impl Delivery {
             received_at,
             max_hold,
             hold_ends: AtomicU64::new(nanos(max_hold)),
+            observer: None,
         }
+    }
+
+    /// Tells `observer` the outcome once this delivery is settled.
+    pub(crate) fn observe(&mut self, observer: Observer) {
+        self.observer = Some(observer);
+    }
+
+    /// Forgets the observer (the delivery went back to whoever set it).
+    pub(crate) fn unobserve(&mut self) {
+        self.observer = None;
     }
 
     /// When the child gives up waiting for a decision and nak's the
@@ -332,10 +362,21 @@ impl Delivery {
     /// target, without settling it.
     pub(crate) fn into_message(mut self) -> async_nats::Message {
         self.settle = None;
+        self.observer = None;
         std::mem::replace(&mut self.message, placeholder())
     }
 
     fn send(&mut self, verdict: Verdict) {
+        let observed = self.observer.take().map(|observer| {
+            let outcome = match &verdict {
+                _ if std::time::Instant::now() > self.deadline() => Outcome::Late,
+                Verdict::Decided(Decision::Ack) => Outcome::Ack,
+                Verdict::Decided(Decision::Nak(delay)) => Outcome::Nak(*delay),
+                Verdict::Decided(Decision::Term(_)) => Outcome::Term,
+                _ => Outcome::Abandoned,
+            };
+            (observer, outcome)
+        });
         if let Some(tx) = self.settle.take() {
             // A closed channel means the child is gone and has nak'ed this
             // delivery already; it will come again.
@@ -343,6 +384,11 @@ impl Delivery {
                 token: self.token,
                 verdict,
             });
+        }
+        // After the verdict is on its way to the child, so that whatever
+        // the observer does next reaches the child after it.
+        if let Some((observer, outcome)) = observed {
+            observer(outcome);
         }
     }
 }

@@ -271,6 +271,7 @@ pub mod delivery;
 pub mod ensure;
 pub mod error;
 pub mod handle;
+pub mod keyed;
 mod mode;
 pub mod restart;
 pub mod spec;
@@ -292,10 +293,11 @@ pub use error::{
     ValidationErrors,
 };
 pub use handle::{ConsumerHandle, PullHandle, SupervisorHandle};
+pub use keyed::{KeyFn, Workers};
 pub use restart::{RestartKind, RestartPolicy};
 pub use spec::{
-    ChildSettings, ConsumerMode, ConsumerSpec, Discard, ModeSpec, PullSpec, PushSpec, Retention,
-    ServerSettings, StartPosition, Storage, StreamSpec, Topology,
+    ChildSettings, ConsumerMode, ConsumerSpec, Discard, KeySpec, ModeSpec, PullSpec, PushSpec,
+    Retention, ServerSettings, StartPosition, Storage, StreamSpec, Topology,
 };
 pub use supervisor::{
     ChildState, ChildStatus, JetStreamSupervisor, SupervisorArgs, SupervisorMsg, SupervisorState,

@@ -50,7 +50,7 @@ mod topology;
 pub use crate::mode::ConsumerMode;
 pub use consumer::{
     ChildSettings, ConsumerSpec, DEFAULT_ACK_WAIT, DEFAULT_FETCH_EXPIRES, DEFAULT_MAX_ACK_PENDING,
-    DEFAULT_MAX_HOLD, ServerSettings, StartPosition,
+    DEFAULT_MAX_HOLD, KeySpec, MAX_WORKERS, ServerSettings, StartPosition,
 };
 pub use pull_push::{DEFAULT_IDLE_HEARTBEAT, DEFAULT_MAX_IN_FLIGHT, ModeSpec, PullSpec, PushSpec};
 pub use stream::{Discard, Retention, Storage, StreamSpec};

@@ -45,6 +45,7 @@ use std::sync::Arc;
 use ractor::{ActorRef, ActorStatus, DerivedActorRef, Message};
 
 use crate::delivery::Delivery;
+use crate::keyed::Workers;
 
 /// Where a consumer's deliveries go. Built from an actor
 /// ([`Target::actor`], or `.into()` from a [`DerivedActorRef<Delivery>`]),
@@ -58,6 +59,8 @@ pub struct Target {
 #[derive(Clone)]
 enum Kind {
     Actor(DerivedActorRef<Delivery>),
+    /// Keyed workers, started by the child (see [`crate::keyed`]).
+    Workers(Workers),
     Lookup {
         /// What is looked up, for logs and `Debug`.
         label: String,
@@ -120,11 +123,29 @@ impl Target {
         }
     }
 
-    /// The actor now, if one is found.
+    /// The actor now, if one is found (`None` for [`Workers`], which the
+    /// consumer child starts itself).
     pub fn resolve(&self) -> Option<DerivedActorRef<Delivery>> {
         match &self.kind {
             Kind::Actor(actor) => Some(actor.clone()),
             Kind::Lookup { resolve, .. } => resolve(),
+            Kind::Workers(_) => None,
+        }
+    }
+
+    /// The keyed workers, when this target is [`Workers`].
+    pub fn workers(&self) -> Option<&Workers> {
+        match &self.kind {
+            Kind::Workers(workers) => Some(workers),
+            _ => None,
+        }
+    }
+}
+
+impl From<Workers> for Target {
+    fn from(workers: Workers) -> Self {
+        Self {
+            kind: Kind::Workers(workers),
         }
     }
 }
@@ -146,6 +167,7 @@ impl fmt::Debug for Target {
         match &self.kind {
             Kind::Actor(actor) => write!(f, "Target::actor({})", actor.get_id()),
             Kind::Lookup { label, .. } => write!(f, "Target({label})"),
+            Kind::Workers(_) => write!(f, "Target::workers"),
         }
     }
 }

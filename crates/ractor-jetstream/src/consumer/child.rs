@@ -20,6 +20,7 @@ use super::{ConsumerArgs, ConsumerMsg, Counters, DrainReport, dead_letter};
 use crate::connection::Connection;
 use crate::ensure::ensure_consumer;
 use crate::error::Error;
+use crate::keyed;
 use crate::spec::{ConsumerMode, ConsumerSpec};
 use crate::target::{Target, TargetSlot};
 
@@ -166,6 +167,8 @@ pub struct ConsumerState {
     control: mpsc::UnboundedSender<WorkerCtl>,
     limits: SharedEffective,
     draining: bool,
+    /// The keyed workers' dispatcher, when the consumer has workers.
+    _dispatcher: Option<DispatcherHandle>,
     /// The worker finished its work (a drain) and the child stopped itself:
     /// a normal end. A child killed or stopped from outside never sets it.
     finished: bool,
@@ -212,6 +215,7 @@ where
             actual: spec.mode(),
         }));
     }
+    crate::keyed::check_target(&spec, &target)?;
     crate::fault_point!("rj-child-pre-start");
     let (info, action) = ensure_consumer(&connection, &spec).await?;
     if action == crate::ensure::ConsumerAction::Created {
@@ -224,6 +228,7 @@ where
         );
     }
     tracing::debug!(stream = %spec.stream, durable = %spec.durable, ?action, "consumer child bound");
+    let (target, dispatcher) = start_dispatcher(&myself, &spec, &info, target).await?;
     let counters = Arc::new(Counters::default());
     let durable: Arc<str> = Arc::from(spec.durable.as_str());
     let (fetch_tx, fetch_rx) = mpsc::channel(MAX_QUEUED_FETCHES as usize);
@@ -274,7 +279,49 @@ where
         draining: false,
         finished: false,
         _worker: WorkerHandle { task },
+        _dispatcher: dispatcher,
     })
+}
+
+/// With keyed workers, starts the dispatcher (linked to the child) and
+/// makes it the target; see [`crate::keyed`].
+async fn start_dispatcher(
+    myself: &ActorRef<ConsumerMsg>,
+    spec: &ConsumerSpec,
+    info: &jetstream::consumer::Info,
+    target: Target,
+) -> Result<(Target, Option<DispatcherHandle>), ActorProcessingErr> {
+    let Some(workers) = target.workers() else {
+        return Ok((target, None));
+    };
+    let redelivery = keyed::redelivery_bound(spec.effective_ack_wait(), &spec.server.backoff);
+    let leftover = (info.num_ack_pending > 0).then(|| keyed::Leftover {
+        remaining: info.num_ack_pending as u64,
+        last_delivered: info.delivered.stream_sequence,
+        until: tokio::time::Instant::now() + redelivery,
+    });
+    let args = keyed::DispatchArgs {
+        durable: Arc::from(spec.durable.as_str()),
+        count: spec.child.workers.unwrap_or(1) as usize,
+        keyer: workers.keyer(spec.child.key.as_ref()),
+        workers: workers.clone(),
+        leftover,
+        redelivery,
+    };
+    let (dispatcher, _) =
+        ractor::Actor::spawn_linked(None, keyed::Dispatcher, args, myself.get_cell()).await?;
+    let target = Target::actor(dispatcher.get_derived());
+    Ok((target, Some(DispatcherHandle(dispatcher.get_cell()))))
+}
+
+/// The child's handle on its dispatcher: stops it (and so its workers)
+/// when the child's state goes, however the child ended.
+struct DispatcherHandle(ractor::ActorCell);
+
+impl Drop for DispatcherHandle {
+    fn drop(&mut self) {
+        self.0.stop(Some("the consumer child stopped".into()));
+    }
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

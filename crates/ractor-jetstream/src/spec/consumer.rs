@@ -98,6 +98,33 @@ pub struct ChildSettings {
     /// fails. A stream must capture this subject (the publish is confirmed
     /// before the term); the consumer itself must not.
     pub dead_letter_subject: Option<String>,
+    /// Keyed parallelism: this many workers behind the durable, each
+    /// message handled by one of them, in order per key (see
+    /// [`crate::keyed`]). The target must then be [`crate::Workers`].
+    /// Unset: one target actor.
+    pub workers: Option<u32>,
+    /// What a message's key is, for `workers` (a function given in code
+    /// with [`crate::Workers::key_fn`] takes its place).
+    pub key: Option<KeySpec>,
+}
+
+/// The most workers one consumer may feed.
+pub const MAX_WORKERS: u32 = 1024;
+
+/// What a message's key is: the messages of one key are handled one at a
+/// time and in stream order; different keys in parallel.
+///
+/// In a topology file: `key = { subject_token = 2 }` or
+/// `key = { header = "Nats-Key" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum KeySpec {
+    /// The subject's token at this index, from 0 (`orders.eu.42` has
+    /// `orders` at 0). A subject with fewer tokens has the empty key.
+    SubjectToken(usize),
+    /// The value of this header (the empty key when it is missing).
+    Header(String),
 }
 
 /// A durable consumer that must exist, and the actor its messages go to.
@@ -234,6 +261,14 @@ impl ConsumerSpec {
         self
     }
 
+    /// Feeds `workers` workers instead of one target, in order per `key`
+    /// (see [`crate::keyed`]).
+    pub fn workers(mut self, workers: u32, key: KeySpec) -> Self {
+        self.child.workers = Some(workers);
+        self.child.key = Some(key);
+        self
+    }
+
     /// Sets where poison messages go before they are terminated.
     pub fn dead_letter(mut self, subject: impl Into<String>) -> Self {
         self.child.dead_letter_subject = Some(subject.into());
@@ -273,6 +308,7 @@ impl ConsumerSpec {
         }
         self.validate_server(at, errors);
         check_duration_opt(&field("max_hold"), self.child.max_hold, errors);
+        self.validate_keyed(at, errors);
         if let Some(subject) = &self.child.dead_letter_subject {
             check_literal_subject(&field("dead_letter_subject"), subject, errors);
             if self
@@ -291,6 +327,32 @@ impl ConsumerSpec {
         match &self.mode {
             ModeSpec::Pull(pull) => pull.validate_at(at, errors),
             ModeSpec::Push(push) => push.validate_at(at, self.effective_max_ack_pending(), errors),
+        }
+    }
+
+    fn validate_keyed(&self, at: &str, errors: &mut ValidationErrors) {
+        let field = |name: &str| join_field(at, name);
+        match (self.child.workers, &self.child.key) {
+            (Some(workers), _) if workers == 0 || workers > MAX_WORKERS => errors.add(
+                field("workers"),
+                workers,
+                format!("between 1 and {MAX_WORKERS}"),
+            ),
+            (None, Some(key)) => errors.add(
+                field("key"),
+                format!("{key:?}"),
+                "a key needs `workers` (the number of workers it spreads the messages over)",
+            ),
+            _ => {}
+        }
+        if let Some(KeySpec::Header(name)) = &self.child.key
+            && (name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == ':'))
+        {
+            errors.add(
+                field("key.header"),
+                quoted(name),
+                "a header name: not empty, without spaces or ':'",
+            );
         }
     }
 

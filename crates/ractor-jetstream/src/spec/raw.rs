@@ -17,7 +17,7 @@ use crate::error::ValidationErrors;
 use crate::mode::ConsumerMode;
 use crate::restart::RestartKind;
 use crate::spec::check::join_field;
-use crate::spec::consumer::{ChildSettings, ConsumerSpec, ServerSettings, StartPosition};
+use crate::spec::consumer::{ChildSettings, ConsumerSpec, KeySpec, ServerSettings, StartPosition};
 use crate::spec::pull_push::{ModeSpec, PullSpec, PushSpec};
 use crate::spec::stream::{Discard, Retention, Storage, StreamSpec};
 
@@ -232,6 +232,10 @@ pub(crate) struct RawConsumerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     dead_letter_subject: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    workers: Option<Int>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<KeySpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     description: Option<String>,
 }
 
@@ -273,6 +277,9 @@ impl RawConsumerSpec {
                 max_hold: self.max_hold,
                 restart: self.restart,
                 dead_letter_subject: self.dead_letter_subject,
+                workers: count(at, "workers", self.workers, errors)
+                    .map(|w| u32::try_from(w).unwrap_or(u32::MAX)),
+                key: self.key,
             },
             stream: self.stream,
             durable: self.durable,
@@ -361,6 +368,8 @@ impl From<ConsumerSpec> for RawConsumerSpec {
             idle_heartbeat: push.idle_heartbeat,
             restart: child.restart,
             dead_letter_subject: child.dead_letter_subject,
+            workers: int(child.workers.map(u64::from)),
+            key: child.key,
             description: server.description,
         }
     }

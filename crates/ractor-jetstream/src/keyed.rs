@@ -1,0 +1,265 @@
+//! Keyed parallelism: N workers behind one durable, in order per key.
+//!
+//! A consumer whose spec sets `workers = N` (and a `key`) feeds N worker
+//! actors instead of one target. Each message has a key (a subject token,
+//! a header, or a function given in code); the messages of one key are
+//! handled one at a time and in stream order, different keys in parallel.
+//! The tree is the same one, a level deeper:
+//!
+//! ```text
+//! JetStreamSupervisor
+//!   └─ consumer child (pull or push)      the window, keep-alives, settling
+//!        └─ dispatcher                     keys, order, which worker is free
+//!             ├─ worker 0                  the application's actor
+//!             ├─ ...
+//!             └─ worker N-1
+//! ```
+//!
+//! The child treats the dispatcher as its target: every guarantee of a
+//! plain consumer holds unchanged (the window or the fetch's batch bounds
+//! what is unsettled, the child keeps what waits alive on the server, a
+//! crash nak's what was in flight). The dispatcher adds the order:
+//!
+//! - **One at a time per key.** A worker gets one delivery at a time; a
+//!   key whose delivery is at a worker is busy, and its next message waits
+//!   (in stream order) until that one is settled. An idle worker takes the
+//!   oldest waiting key, so a hot key holds one worker and the other keys
+//!   go on around it.
+//! - **A nak keeps the order.** When a delivery of key K is nak'ed (or its
+//!   worker fails with it, or it is decided after its hold ended), the
+//!   messages of K waiting behind it are nak'ed too, in stream order and
+//!   with the same delay, and K is blocked: a later message of K that comes
+//!   before the nak'ed one is back is nak'ed as well. The server delivers
+//!   nak'ed messages again in the order they were nak'ed, so K resumes in
+//!   stream order. A term lets the next one through. A block ends when the
+//!   nak'ed message is back, or at the latest one redelivery period (the
+//!   ack wait, or the longest backoff step) after its delay.
+//! - **A worker that fails** is spawned again by the dispatcher (its
+//!   supervisor); the delivery it held is nak'ed by the child at once, and
+//!   its key is blocked as for a nak.
+//! - **Messages a dead process left unacknowledged.** The child binds the
+//!   durable and reads `num_ack_pending`: messages another process (one
+//!   killed, most likely) received and never settled. They come back only
+//!   after their ack wait, while new messages come at once. Until they are
+//!   all back (at most one redelivery period), every message newer than the
+//!   last one delivered before this process bound is nak'ed with a delay
+//!   that ends when they must all be back, so a key's earlier message is
+//!   never processed after a later one.
+//!
+//! Why a dispatcher of our own rather than `ractor::factory`: the factory's
+//! `KeyPersistentRouting` keeps a key on one worker and its queue, which
+//! orders a key only as long as nothing is nak'ed. Keeping the order
+//! across a nak needs the dispatcher to see each decision and act on the
+//! rest of the key, before anything of that key reaches a worker again,
+//! and its queue would hold deliveries the child already bounds with its
+//! window. The dispatcher here is the factory's routing and queue reduced
+//! to that: per-key queues, a busy flag per key and per worker, and the
+//! decision of each delivery seen on its way back.
+//!
+//! **Across processes.** The order holds within one process. Several
+//! processes bound to one durable each get some of a key's messages, and
+//! nothing orders their work; partitioned consumer groups (one durable per
+//! partition, one process per partition at a time) are the way to keep it
+//! across processes.
+//!
+//! ```no_run
+//! use ractor::{Actor, ActorProcessingErr, ActorRef};
+//! use ractor_jetstream::{ConsumerSpec, Delivery, KeySpec, SupervisorArgs, Topology, Workers};
+//!
+//! struct OrderWorker;
+//!
+//! impl Actor for OrderWorker {
+//!     type Msg = Delivery;
+//!     type State = ();
+//!     type Arguments = usize;
+//!     async fn pre_start(&self, _: ActorRef<Delivery>, _index: usize) -> Result<(), ActorProcessingErr> {
+//!         Ok(())
+//!     }
+//!     async fn handle(&self, _: ActorRef<Delivery>, order: Delivery, _: &mut ()) -> Result<(), ActorProcessingErr> {
+//!         // Orders of one customer (the subject's third token) arrive one
+//!         // at a time, in stream order.
+//!         order.ack();
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # fn run(js: async_nats::jetstream::Context) {
+//! let topology = Topology::new().consumer(
+//!     ConsumerSpec::pull("ORDERS", "orders", "order-workers").workers(8, KeySpec::SubjectToken(2)),
+//! );
+//! let args = SupervisorArgs::new(js, topology)
+//!     .target("order-workers", Workers::new(|index| (OrderWorker, index)));
+//! # }
+//! ```
+
+mod dispatcher;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use ractor::{Actor, ActorCell, DerivedActorRef, SpawnErr};
+
+use crate::delivery::Delivery;
+use crate::error::Error;
+use crate::spec::{ConsumerSpec, KeySpec};
+use crate::target::Target;
+
+pub(crate) use dispatcher::{DispatchArgs, Dispatcher, Leftover};
+
+/// A key computed in code from a delivery.
+pub type KeyFn = Arc<dyn Fn(&Delivery) -> String + Send + Sync>;
+
+type SpawnWorker = Arc<
+    dyn Fn(usize, ActorCell) -> BoxFuture<'static, Result<DerivedActorRef<Delivery>, SpawnErr>>
+        + Send
+        + Sync,
+>;
+
+/// How to start one worker of a keyed consumer: registered with the
+/// supervisor under the consumer's target name
+/// ([`SupervisorArgs::target`](crate::SupervisorArgs::target)). See the
+/// [module docs](self).
+#[derive(Clone)]
+pub struct Workers {
+    spawn: SpawnWorker,
+    key: Option<KeyFn>,
+}
+
+impl Workers {
+    /// Workers built by `build` from their index (0 to N-1): the actor and
+    /// its arguments. Each is spawned linked to the consumer's dispatcher,
+    /// which spawns it again when it fails. Its message type takes
+    /// deliveries the way a target's does (`From<Delivery>`).
+    pub fn new<A, F>(build: F) -> Self
+    where
+        A: Actor,
+        A::Msg: From<Delivery>,
+        Delivery: TryFrom<A::Msg>,
+        F: Fn(usize) -> (A, A::Arguments) + Send + Sync + 'static,
+    {
+        let build = Arc::new(build);
+        Self {
+            spawn: Arc::new(move |index, parent| {
+                let (actor, args) = build(index);
+                async move {
+                    let (worker, _) = Actor::spawn_linked(None, actor, args, parent).await?;
+                    Ok(worker.get_derived())
+                }
+                .boxed()
+            }),
+            key: None,
+        }
+    }
+
+    /// Keys messages with a function instead of the spec's `key`.
+    pub fn key_fn(mut self, key: impl Fn(&Delivery) -> String + Send + Sync + 'static) -> Self {
+        self.key = Some(Arc::new(key));
+        self
+    }
+
+    /// Whether a key function is given in code.
+    pub(crate) fn has_key_fn(&self) -> bool {
+        self.key.is_some()
+    }
+
+    pub(crate) async fn spawn(
+        &self,
+        index: usize,
+        parent: ActorCell,
+    ) -> Result<DerivedActorRef<Delivery>, SpawnErr> {
+        (self.spawn)(index, parent).await
+    }
+
+    /// The key of a delivery: by the function given in code, else by the
+    /// spec's key.
+    pub(crate) fn keyer(&self, spec: Option<&KeySpec>) -> Keyer {
+        match (&self.key, spec) {
+            (Some(key), _) => Keyer::Code(key.clone()),
+            (None, Some(KeySpec::SubjectToken(index))) => Keyer::SubjectToken(*index),
+            (None, Some(KeySpec::Header(name))) => Keyer::Header(name.clone()),
+            (None, None) => Keyer::Code(Arc::new(|_| String::new())),
+        }
+    }
+}
+
+impl fmt::Debug for Workers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Workers")
+            .field("key_fn", &self.key.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Computes a delivery's key.
+#[derive(Clone)]
+pub(crate) enum Keyer {
+    SubjectToken(usize),
+    Header(String),
+    Code(KeyFn),
+}
+
+impl Keyer {
+    pub fn key(&self, delivery: &Delivery) -> Arc<str> {
+        match self {
+            Self::SubjectToken(index) => Arc::from(
+                delivery
+                    .subject()
+                    .split('.')
+                    .nth(*index)
+                    .unwrap_or_default(),
+            ),
+            Self::Header(name) => Arc::from(
+                delivery
+                    .headers()
+                    .and_then(|headers| headers.get(name.as_str()))
+                    .map(|value| value.as_str())
+                    .unwrap_or_default(),
+            ),
+            Self::Code(key) => Arc::from(key(delivery)),
+        }
+    }
+}
+
+/// How long after its delay a nak'ed message must be back: the ack wait,
+/// or the longest backoff step, with a margin.
+pub(crate) fn redelivery_bound(ack_wait: Duration, backoff: &[Duration]) -> Duration {
+    let longest = backoff.iter().copied().max().unwrap_or_default();
+    ack_wait.max(longest) + Duration::from_secs(1)
+}
+
+/// Checks that a consumer's spec and its target agree on keyed workers:
+/// `workers` in the spec and [`Workers`] as the target, with a key.
+pub(crate) fn check_target(spec: &ConsumerSpec, target: &Target) -> Result<(), Error> {
+    let field = |name: &str| format!("consumers[{}].{name}", spec.durable);
+    match (spec.child.workers, target.workers()) {
+        (Some(workers), None) => Err(Error::invalid(
+            field("workers"),
+            workers,
+            format!(
+                "the target `{}` is one actor; register keyed workers under that name (`Workers::new`)",
+                spec.target
+            ),
+        )),
+        (None, Some(_)) => Err(Error::invalid(
+            field("workers"),
+            "unset",
+            format!(
+                "the target `{}` is keyed workers; say how many (`workers = N`) and the key",
+                spec.target
+            ),
+        )),
+        (Some(workers), Some(keyed)) if spec.child.key.is_none() && !keyed.has_key_fn() => {
+            Err(Error::invalid(
+                field("key"),
+                "unset",
+                format!(
+                    "{workers} workers need a key (`key = {{ subject_token = I }}`, `key = {{ header = \"H\" }}`, or `Workers::key_fn`)"
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
