@@ -1613,6 +1613,8 @@ fn full() -> Topology {
                 max_hold: Some(Duration::from_nanos(44_999_999_999)),
                 restart: RestartKind::Transient,
                 dead_letter_subject: Some("dead.billing".into()),
+                workers: Some(8),
+                key: Some(ractor_jetstream::KeySpec::Header("Nats-Key".into())),
             },
         })
         .consumer(
