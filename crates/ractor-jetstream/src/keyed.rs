@@ -28,12 +28,15 @@
 //! - **A nak keeps the order.** When a delivery of key K is nak'ed (or its
 //!   worker fails with it, or it is decided after its hold ended), the
 //!   messages of K waiting behind it are nak'ed too, in stream order and
-//!   with the same delay, and K is blocked: a later message of K that comes
-//!   before the nak'ed one is back is nak'ed as well. The server delivers
-//!   nak'ed messages again in the order they were nak'ed, so K resumes in
-//!   stream order. A term lets the next one through. A block ends when the
-//!   nak'ed message is back, or at the latest one redelivery period (the
-//!   ack wait, or the longest backoff step) after its delay.
+//!   with the same delay, and K is blocked until all of them are back: a
+//!   message of K is taken only when no nak'ed message of K before it is
+//!   still out; a later one is nak'ed as well (with what is left of the
+//!   delay) and is waited for in turn. So K resumes in stream order
+//!   however the server interleaves redeliveries with new messages. A
+//!   term lets the next one through. A block is given up one redelivery
+//!   period (the ack wait, or the longest backoff step) after its delay,
+//!   should a message not come back (terminated meanwhile, or taken by
+//!   another process).
 //! - **A worker that fails** is spawned again by the dispatcher (its
 //!   supervisor); the delivery it held is nak'ed by the child at once, and
 //!   its key is blocked as for a nak.

@@ -314,13 +314,18 @@ async fn start_dispatcher(
     Ok((target, Some(DispatcherHandle(dispatcher.get_cell()))))
 }
 
-/// The child's handle on its dispatcher: stops it (and so its workers)
-/// when the child's state goes, however the child ended.
+/// The child's handle on its dispatcher: kills it and its workers when the
+/// child's state goes, however the child ended. Killed, not stopped: the
+/// child has nak'ed what they hold, and its successor's workers get it
+/// again, so these must not go on working on it.
 struct DispatcherHandle(ractor::ActorCell);
 
 impl Drop for DispatcherHandle {
     fn drop(&mut self) {
-        self.0.stop(Some("the consumer child stopped".into()));
+        for worker in self.0.get_children() {
+            worker.kill();
+        }
+        self.0.kill();
     }
 }
 

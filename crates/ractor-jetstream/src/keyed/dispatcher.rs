@@ -2,7 +2,7 @@
 //! keeps a queue per key, hands the oldest waiting key to an idle worker,
 //! and sees each decision on its way back; see the [module docs](super).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,12 +92,15 @@ struct Key {
     blocked: Option<Block>,
 }
 
-/// A key waiting for a nak'ed message to come back.
+/// A key waiting for its nak'ed messages to come back.
 struct Block {
-    stream_sequence: u64,
-    /// When the nak's delay ends.
+    /// The key's nak'ed messages not yet back. Only a message at or below
+    /// the first of them is taken; a later one is nak'ed and joins them.
+    out: BTreeSet<u64>,
+    /// When the nak's delay ends (a later message of the key is nak'ed
+    /// with a delay that ends then too).
     delay_ends: Instant,
-    /// When the block is given up (the message was terminated meanwhile,
+    /// When the block is given up (a message was terminated meanwhile,
     /// or went elsewhere).
     until: Instant,
 }
@@ -219,20 +222,41 @@ impl DispatchState {
                     }
                 }
             } else {
-                // Newer than anything the earlier process had: after them.
-                delivery.nak_after(leftover.until - now);
+                // Newer than anything the earlier process had: after them,
+                // and after its key's earlier ones that come back with it
+                // (delayed naks end in no particular order).
+                let until = leftover.until;
+                let key = self.keyer.key(&delivery);
+                let redelivery = self.redelivery;
+                let entry = self.keys.entry(key).or_default();
+                let block = entry.blocked.get_or_insert_with(|| Block {
+                    out: BTreeSet::new(),
+                    delay_ends: until,
+                    until: until + redelivery,
+                });
+                block.out.insert(sequence);
+                nak_until(delivery, until, now);
                 return;
             }
         }
         let key = self.keyer.key(&delivery);
         let entry = self.keys.entry(key.clone()).or_default();
-        if let Some(block) = &entry.blocked {
-            if sequence == block.stream_sequence || now >= block.until {
-                entry.blocked = None;
-            } else if sequence > block.stream_sequence {
-                // Before the nak'ed one is back: after it.
-                nak_until(delivery, block.delay_ends, now);
-                return;
+        if let Some(block) = &mut entry.blocked {
+            match block.out.first() {
+                _ if now >= block.until => entry.blocked = None,
+                Some(&first) if sequence > first => {
+                    // Ahead of a nak'ed message of its key: after it (not
+                    // at once, so that it does not spin while it waits).
+                    block.out.insert(sequence);
+                    nak_until(delivery, block.delay_ends.max(now + AHEAD_PAUSE), now);
+                    return;
+                }
+                _ => {
+                    block.out.remove(&sequence);
+                    if block.out.is_empty() {
+                        entry.blocked = None;
+                    }
+                }
             }
         }
         // In stream order: a redelivered message goes before later ones.
@@ -242,7 +266,7 @@ impl DispatchState {
             .rposition(|d| d.stream_sequence() < sequence)
             .map_or(0, |i| i + 1);
         entry.waiting.insert(at, delivery);
-        if !entry.busy && !entry.ready && entry.blocked.is_none() {
+        if !entry.busy && !entry.ready {
             entry.ready = true;
             self.ready.push_back(key);
         }
@@ -273,15 +297,18 @@ impl DispatchState {
         };
         if let Some(delay) = delay {
             let now = Instant::now();
-            let delay_ends = now + delay;
-            entry.blocked = Some(Block {
-                stream_sequence,
-                delay_ends,
-                until: delay_ends + self.redelivery,
+            let block = entry.blocked.get_or_insert_with(|| Block {
+                out: BTreeSet::new(),
+                delay_ends: now,
+                until: now,
             });
+            block.out.insert(stream_sequence);
+            block.delay_ends = block.delay_ends.max(now + delay);
+            block.until = block.delay_ends + self.redelivery;
             // The rest of the key after it, in stream order.
             for waiting in entry.waiting.drain(..) {
-                nak_until(waiting, delay_ends, now);
+                block.out.insert(waiting.stream_sequence());
+                nak_until(waiting, block.delay_ends, now);
             }
         }
         if entry.waiting.is_empty() {
@@ -307,7 +334,9 @@ impl DispatchState {
                 continue;
             };
             entry.ready = false;
-            if entry.busy || entry.blocked.is_some() {
+            // What waits of a blocked key is at or below its first nak'ed
+            // message: it may go.
+            if entry.busy {
                 continue;
             }
             let Some(mut delivery) = entry.waiting.pop_front() else {
@@ -383,6 +412,10 @@ impl DispatchState {
         Ok(())
     }
 }
+
+/// How long a message that came back ahead of an earlier nak'ed one of its
+/// key waits before it comes again.
+const AHEAD_PAUSE: Duration = Duration::from_millis(20);
 
 /// Nak's a delivery so that it comes back no earlier than `until`.
 fn nak_until(delivery: Delivery, until: Instant, now: Instant) {

@@ -1,0 +1,515 @@
+//! Keyed workers against a real nats-server: N workers behind one durable,
+//! in order per key, with naks, a worker that panics, a child killed
+//! mid-batch, a hot key, push and pull, and messages a dead process left
+//! unacknowledged. Each test asserts what the workers saw per key and what
+//! the server's consumer info says.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor_jetstream::{
+    ConsumerSpec, Delivery, Error, ErrorKind, KeySpec, PushSpec, StreamSpec, SupervisorArgs,
+    SupervisorHandle, Topology, Workers,
+};
+
+/// What a worker does with one delivery.
+#[derive(Debug, Clone, Copy)]
+enum Plan {
+    /// Works this long, then acks.
+    Ack(Duration),
+    /// Nak's at once.
+    Nak,
+    /// Panics (the dispatcher spawns the worker again).
+    Panic,
+}
+
+type Decide = Arc<dyn Fn(&Delivery) -> Plan + Send + Sync>;
+
+/// What the workers saw, shared by all of them.
+#[derive(Default)]
+struct Seen {
+    /// Per key, the message being processed now.
+    working: HashMap<String, u64>,
+    /// Per key, the stream sequences acked, in the order they were acked.
+    acked: BTreeMap<String, Vec<u64>>,
+    /// When each stream sequence was acked.
+    acked_at: HashMap<u64, Instant>,
+    /// Everything that broke the order, described.
+    violations: Vec<String>,
+    deliveries: u64,
+    naked: u64,
+    now: usize,
+    max_parallel: usize,
+}
+
+#[derive(Clone, Default)]
+struct Book(Arc<Mutex<Seen>>);
+
+impl Book {
+    fn with<R>(&self, f: impl FnOnce(&mut Seen) -> R) -> R {
+        f(&mut self.0.lock().expect("book"))
+    }
+
+    fn acked_count(&self) -> usize {
+        self.with(|s| s.acked.values().map(Vec::len).sum())
+    }
+
+    /// Every key's acks in stream order, each sequence once; no violation.
+    fn assert_in_order(&self) {
+        self.with(|s| {
+            assert!(s.violations.is_empty(), "order broken: {:?}", s.violations);
+            for (key, acked) in &s.acked {
+                assert!(
+                    acked.windows(2).all(|w| w[0] < w[1]),
+                    "key {key} acked out of stream order: {acked:?}"
+                );
+            }
+        });
+    }
+}
+
+struct KeyedWorker;
+
+impl Actor for KeyedWorker {
+    type Msg = Delivery;
+    type State = (Book, Decide);
+    type Arguments = (Book, Decide);
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<Delivery>,
+        args: (Book, Decide),
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<Delivery>,
+        delivery: Delivery,
+        (book, decide): &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let key = key_of(&delivery);
+        let seq = delivery.stream_sequence();
+        book.with(|s| {
+            s.deliveries += 1;
+            if let Some(other) = s.working.insert(key.clone(), seq) {
+                s.violations.push(format!(
+                    "key {key}: {seq} started while {other} was at work"
+                ));
+            }
+            if let Some(last) = s.acked.get(&key).and_then(|a| a.last())
+                && *last > seq
+            {
+                s.violations.push(format!(
+                    "key {key}: {seq} (delivery {}) started after {last} was acked",
+                    delivery.delivered()
+                ));
+            }
+            s.now += 1;
+            s.max_parallel = s.max_parallel.max(s.now);
+        });
+        // A worker killed mid-work (its child died) leaves the key too.
+        let at_work = AtWork {
+            book: book.clone(),
+            key: key.clone(),
+        };
+        let plan = decide(&delivery);
+        if let Plan::Ack(work) = plan
+            && !work.is_zero()
+        {
+            tokio::time::sleep(work).await;
+        }
+        drop(at_work);
+        book.with(|s| match plan {
+            Plan::Ack(_) => {
+                s.acked.entry(key.clone()).or_default().push(seq);
+                s.acked_at.insert(seq, Instant::now());
+            }
+            Plan::Nak => s.naked += 1,
+            Plan::Panic => {}
+        });
+        match plan {
+            Plan::Ack(_) => delivery.ack(),
+            Plan::Nak => delivery.nak(),
+            Plan::Panic => panic!("injected worker panic at {seq}"),
+        }
+        Ok(())
+    }
+}
+
+/// A message at work: the key is free again when it is dropped.
+struct AtWork {
+    book: Book,
+    key: String,
+}
+
+impl Drop for AtWork {
+    fn drop(&mut self) {
+        self.book.with(|s| {
+            s.now -= 1;
+            s.working.remove(&self.key);
+        });
+    }
+}
+
+/// The key: the subject's second token (`keyed.<key>`).
+fn key_of(delivery: &Delivery) -> String {
+    delivery
+        .subject()
+        .split('.')
+        .nth(1)
+        .unwrap_or("")
+        .to_string()
+}
+
+fn workers(book: &Book, decide: impl Fn(&Delivery) -> Plan + Send + Sync + 'static) -> Workers {
+    let book = book.clone();
+    let decide: Decide = Arc::new(decide);
+    Workers::new(move |_| (KeyedWorker, (book.clone(), decide.clone())))
+}
+
+/// Publishes `per_key` messages for each of `keys` keys, interleaved
+/// (`keyed.k0`, `keyed.k1`, ..., `keyed.k0`, ...).
+async fn publish_keys(env: &Env, keys: usize, per_key: usize) -> Vec<u64> {
+    publish(
+        &env.js,
+        (0..per_key).flat_map(|_| (0..keys).map(|k| format!("keyed.k{k}"))),
+    )
+    .await
+}
+
+async fn start(env: &Env, spec: ConsumerSpec, workers: Workers) -> SupervisorHandle {
+    let topology = Topology::new()
+        .stream(StreamSpec::new("KEYED", ["keyed.>"]))
+        .consumer(spec);
+    let args = SupervisorArgs::new(env.js.clone(), topology).target("w", workers);
+    let (supervisor, _) = SupervisorHandle::spawn(None, args)
+        .await
+        .expect("supervisor");
+    supervisor
+}
+
+/// Fetches until `done` holds, retrying while the child restarts.
+async fn fetch_until(supervisor: &SupervisorHandle, batch: u64, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + PATIENCE * 2;
+    while !done() {
+        assert!(Instant::now() < deadline, "not done in time");
+        match supervisor
+            .fetch("k", batch, Some(Duration::from_millis(200)))
+            .await
+        {
+            Ok(_) => {}
+            Err(err) if err.is_transient() => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(err) => panic!("fetch failed: {err}"),
+        }
+    }
+}
+
+async fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + PATIENCE * 2;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn assert_all_acked(env: &Env, total: u64) {
+    let info = wait_for_consumer(&env.js, "KEYED", "k", "everything acked", |i| {
+        i.ack_floor.stream_sequence == total && i.num_ack_pending == 0
+    })
+    .await;
+    assert_eq!(info.num_pending, 0);
+}
+
+#[tokio::test]
+async fn pull_workers_keep_each_keys_order_through_naks() {
+    let env = env().await;
+    let book = Book::default();
+    // Every 5th message is nak'ed on its first delivery.
+    let keyed = workers(&book, |d| {
+        if d.delivered() == 1 && d.stream_sequence().is_multiple_of(5) {
+            Plan::Nak
+        } else {
+            Plan::Ack(Duration::from_millis(1))
+        }
+    });
+    let spec = ConsumerSpec::pull("KEYED", "k", "w").workers(8, KeySpec::SubjectToken(1));
+    let supervisor = start(&env, spec, keyed).await;
+    let seqs = publish_keys(&env, 16, 25).await;
+    let total = seqs.len();
+    fetch_until(&supervisor, 64, || book.acked_count() == total).await;
+
+    book.assert_in_order();
+    book.with(|s| {
+        assert_eq!(s.acked.len(), 16, "every key");
+        assert!(s.acked.values().all(|a| a.len() == 25));
+        // A message nak'ed behind an earlier one of its key comes to a
+        // worker first on a later delivery, which the rule does not nak.
+        assert!(
+            (1..=(total / 5) as u64).contains(&s.naked),
+            "{} nak'ed",
+            s.naked
+        );
+        assert!(s.deliveries > total as u64, "the nak'ed came again");
+        assert!(s.max_parallel > 1, "keys went in parallel");
+        assert!(s.max_parallel <= 8, "at most one per worker");
+    });
+    assert_all_acked(&env, total as u64).await;
+}
+
+#[tokio::test]
+async fn push_workers_keep_each_keys_order_through_naks_within_the_window() {
+    let env = env().await;
+    let book = Book::default();
+    let keyed = workers(&book, |d| {
+        if d.delivered() == 1 && d.stream_sequence().is_multiple_of(7) {
+            Plan::Nak
+        } else {
+            Plan::Ack(Duration::from_millis(2))
+        }
+    });
+    let spec = ConsumerSpec::new("KEYED", "k", "w", PushSpec::default().window(32))
+        .workers(4, KeySpec::SubjectToken(1));
+    let supervisor = start(&env, spec, keyed).await;
+    let seqs = publish_keys(&env, 12, 30).await;
+    let total = seqs.len();
+    // The window bounds what is at the workers and waiting for one: never
+    // more at once, and it fills (the workers are the slow part).
+    let consumer = supervisor.consumer("k").await.expect("consumer handle");
+    let deadline = Instant::now() + PATIENCE * 2;
+    let mut most = 0;
+    while book.acked_count() < total {
+        assert!(Instant::now() < deadline, "not done in time");
+        if let Ok(stats) = consumer.stats().await {
+            assert!(
+                stats.in_flight <= 32,
+                "more unsettled than the window: {}",
+                stats.in_flight
+            );
+            most = most.max(stats.in_flight);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(most > 8, "the window filled up: at most {most}");
+    book.assert_in_order();
+    book.with(|s| {
+        assert_eq!(s.acked.len(), 12);
+        assert!(s.max_parallel <= 4);
+    });
+    assert_all_acked(&env, total as u64).await;
+}
+
+#[tokio::test]
+async fn a_worker_that_panics_is_spawned_again_and_its_key_resumes_in_order() {
+    let env = env().await;
+    let book = Book::default();
+    // Message 10 and 23 make their worker panic on their first delivery.
+    let keyed = workers(&book, |d| match (d.stream_sequence(), d.delivered()) {
+        (10 | 23, 1) => Plan::Panic,
+        _ => Plan::Ack(Duration::from_millis(2)),
+    });
+    let spec = ConsumerSpec::pull("KEYED", "k", "w").workers(4, KeySpec::SubjectToken(1));
+    let supervisor = start(&env, spec, keyed).await;
+    let seqs = publish_keys(&env, 6, 10).await;
+    let total = seqs.len();
+    fetch_until(&supervisor, 30, || book.acked_count() == total).await;
+    book.assert_in_order();
+    assert_all_acked(&env, total as u64).await;
+    // The panics cost nothing but a redelivery, and the child was not
+    // restarted for them.
+    let info = consumer_info(&env.js, "KEYED", "k").await;
+    assert_eq!(info.num_redelivered, 0, "all back and acked");
+    let status = supervisor.status().await.expect("status");
+    assert_eq!(status.child("k").map(|c| c.restarts), Some(0));
+}
+
+#[tokio::test]
+async fn a_hot_key_holds_one_worker_and_the_cold_keys_finish_first() {
+    let env = env().await;
+    let book = Book::default();
+    // Key k0 is hot: 30 messages of 50 ms each (1.5 s in all); 63 cold
+    // keys have 3 messages of 1 ms each.
+    let keyed = workers(&book, |d| {
+        if key_of(d) == "hot" {
+            Plan::Ack(Duration::from_millis(50))
+        } else {
+            Plan::Ack(Duration::from_millis(1))
+        }
+    });
+    let spec = ConsumerSpec::pull("KEYED", "k", "w").workers(8, KeySpec::SubjectToken(1));
+    let supervisor = start(&env, spec, keyed).await;
+    let hot: Vec<String> = (0..30).map(|_| "keyed.hot".to_string()).collect();
+    let cold: Vec<String> = (0..3)
+        .flat_map(|_| (1..64).map(|k| format!("keyed.c{k}")))
+        .collect();
+    // Hot messages first, so that the cold ones queue behind them in the
+    // stream.
+    let seqs = publish(&env.js, hot.into_iter().chain(cold)).await;
+    let total = seqs.len();
+    fetch_until(&supervisor, 256, || book.acked_count() == total).await;
+    book.assert_in_order();
+    book.with(|s| {
+        let last_hot = s.acked["hot"]
+            .iter()
+            .map(|q| s.acked_at[q])
+            .max()
+            .expect("hot acked");
+        let last_cold = s
+            .acked
+            .iter()
+            .filter(|(k, _)| k.as_str() != "hot")
+            .flat_map(|(_, a)| a.iter().map(|q| s.acked_at[q]))
+            .max()
+            .expect("cold acked");
+        assert!(
+            last_cold < last_hot,
+            "the cold keys finished {:?} after the hot one",
+            last_cold - last_hot
+        );
+        assert_eq!(s.acked.len(), 64);
+    });
+    assert_all_acked(&env, total as u64).await;
+}
+
+#[tokio::test]
+async fn a_child_killed_mid_batch_resumes_each_key_in_order() {
+    let env = env().await;
+    let book = Book::default();
+    let keyed = workers(&book, |_| Plan::Ack(Duration::from_millis(3)));
+    let spec = ConsumerSpec::pull("KEYED", "k", "w")
+        .ack_wait(Duration::from_secs(30))
+        .workers(4, KeySpec::SubjectToken(1));
+    let supervisor = start(&env, spec, keyed).await;
+    let seqs = publish_keys(&env, 8, 40).await;
+    let total = seqs.len();
+    let pull = supervisor.pull("k").await.expect("pull handle");
+    // A fetch runs while the child is killed, once some are acked.
+    let fetching = {
+        let pull = pull.clone();
+        tokio::spawn(async move { pull.fetch(100, Some(Duration::from_secs(2))).await })
+    };
+    wait_until("some acked", || book.acked_count() >= 20).await;
+    let killed_at = Instant::now();
+    pull.consumer().child().expect("child").kill();
+    let cut = fetching.await.expect("fetch task");
+    assert!(
+        matches!(cut, Err(Error::FetchInterrupted { .. }) | Ok(_)),
+        "{cut:?}"
+    );
+    fetch_until(&supervisor, 100, || book.acked_count() == total).await;
+    // What was in flight came back at once, not after the 30 s ack wait.
+    assert!(killed_at.elapsed() < Duration::from_secs(25));
+    book.assert_in_order();
+    assert_all_acked(&env, total as u64).await;
+    let status = supervisor.status().await.expect("status");
+    assert_eq!(status.child("k").map(|c| c.restarts), Some(1));
+}
+
+/// Messages a dead process left unacknowledged come back after the ack
+/// wait; newer messages of the same keys wait for them.
+#[tokio::test]
+async fn messages_a_dead_process_left_are_processed_before_newer_ones_of_their_keys() {
+    let env = env().await;
+    create_stream(&env.js, "KEYED", &["keyed.>"]).await;
+    let first = publish_keys(&env, 4, 5).await;
+    let spec = ConsumerSpec::pull("KEYED", "k", "w")
+        .ack_wait(Duration::from_secs(2))
+        .workers(4, KeySpec::SubjectToken(1));
+    // "The dead process": binds the same durable, takes 20 messages and
+    // never settles them.
+    ractor_jetstream::ensure_consumer(&ractor_jetstream::Connection::from(env.js.clone()), &spec)
+        .await
+        .expect("durable");
+    {
+        use futures::StreamExt;
+        let consumer: async_nats::jetstream::consumer::PullConsumer = env
+            .js
+            .get_stream("KEYED")
+            .await
+            .expect("stream")
+            .get_consumer("k")
+            .await
+            .expect("consumer");
+        let mut batch = consumer
+            .fetch()
+            .max_messages(20)
+            .messages()
+            .await
+            .expect("fetch");
+        let mut taken = 0;
+        while let Some(message) = batch.next().await {
+            message.expect("message");
+            taken += 1;
+        }
+        assert_eq!(taken, 20);
+    }
+    let info = consumer_info(&env.js, "KEYED", "k").await;
+    assert_eq!(info.num_ack_pending, 20);
+    // Newer messages of the same keys, available at once.
+    let newer = publish_keys(&env, 4, 5).await;
+    let total = first.len() + newer.len();
+
+    let book = Book::default();
+    let keyed = workers(&book, |_| Plan::Ack(Duration::ZERO));
+    let topology = Topology::new().consumer(spec);
+    let args = SupervisorArgs::new(env.js.clone(), topology).target("w", keyed);
+    let (supervisor, _) = SupervisorHandle::spawn(None, args)
+        .await
+        .expect("supervisor");
+    fetch_until(&supervisor, 40, || book.acked_count() == total).await;
+    book.assert_in_order();
+    book.with(|s| {
+        for (key, acked) in &s.acked {
+            assert_eq!(acked.len(), 10, "key {key}: {acked:?}");
+        }
+    });
+    assert_all_acked(&env, total as u64).await;
+}
+
+#[tokio::test]
+async fn workers_without_keyed_target_or_key_are_refused_and_nothing_is_created() {
+    let env = env().await;
+    let book = Book::default();
+    // `workers` in the spec, but the target is one actor.
+    let (_t, target, _record) = spawn_target(|_| Action::Ack).await;
+    let topology = Topology::new()
+        .stream(StreamSpec::new("KEYED", ["keyed.>"]))
+        .consumer(ConsumerSpec::pull("KEYED", "k", "w").workers(4, KeySpec::SubjectToken(1)));
+    let args = SupervisorArgs::new(env.js.clone(), topology).target("w", target);
+    let err = SupervisorHandle::spawn(None, args)
+        .await
+        .expect_err("refused");
+    assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+    assert!(err.to_string().contains("workers"), "{err}");
+    // Keyed workers, but no key anywhere.
+    let mut spec = ConsumerSpec::pull("KEYED", "k2", "w");
+    spec.child.workers = Some(4);
+    let topology = Topology::new().consumer(spec);
+    let args = SupervisorArgs::new(env.js.clone(), topology)
+        .target("w", workers(&book, |_| Plan::Ack(Duration::ZERO)));
+    let err = SupervisorHandle::spawn(None, args)
+        .await
+        .expect_err("refused");
+    assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+    assert!(err.to_string().contains("key"), "{err}");
+    // Neither durable exists on the server.
+    let stream = env.js.get_stream("KEYED").await;
+    if let Ok(stream) = stream {
+        assert!(stream.consumer_info("k").await.is_err());
+        assert!(stream.consumer_info("k2").await.is_err());
+    }
+    // A spec that names a key without workers is invalid by itself.
+    let mut spec = ConsumerSpec::pull("KEYED", "k3", "w");
+    spec.child.key = Some(KeySpec::SubjectToken(1));
+    assert!(spec.validate().is_err());
+    let zero = ConsumerSpec::pull("KEYED", "k4", "w").workers(0, KeySpec::SubjectToken(1));
+    assert!(zero.validate().is_err());
+}
