@@ -94,52 +94,56 @@ impl Actor for KeyedWorker {
         delivery: Delivery,
         (book, decide): &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let key = key_of(&delivery);
-        let seq = delivery.stream_sequence();
-        book.with(|s| {
-            s.deliveries += 1;
-            if let Some(other) = s.working.insert(key.clone(), seq) {
-                s.violations.push(format!(
-                    "key {key}: {seq} started while {other} was at work"
-                ));
-            }
-            if let Some(last) = s.acked.get(&key).and_then(|a| a.last())
-                && *last > seq
-            {
-                s.violations.push(format!(
-                    "key {key}: {seq} (delivery {}) started after {last} was acked",
-                    delivery.delivered()
-                ));
-            }
-            s.now += 1;
-            s.max_parallel = s.max_parallel.max(s.now);
-        });
-        // A worker killed mid-work (its child died) leaves the key too.
-        let at_work = AtWork {
-            book: book.clone(),
-            key: key.clone(),
-        };
-        let plan = decide(&delivery);
-        if let Plan::Ack(work) = plan
-            && !work.is_zero()
-        {
-            tokio::time::sleep(work).await;
-        }
-        drop(at_work);
-        book.with(|s| match plan {
-            Plan::Ack(_) => {
-                s.acked.entry(key.clone()).or_default().push(seq);
-                s.acked_at.insert(seq, Instant::now());
-            }
-            Plan::Nak => s.naked += 1,
-            Plan::Panic => {}
-        });
-        match plan {
-            Plan::Ack(_) => delivery.ack(),
-            Plan::Nak => delivery.nak(),
-            Plan::Panic => panic!("injected worker panic at {seq}"),
-        }
+        work(book, decide, key_of(&delivery), delivery).await;
         Ok(())
+    }
+}
+
+/// Processes one delivery as the decision says, recording what was seen.
+async fn work(book: &Book, decide: &Decide, key: String, delivery: Delivery) {
+    let seq = delivery.stream_sequence();
+    book.with(|s| {
+        s.deliveries += 1;
+        if let Some(other) = s.working.insert(key.clone(), seq) {
+            s.violations.push(format!(
+                "key {key}: {seq} started while {other} was at work"
+            ));
+        }
+        if let Some(last) = s.acked.get(&key).and_then(|a| a.last())
+            && *last > seq
+        {
+            s.violations.push(format!(
+                "key {key}: {seq} (delivery {}) started after {last} was acked",
+                delivery.delivered()
+            ));
+        }
+        s.now += 1;
+        s.max_parallel = s.max_parallel.max(s.now);
+    });
+    // A worker killed mid-work (its child died) leaves the key too.
+    let at_work = AtWork {
+        book: book.clone(),
+        key: key.clone(),
+    };
+    let plan = decide(&delivery);
+    if let Plan::Ack(work) = plan
+        && !work.is_zero()
+    {
+        tokio::time::sleep(work).await;
+    }
+    drop(at_work);
+    book.with(|s| match plan {
+        Plan::Ack(_) => {
+            s.acked.entry(key.clone()).or_default().push(seq);
+            s.acked_at.insert(seq, Instant::now());
+        }
+        Plan::Nak => s.naked += 1,
+        Plan::Panic => {}
+    });
+    match plan {
+        Plan::Ack(_) => delivery.ack(),
+        Plan::Nak => delivery.nak(),
+        Plan::Panic => panic!("injected worker panic at {seq}"),
     }
 }
 
@@ -512,4 +516,181 @@ async fn workers_without_keyed_target_or_key_are_refused_and_nothing_is_created(
     assert!(spec.validate().is_err());
     let zero = ConsumerSpec::pull("KEYED", "k4", "w").workers(0, KeySpec::SubjectToken(1));
     assert!(zero.validate().is_err());
+}
+
+#[tokio::test]
+async fn a_header_key_and_a_key_function_given_in_code_order_their_keys() {
+    let env = env().await;
+    create_stream(&env.js, "KEYED", &["keyed.>"]).await;
+    // Keys in a header: one subject, 5 keys.
+    let mut acks = Vec::new();
+    for i in 0..100u64 {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Key", format!("h{}", i % 5).as_str());
+        acks.push(
+            env.js
+                .publish_with_headers("keyed.all", headers, i.to_string().into())
+                .await
+                .expect("publish"),
+        );
+    }
+    for ack in acks {
+        ack.await.expect("stored");
+    }
+    let book = Book::default();
+    let by_header = Book::default();
+    // The test's own book keys by the subject; record by header instead.
+    let keyed = {
+        let by_header = by_header.clone();
+        let decide: Decide = Arc::new(|d| {
+            if d.delivered() == 1 && d.stream_sequence().is_multiple_of(9) {
+                Plan::Nak
+            } else {
+                Plan::Ack(Duration::from_millis(1))
+            }
+        });
+        Workers::new(move |_| (HeaderWorker, (by_header.clone(), decide.clone())))
+    };
+    let spec = ConsumerSpec::pull("KEYED", "k", "w").workers(4, KeySpec::Header("Nats-Key".into()));
+    let topology = Topology::new().consumer(spec);
+    let args = SupervisorArgs::new(env.js.clone(), topology).target("w", keyed);
+    let (supervisor, _) = SupervisorHandle::spawn(None, args)
+        .await
+        .expect("supervisor");
+    fetch_until(&supervisor, 40, || by_header.acked_count() == 100).await;
+    by_header.assert_in_order();
+    by_header.with(|s| assert_eq!(s.acked.len(), 5, "five header keys"));
+    assert_all_acked(&env, 100).await;
+    drop(book);
+
+    // A key function given in code: the payload's parity, over a second
+    // durable.
+    let parity = Book::default();
+    let keyed = {
+        let parity = parity.clone();
+        let decide: Decide = Arc::new(|_| Plan::Ack(Duration::from_millis(1)));
+        Workers::new(move |_| (ParityWorker, (parity.clone(), decide.clone()))).key_fn(|d| {
+            let n: u64 = std::str::from_utf8(d.payload())
+                .ok()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_default();
+            format!("p{}", n % 2)
+        })
+    };
+    let mut spec = ConsumerSpec::pull("KEYED", "k2", "w2");
+    spec.child.workers = Some(4);
+    let topology = Topology::new().consumer(spec);
+    let args = SupervisorArgs::new(env.js.clone(), topology).target("w2", keyed);
+    let (supervisor, _) = SupervisorHandle::spawn(None, args)
+        .await
+        .expect("supervisor");
+    let deadline = Instant::now() + PATIENCE * 2;
+    while parity.acked_count() < 100 {
+        assert!(Instant::now() < deadline, "not done in time");
+        let _ = supervisor
+            .fetch("k2", 40, Some(Duration::from_millis(200)))
+            .await;
+    }
+    parity.assert_in_order();
+    parity.with(|s| {
+        assert_eq!(s.acked.len(), 2, "two parity keys");
+        assert!(s.max_parallel <= 2, "one at a time per key, two keys");
+    });
+}
+
+/// Records like [`KeyedWorker`], keyed by the `Nats-Key` header.
+struct HeaderWorker;
+
+/// Records like [`KeyedWorker`], keyed by the payload's parity.
+struct ParityWorker;
+
+macro_rules! recording_worker {
+    ($worker:ty, $key:expr) => {
+        impl Actor for $worker {
+            type Msg = Delivery;
+            type State = (Book, Decide);
+            type Arguments = (Book, Decide);
+
+            async fn pre_start(
+                &self,
+                _: ActorRef<Delivery>,
+                args: (Book, Decide),
+            ) -> Result<Self::State, ActorProcessingErr> {
+                Ok(args)
+            }
+
+            async fn handle(
+                &self,
+                _: ActorRef<Delivery>,
+                delivery: Delivery,
+                (book, decide): &mut Self::State,
+            ) -> Result<(), ActorProcessingErr> {
+                let key: fn(&Delivery) -> String = $key;
+                work(book, decide, key(&delivery), delivery).await;
+                Ok(())
+            }
+        }
+    };
+}
+
+recording_worker!(HeaderWorker, |d| d
+    .headers()
+    .and_then(|h| h.get("Nats-Key"))
+    .map(|v| v.as_str().to_string())
+    .unwrap_or_default());
+recording_worker!(ParityWorker, |d| {
+    let n: u64 = std::str::from_utf8(d.payload())
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_default();
+    format!("p{}", n % 2)
+});
+
+#[test]
+fn a_topology_file_declares_workers_and_their_key() {
+    let topology = ractor_jetstream::Topology::from_toml_str(
+        r#"
+        [[streams]]
+        name = "ORDERS"
+        subjects = ["orders.>"]
+
+        [[consumers]]
+        stream = "ORDERS"
+        durable = "by-customer"
+        target = "order-workers"
+        mode = "pull"
+        workers = 8
+        key = { subject_token = 2 }
+
+        [[consumers]]
+        stream = "ORDERS"
+        durable = "by-header"
+        target = "order-workers"
+        mode = "push"
+        workers = 3
+        key = { header = "Nats-Key" }
+        "#,
+    )
+    .expect("parses");
+    let consumers = &topology.consumers;
+    assert_eq!(consumers[0].child.workers, Some(8));
+    assert_eq!(consumers[0].child.key, Some(KeySpec::SubjectToken(2)));
+    assert_eq!(consumers[1].child.workers, Some(3));
+    assert_eq!(
+        consumers[1].child.key,
+        Some(KeySpec::Header("Nats-Key".into()))
+    );
+    let bad = ractor_jetstream::Topology::from_toml_str(
+        r#"
+        [[consumers]]
+        stream = "ORDERS"
+        durable = "bad"
+        target = "w"
+        mode = "pull"
+        workers = 0
+        key = { subject_token = 2 }
+        "#,
+    );
+    let err = bad.expect_err("0 workers");
+    assert!(err.to_string().contains("workers"), "{err}");
 }
