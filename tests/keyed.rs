@@ -694,3 +694,53 @@ fn a_topology_file_declares_workers_and_their_key() {
     let err = bad.expect_err("0 workers");
     assert!(err.to_string().contains("workers"), "{err}");
 }
+
+#[tokio::test]
+async fn each_keys_order_holds_across_a_supervisor_restart() {
+    let env = env().await;
+    let book = Book::default();
+    let decide = |d: &Delivery| {
+        if d.delivered() == 1 && d.stream_sequence().is_multiple_of(11) {
+            Plan::Nak
+        } else {
+            Plan::Ack(Duration::from_millis(2))
+        }
+    };
+    let spec = ConsumerSpec::pull("KEYED", "k", "w")
+        .ack_wait(Duration::from_secs(30))
+        .workers(4, KeySpec::SubjectToken(1));
+    let first = start(&env, spec.clone(), workers(&book, decide)).await;
+    let seqs = publish_keys(&env, 8, 30).await;
+    let total = seqs.len();
+    // The first supervisor works a while, then stops in the middle of a
+    // fetch.
+    let fetching = {
+        let first = first.clone();
+        tokio::spawn(async move {
+            loop {
+                if first
+                    .fetch("k", 50, Some(Duration::from_millis(200)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        })
+    };
+    wait_until("some acked", || book.acked_count() >= 60).await;
+    first
+        .actor()
+        .stop_and_wait(None, Some(PATIENCE))
+        .await
+        .expect("stopped");
+    let _ = fetching.await;
+    let stopped_at = Instant::now();
+    // A second one on the same durable takes over.
+    let second = start(&env, spec, workers(&book, decide)).await;
+    fetch_until(&second, 50, || book.acked_count() == total).await;
+    // What was in flight came back at once, not after the 30 s ack wait.
+    assert!(stopped_at.elapsed() < Duration::from_secs(25));
+    book.assert_in_order();
+    assert_all_acked(&env, total as u64).await;
+}
