@@ -49,7 +49,7 @@ use crate::spec::ConsumerSpec;
 use crate::target::Target;
 pub(crate) use alarm::Alarm;
 pub use child::ConsumerState;
-pub(crate) use child::Internal;
+pub(crate) use child::{Internal, check_keyed_target};
 pub(crate) use child::{WorkerCtl, WorkerCtx, WorkerInbox, handle_child_msg, start_child};
 pub(crate) use drain::{drain_in_flight, drain_recording};
 pub(crate) use fetch::FetchRequest;

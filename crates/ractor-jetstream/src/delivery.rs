@@ -136,7 +136,7 @@ pub struct Delivery {
     max_hold: Duration,
     hold_ends: AtomicU64,
     /// Told the outcome once the delivery is settled (a keyed dispatcher
-    /// watching its workers; see `crate::keyed`).
+    /// watching its workers; see the `keyed` module).
     observer: Option<Observer>,
 }
 

@@ -106,9 +106,7 @@ use futures::future::BoxFuture;
 use ractor::{Actor, ActorCell, DerivedActorRef, SpawnErr};
 
 use crate::delivery::Delivery;
-use crate::error::Error;
-use crate::spec::{ConsumerSpec, KeySpec};
-use crate::target::Target;
+use crate::spec::KeySpec;
 
 pub(crate) use dispatcher::{DispatchArgs, Dispatcher, Leftover};
 
@@ -231,38 +229,4 @@ impl Keyer {
 pub(crate) fn redelivery_bound(ack_wait: Duration, backoff: &[Duration]) -> Duration {
     let longest = backoff.iter().copied().max().unwrap_or_default();
     ack_wait.max(longest) + Duration::from_secs(1)
-}
-
-/// Checks that a consumer's spec and its target agree on keyed workers:
-/// `workers` in the spec and [`Workers`] as the target, with a key.
-pub(crate) fn check_target(spec: &ConsumerSpec, target: &Target) -> Result<(), Error> {
-    let field = |name: &str| format!("consumers[{}].{name}", spec.durable);
-    match (spec.child.workers, target.workers()) {
-        (Some(workers), None) => Err(Error::invalid(
-            field("workers"),
-            workers,
-            format!(
-                "the target `{}` is one actor; register keyed workers under that name (`Workers::new`)",
-                spec.target
-            ),
-        )),
-        (None, Some(_)) => Err(Error::invalid(
-            field("workers"),
-            "unset",
-            format!(
-                "the target `{}` is keyed workers; say how many (`workers = N`) and the key",
-                spec.target
-            ),
-        )),
-        (Some(workers), Some(keyed)) if spec.child.key.is_none() && !keyed.has_key_fn() => {
-            Err(Error::invalid(
-                field("key"),
-                "unset",
-                format!(
-                    "{workers} workers need a key (`key = {{ subject_token = I }}`, `key = {{ header = \"H\" }}`, or `Workers::key_fn`)"
-                ),
-            ))
-        }
-        _ => Ok(()),
-    }
 }

@@ -59,7 +59,7 @@ pub struct Target {
 #[derive(Clone)]
 enum Kind {
     Actor(DerivedActorRef<Delivery>),
-    /// Keyed workers, started by the child (see [`crate::keyed`]).
+    /// Keyed workers, started by the child (see [`Workers`]).
     Workers(Workers),
     Lookup {
         /// What is looked up, for logs and `Debug`.

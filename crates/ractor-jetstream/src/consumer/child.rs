@@ -215,7 +215,7 @@ where
             actual: spec.mode(),
         }));
     }
-    crate::keyed::check_target(&spec, &target)?;
+    check_keyed_target(&spec, &target)?;
     crate::fault_point!("rj-child-pre-start");
     let (info, action) = ensure_consumer(&connection, &spec).await?;
     if action == crate::ensure::ConsumerAction::Created {
@@ -396,4 +396,38 @@ pub(crate) fn handle_child_msg(
         }
     }
     Ok(())
+}
+
+/// Checks that a consumer's spec and its target agree on keyed workers:
+/// `workers` in the spec and [`Workers`] as the target, with a key.
+pub(crate) fn check_keyed_target(spec: &ConsumerSpec, target: &Target) -> Result<(), Error> {
+    let field = |name: &str| format!("consumers[{}].{name}", spec.durable);
+    match (spec.child.workers, target.workers()) {
+        (Some(workers), None) => Err(Error::invalid(
+            field("workers"),
+            workers,
+            format!(
+                "the target `{}` is one actor; register keyed workers under that name (`Workers::new`)",
+                spec.target
+            ),
+        )),
+        (None, Some(_)) => Err(Error::invalid(
+            field("workers"),
+            "unset",
+            format!(
+                "the target `{}` is keyed workers; say how many (`workers = N`) and the key",
+                spec.target
+            ),
+        )),
+        (Some(workers), Some(keyed)) if spec.child.key.is_none() && !keyed.has_key_fn() => {
+            Err(Error::invalid(
+                field("key"),
+                "unset",
+                format!(
+                    "{workers} workers need a key (`key = {{ subject_token = I }}`, `key = {{ header = \"H\" }}`, or `Workers::key_fn`)"
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
 }

@@ -99,12 +99,12 @@ pub struct ChildSettings {
     /// before the term); the consumer itself must not.
     pub dead_letter_subject: Option<String>,
     /// Keyed parallelism: this many workers behind the durable, each
-    /// message handled by one of them, in order per key (see
-    /// [`crate::keyed`]). The target must then be [`crate::Workers`].
+    /// message handled by one of them, in order per key (see the `keyed`
+    /// module). The target must then be keyed `Workers`.
     /// Unset: one target actor.
     pub workers: Option<u32>,
     /// What a message's key is, for `workers` (a function given in code
-    /// with [`crate::Workers::key_fn`] takes its place).
+    /// with `Workers::key_fn` takes its place).
     pub key: Option<KeySpec>,
 }
 
@@ -262,7 +262,7 @@ impl ConsumerSpec {
     }
 
     /// Feeds `workers` workers instead of one target, in order per `key`
-    /// (see [`crate::keyed`]).
+    /// (see the `keyed` module).
     pub fn workers(mut self, workers: u32, key: KeySpec) -> Self {
         self.child.workers = Some(workers);
         self.child.key = Some(key);

@@ -93,7 +93,7 @@ impl Launch {
             durable: spec.durable.clone(),
             target: spec.target.clone(),
         })?;
-        crate::keyed::check_target(&spec, &target)?;
+        crate::consumer::check_keyed_target(&spec, &target)?;
         if bind {
             ensure_consumer(&connection, &spec).await?;
         }
