@@ -299,6 +299,7 @@ async fn start_dispatcher(
         remaining: info.num_ack_pending as u64,
         last_delivered: info.delivered.stream_sequence,
         until: tokio::time::Instant::now() + redelivery,
+        back: Default::default(),
     });
     let args = keyed::DispatchArgs {
         durable: Arc::from(spec.durable.as_str()),

@@ -2,7 +2,7 @@
 //! keeps a queue per key, hands the oldest waiting key to an idle worker,
 //! and sees each decision on its way back; see the [module docs](super).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,6 +63,8 @@ pub(crate) struct Leftover {
     pub last_delivered: u64,
     /// When they must all be back.
     pub until: Instant,
+    /// The left-over messages seen back so far (each counted once).
+    pub back: HashSet<u64>,
 }
 
 pub(crate) struct DispatchArgs {
@@ -93,6 +95,26 @@ struct Key {
     /// In the ready queue.
     ready: bool,
     blocked: Option<Block>,
+}
+
+impl Key {
+    /// Blocks the key until `stream_sequence`, nak'ed with `delay`, is back;
+    /// the key's waiting messages are nak'ed after it, in stream order.
+    fn block(&mut self, stream_sequence: u64, delay: Duration, redelivery: Duration) {
+        let now = Instant::now();
+        let block = self.blocked.get_or_insert_with(|| Block {
+            out: BTreeSet::new(),
+            delay_ends: now,
+            until: now,
+        });
+        block.out.insert(stream_sequence);
+        block.delay_ends = block.delay_ends.max(now + delay);
+        block.until = block.delay_ends + redelivery;
+        for waiting in self.waiting.drain(..) {
+            block.out.insert(waiting.stream_sequence());
+            nak_until(waiting, block.delay_ends, now);
+        }
+    }
 }
 
 /// A key waiting for its nak'ed messages to come back.
@@ -217,7 +239,7 @@ impl DispatchState {
             if now >= leftover.until {
                 self.leftover = None;
             } else if sequence <= leftover.last_delivered {
-                if delivery.delivered() > 1 {
+                if delivery.delivered() > 1 && leftover.back.insert(sequence) {
                     leftover.remaining = leftover.remaining.saturating_sub(1);
                     if leftover.remaining == 0 {
                         tracing::info!(durable = %self.durable, "the messages an earlier process left are back");
@@ -299,20 +321,7 @@ impl DispatchState {
             Outcome::Abandoned | Outcome::Late => Some(Duration::ZERO),
         };
         if let Some(delay) = delay {
-            let now = Instant::now();
-            let block = entry.blocked.get_or_insert_with(|| Block {
-                out: BTreeSet::new(),
-                delay_ends: now,
-                until: now,
-            });
-            block.out.insert(stream_sequence);
-            block.delay_ends = block.delay_ends.max(now + delay);
-            block.until = block.delay_ends + self.redelivery;
-            // The rest of the key after it, in stream order.
-            for waiting in entry.waiting.drain(..) {
-                block.out.insert(waiting.stream_sequence());
-                nak_until(waiting, block.delay_ends, now);
-            }
+            entry.block(stream_sequence, delay, self.redelivery);
         }
         if entry.waiting.is_empty() {
             if entry.blocked.is_none() {
@@ -345,6 +354,17 @@ impl DispatchState {
             let Some(mut delivery) = entry.waiting.pop_front() else {
                 continue;
             };
+            if std::time::Instant::now() > delivery.deadline() {
+                // It waited past the child's hold: the child nak'ed it, and
+                // it comes back. The rest of the key waits for it.
+                let sequence = delivery.stream_sequence();
+                drop(delivery);
+                entry.block(sequence, Duration::ZERO, self.redelivery);
+                if entry.waiting.is_empty() && entry.blocked.is_none() {
+                    self.keys.remove(&key);
+                }
+                continue;
+            }
             let slot = &mut self.workers[worker];
             let Some(actor) = slot.actor.clone() else {
                 entry.waiting.push_front(delivery);
