@@ -143,7 +143,13 @@ pub(crate) struct DispatchState {
     ready: VecDeque<Arc<str>>,
     leftover: Option<Leftover>,
     redelivery: Duration,
+    /// Messages handled, for the sweep.
+    handled: u64,
 }
+
+/// How many messages the dispatcher handles between two sweeps of its
+/// keys.
+const SWEEP_EVERY: u64 = 4096;
 
 impl Actor for Dispatcher {
     type Msg = DispatchMsg;
@@ -183,6 +189,7 @@ impl Actor for Dispatcher {
             ready: VecDeque::new(),
             leftover: args.leftover,
             redelivery: args.redelivery,
+            handled: 0,
         })
     }
 
@@ -208,6 +215,7 @@ impl Actor for Dispatcher {
             DispatchMsg::Settled(settled) => state.settled(settled),
         }
         state.dispatch();
+        state.sweep();
         Ok(())
     }
 
@@ -402,6 +410,22 @@ impl DispatchState {
                 }
             }
         }
+    }
+
+    /// Now and then, forgets keys with nothing waiting whose block was
+    /// given up (a nak'ed message that never came back), so that many keys
+    /// seen once do not stay in memory.
+    fn sweep(&mut self) {
+        self.handled += 1;
+        if !self.handled.is_multiple_of(SWEEP_EVERY) {
+            return;
+        }
+        let now = Instant::now();
+        self.keys.retain(|_, key| {
+            key.busy
+                || !key.waiting.is_empty()
+                || key.blocked.as_ref().is_some_and(|b| now < b.until)
+        });
     }
 
     fn idle_worker(&mut self) -> Option<usize> {
