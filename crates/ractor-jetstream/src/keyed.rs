@@ -59,6 +59,14 @@
 //! to that: per-key queues, a busy flag per key and per worker, and the
 //! decision of each delivery seen on its way back.
 //!
+//! **Deliveries it costs.** Keeping a key's order after a nak means nak'ing
+//! the messages of that key waiting behind it, and each such nak spends one
+//! of their deliveries. With `max_deliver` set, a message held back this
+//! way often enough reaches its last delivery without any worker having
+//! failed on it (it is then dead-lettered when a dead-letter subject is
+//! set, as any last delivery that fails). Give keyed consumers a
+//! `max_deliver` well above the naks a key is expected to see, or none.
+//!
 //! **Across processes.** The order holds within one process. Several
 //! processes bound to one durable each get some of a key's messages, and
 //! nothing orders their work; partitioned consumer groups (one durable per
