@@ -782,3 +782,60 @@ async fn messages_that_waited_past_the_hold_are_not_worked_on_out_of_order() {
         .expect("stats");
     assert!(stats.timed_out > 0, "some waited past the hold: {stats:?}");
 }
+
+/// The waits come from the durable as the server has it: a durable created
+/// elsewhere with a 3 s ack wait, bound by a spec that says nothing of it.
+/// Newer messages wait for the leftovers about 3 s, not the 30 s default.
+#[tokio::test]
+async fn leftovers_are_waited_for_by_the_durables_own_ack_wait() {
+    let env = env().await;
+    create_stream(&env.js, "KEYED", &["keyed.>"]).await;
+    let first = publish_keys(&env, 4, 5).await;
+    let stream = env.js.get_stream("KEYED").await.expect("stream");
+    let consumer: async_nats::jetstream::consumer::PullConsumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("k".into()),
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(3),
+            ..Default::default()
+        })
+        .await
+        .expect("durable");
+    {
+        use futures::StreamExt;
+        let mut batch = consumer
+            .fetch()
+            .max_messages(20)
+            .messages()
+            .await
+            .expect("fetch");
+        while let Some(message) = batch.next().await {
+            message.expect("message");
+        }
+    }
+    let newer = publish_keys(&env, 4, 5).await;
+    let total = first.len() + newer.len();
+    let book = Book::default();
+    let keyed = workers(&book, |_| Plan::Ack(Duration::ZERO));
+    // The spec does not set ack_wait.
+    let spec = ConsumerSpec::pull("KEYED", "k", "w").workers(4, KeySpec::SubjectToken(1));
+    let topology = Topology::new().consumer(spec);
+    let args = SupervisorArgs::new(env.js.clone(), topology).target("w", keyed);
+    let started = Instant::now();
+    let (supervisor, _) = SupervisorHandle::spawn(None, args)
+        .await
+        .expect("supervisor");
+    let deadline = started + Duration::from_secs(20);
+    while book.acked_count() < total {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {total} acked after 20 s: the newer messages waited by the spec's default ack wait (30 s), not the durable's 3 s",
+            book.acked_count()
+        );
+        let _ = supervisor
+            .fetch("k", 40, Some(Duration::from_millis(200)))
+            .await;
+    }
+    book.assert_in_order();
+    assert_all_acked(&env, total as u64).await;
+}

@@ -294,7 +294,13 @@ async fn start_dispatcher(
     let Some(workers) = target.workers() else {
         return Ok((target, None));
     };
-    let redelivery = keyed::redelivery_bound(spec.effective_ack_wait(), &spec.server.backoff);
+    // By the durable as the server has it (the spec may leave the ack wait
+    // and backoff to a durable made elsewhere).
+    let ack_wait = match info.config.ack_wait {
+        zero if zero.is_zero() => spec.effective_ack_wait(),
+        ack_wait => ack_wait,
+    };
+    let redelivery = keyed::redelivery_bound(ack_wait, &info.config.backoff);
     let leftover = (info.num_ack_pending > 0).then(|| keyed::Leftover {
         remaining: info.num_ack_pending as u64,
         last_delivered: info.delivered.stream_sequence,
