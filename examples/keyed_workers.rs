@@ -311,7 +311,7 @@ async fn run() -> Result<(), String> {
     let args = parse_args(std::env::args().skip(1))?;
     let stream_spec = StreamSpec::new(&args.stream, args.subjects.clone());
     let key = KeySpec::SubjectToken(args.key_token);
-    let mut consumer_spec = match args.mode {
+    let consumer_spec = match args.mode {
         Mode::Pull => ConsumerSpec::pull(&args.stream, &args.durable, TARGET),
         Mode::Push => ConsumerSpec::push(&args.stream, &args.durable, TARGET),
     }
@@ -362,19 +362,10 @@ async fn run() -> Result<(), String> {
 
     // 3. The stream as it is when it exists (another program may have made
     //    it), created from the arguments otherwise. An existing durable
-    //    keeps its ack_wait and backoff, and the spec says the same: the
-    //    dispatcher times its waits (for the messages a killed process
-    //    left, for nak'ed ones) by the spec, which would otherwise say the
-    //    30 s default.
+    //    keeps its ack_wait and backoff (the spec does not set them).
     let mut topology = Topology::new();
     match js.get_stream(&args.stream).await {
-        Ok(stream) => {
-            if let Ok(existing) = stream.consumer_info(&args.durable).await {
-                consumer_spec = consumer_spec
-                    .ack_wait(existing.config.ack_wait)
-                    .backoff(existing.config.backoff.clone());
-            }
-        }
+        Ok(_) => {}
         Err(err)
             if matches!(err.kind(), GetStreamErrorKind::JetStream(e)
                 if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
