@@ -13,9 +13,16 @@
 //! - push: a push consumer's `messages()` with `ack()`, against a
 //!   [`PushConsumer`] with `max_in_flight` 256;
 //! - restart: the time from killing a pull child under the supervisor to
-//!   the next delivery at the target, median over `--crashes` crashes.
+//!   the next delivery at the target, median over `--crashes` crashes;
+//! - keyed: a pull child feeding N keyed workers
+//!   (`ConsumerSpec::pull(..).workers(N, KeySpec::SubjectToken(2))`) on 64
+//!   keys, with 1 ms of (sleeping) work per message for N = 1, 4, 8, 16,
+//!   and with none for N = 1 against a plain pull child; every row counts
+//!   the order violations the workers saw. See the `keyed` module, and
+//!   `--cases keyed` to run it alone.
 //!
-//! In both library cases the target is a trivial actor that acks at once.
+//! In the pull and push library cases the target is a trivial actor that
+//! acks at once.
 //! Latency is measured from a message's arrival at the child to the target
 //! receiving it. Peak RSS is this process's (the server is another one),
 //! reset before each measured run.
@@ -35,6 +42,8 @@ use ractor_jetstream::{
 };
 use tokio::sync::oneshot;
 
+mod keyed;
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -49,7 +58,12 @@ pub struct Options {
     pub window: usize,
     /// Crashes for the restart case.
     pub crashes: usize,
-    /// Which cases: any of `pull`, `push`, `restart`.
+    /// The keyed case's fetch batch (and its plain pull baseline's).
+    pub keyed_batch: usize,
+    /// The keyed case's messages per worker in its 1 ms rows (workers=16
+    /// runs on 16 times as many as workers=1).
+    pub keyed_messages: u64,
+    /// Which cases: any of `pull`, `push`, `restart`, `keyed`.
     pub cases: Vec<String>,
     /// Where the table and the plot go.
     pub out_dir: PathBuf,
@@ -60,8 +74,9 @@ pub const PAYLOAD: usize = 128;
 
 impl Options {
     /// Parses `--messages N --rounds R --batches 1,10,100,500 --window W
-    /// --crashes C --cases pull,push,restart --out DIR`. Unknown arguments
-    /// (such as the `--bench` that `cargo bench` passes) are ignored.
+    /// --crashes C --keyed-batch B --keyed-messages M
+    /// --cases pull,push,restart,keyed --out DIR`. Unknown arguments (such
+    /// as the `--bench` that `cargo bench` passes) are ignored.
     pub fn parse(args: impl Iterator<Item = String>) -> Result<Self, String> {
         let mut options = Options {
             messages: 100_000,
@@ -69,7 +84,14 @@ impl Options {
             batches: vec![1, 10, 100, 500],
             window: 256,
             crashes: 20,
-            cases: vec!["pull".into(), "push".into(), "restart".into()],
+            keyed_batch: 500,
+            keyed_messages: 1_000,
+            cases: vec![
+                "pull".into(),
+                "push".into(),
+                "restart".into(),
+                "keyed".into(),
+            ],
             out_dir: default_out_dir(),
         };
         let mut args = args.peekable();
@@ -86,6 +108,8 @@ impl Options {
                 "--rounds" => options.rounds = number(&flag, value(&flag)?)? as usize,
                 "--window" => options.window = number(&flag, value(&flag)?)? as usize,
                 "--crashes" => options.crashes = number(&flag, value(&flag)?)? as usize,
+                "--keyed-batch" => options.keyed_batch = number(&flag, value(&flag)?)? as usize,
+                "--keyed-messages" => options.keyed_messages = number(&flag, value(&flag)?)?,
                 "--batches" => {
                     options.batches = value(&flag)?
                         .split(',')
@@ -215,7 +239,14 @@ pub async fn run(options: Options) -> Result<(), BoxError> {
         );
         restart = Some(median);
     }
-    write_reports(&options, &results, restart)?;
+    let mut keyed_rows = Vec::new();
+    if options.cases.iter().any(|c| c == "keyed") {
+        keyed_rows = keyed::keyed_case(&js, &options).await?;
+        for row in &keyed_rows {
+            println!("{}", row.line());
+        }
+    }
+    write_reports(&options, &results, restart, &keyed_rows)?;
     Ok(())
 }
 
@@ -332,30 +363,10 @@ async fn pull_case(
         fill(js, n).await?;
         let (target, probe) = spawn_target(n).await?;
         let spec = ConsumerSpec::pull("BENCH", "actor", "bench");
-        let (child, _) = Actor::spawn(
-            None,
-            PullConsumer,
-            ConsumerArgs {
-                connection: js.clone().into(),
-                spec,
-                target: target.get_derived().into(),
-            },
-        )
-        .await?;
+        let child = spawn_pull_child(js, spec, target.get_derived().into()).await?;
         reset_peak_rss();
         let sampler = InFlightSampler::start(child.clone());
-        let started = Instant::now();
-        let mut delivered = 0u64;
-        // The path a user gets: a pull handle on the child.
-        let pull = ractor_jetstream::PullHandle::from_child("actor", child.clone());
-        while delivered < n {
-            let outcome = pull
-                .fetch(batch as u64, Some(Duration::from_secs(1)))
-                .await?;
-            delivered += outcome.delivered;
-        }
-        js.client().flush().await?;
-        let elapsed = started.elapsed();
+        let elapsed = fetch_all(js, "actor", &child, n, batch).await?;
         let label = format!("pull batch={batch}");
         rounds
             .finish_actor_run(
@@ -517,8 +528,22 @@ async fn restart_case(js: &jetstream::Context, options: &Options) -> Result<f64,
     Ok(median(&mut samples))
 }
 
-/// Deletes and re-creates the stream, and publishes `n` messages into it.
+/// Deletes and re-creates the stream, and publishes `n` messages of
+/// [`PAYLOAD`] bytes to `bench.data`.
 async fn fill(js: &jetstream::Context, n: u64) -> Result<(), BoxError> {
+    let subject = async_nats::Subject::from_static("bench.data");
+    let payload = bytes::Bytes::from(vec![b'x'; PAYLOAD]);
+    fill_with(js, n, |_| (subject.clone(), payload.clone())).await
+}
+
+/// Deletes and re-creates the stream (`bench.>`), and publishes `n`
+/// messages into it: the `i`-th (from 0) is `message(i)`, its subject and
+/// payload.
+async fn fill_with(
+    js: &jetstream::Context,
+    n: u64,
+    message: impl Fn(u64) -> (async_nats::Subject, bytes::Bytes),
+) -> Result<(), BoxError> {
     let _ = js.delete_stream("BENCH").await;
     js.create_stream(stream::Config {
         name: "BENCH".into(),
@@ -527,10 +552,10 @@ async fn fill(js: &jetstream::Context, n: u64) -> Result<(), BoxError> {
         ..Default::default()
     })
     .await?;
-    let payload = bytes::Bytes::from(vec![b'x'; PAYLOAD]);
     let mut pending = Vec::with_capacity(1024);
     for i in 0..n {
-        pending.push(js.publish("bench.data", payload.clone()).await?);
+        let (subject, payload) = message(i);
+        pending.push(js.publish(subject, payload).await?);
         if pending.len() == 1024 || i + 1 == n {
             for ack in pending.drain(..) {
                 ack.await?;
@@ -538,6 +563,51 @@ async fn fill(js: &jetstream::Context, n: u64) -> Result<(), BoxError> {
         }
     }
     Ok(())
+}
+
+/// Spawns a pull child of its own (no supervisor) for `spec`, feeding
+/// `target`.
+async fn spawn_pull_child(
+    js: &jetstream::Context,
+    spec: ConsumerSpec,
+    target: ractor_jetstream::Target,
+) -> Result<ActorRef<ConsumerMsg>, BoxError> {
+    let (child, _) = Actor::spawn(
+        None,
+        PullConsumer,
+        ConsumerArgs {
+            connection: js.clone().into(),
+            spec,
+            target,
+        },
+    )
+    .await?;
+    Ok(child)
+}
+
+/// Fetches `batch` at a time from `child` until `n` messages were
+/// delivered, then flushes the connection; returns the time from the first
+/// fetch to the flush. A fetch answers once every message it delivered is
+/// settled, so by then every one was acked.
+async fn fetch_all(
+    js: &jetstream::Context,
+    durable: &str,
+    child: &ActorRef<ConsumerMsg>,
+    n: u64,
+    batch: usize,
+) -> Result<Duration, BoxError> {
+    // The path a user gets: a pull handle on the child.
+    let pull = ractor_jetstream::PullHandle::from_child(durable, child.clone());
+    let started = Instant::now();
+    let mut delivered = 0u64;
+    while delivered < n {
+        let outcome = pull
+            .fetch(batch as u64, Some(Duration::from_secs(1)))
+            .await?;
+        delivered += outcome.delivered;
+    }
+    js.client().flush().await?;
+    Ok(started.elapsed())
 }
 
 async fn check_all_acked(js: &jetstream::Context, durable: &str, n: u64) -> Result<(), BoxError> {
@@ -789,6 +859,7 @@ fn write_reports(
     options: &Options,
     results: &[CaseResult],
     restart: Option<f64>,
+    keyed_rows: &[keyed::KeyedRow],
 ) -> Result<(), BoxError> {
     std::fs::create_dir_all(&options.out_dir)?;
     let mut table = String::new();
@@ -798,12 +869,14 @@ fn write_reports(
         machine(),
         options.rounds
     )?;
-    writeln!(table)?;
-    writeln!(
-        table,
-        "| case | messages | raw async-nats msg/s | ractor-jetstream msg/s | ratio | paired ratio | p50 µs | p99 µs | peak RSS MiB | max in flight |"
-    )?;
-    writeln!(table, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    if !results.is_empty() {
+        writeln!(table)?;
+        writeln!(
+            table,
+            "| case | messages | raw async-nats msg/s | ractor-jetstream msg/s | ratio | paired ratio | p50 µs | p99 µs | peak RSS MiB | max in flight |"
+        )?;
+        writeln!(table, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    }
     for r in results {
         let case = if r.mode == "pull" {
             format!("pull, batch {}", r.size)
@@ -831,6 +904,10 @@ fn write_reports(
             "Restart to resume (kill a pull child, next delivery at the target): median {median:.1} ms over {} crashes.",
             options.crashes
         )?;
+    }
+    if !keyed_rows.is_empty() {
+        writeln!(table)?;
+        keyed::write_table(&mut table, options, keyed_rows)?;
     }
     let table_path = options.out_dir.join("throughput.md");
     std::fs::write(&table_path, &table)?;
