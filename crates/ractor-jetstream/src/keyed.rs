@@ -105,6 +105,7 @@
 
 mod dispatcher;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -211,23 +212,24 @@ pub(crate) enum Keyer {
 }
 
 impl Keyer {
-    pub fn key(&self, delivery: &Delivery) -> Arc<str> {
+    /// The key, borrowed from the delivery where it can be.
+    pub fn key<'a>(&self, delivery: &'a Delivery) -> Cow<'a, str> {
         match self {
-            Self::SubjectToken(index) => Arc::from(
+            Self::SubjectToken(index) => Cow::Borrowed(
                 delivery
                     .subject()
                     .split('.')
                     .nth(*index)
                     .unwrap_or_default(),
             ),
-            Self::Header(name) => Arc::from(
+            Self::Header(name) => Cow::Borrowed(
                 delivery
                     .headers()
                     .and_then(|headers| headers.get(name.as_str()))
                     .map(|value| value.as_str())
                     .unwrap_or_default(),
             ),
-            Self::Code(key) => Arc::from(key(delivery)),
+            Self::Code(key) => Cow::Owned(key(delivery)),
         }
     }
 }

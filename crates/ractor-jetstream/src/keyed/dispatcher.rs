@@ -259,7 +259,7 @@ impl DispatchState {
                 // and after its key's earlier ones that come back with it
                 // (delayed naks end in no particular order).
                 let until = leftover.until;
-                let key = self.keyer.key(&delivery);
+                let key = self.key_of(&delivery);
                 let redelivery = self.redelivery;
                 let entry = self.keys.entry(key).or_default();
                 let block = entry.blocked.get_or_insert_with(|| Block {
@@ -272,7 +272,7 @@ impl DispatchState {
                 return;
             }
         }
-        let key = self.keyer.key(&delivery);
+        let key = self.key_of(&delivery);
         let entry = self.keys.entry(key.clone()).or_default();
         if let Some(block) = &mut entry.blocked {
             match block.out.first() {
@@ -305,6 +305,16 @@ impl DispatchState {
         }
     }
 
+    /// The delivery's key, shared with the map's own when the key is known
+    /// (no allocation per message).
+    fn key_of(&self, delivery: &Delivery) -> Arc<str> {
+        let key = self.keyer.key(delivery);
+        match self.keys.get_key_value(key.as_ref()) {
+            Some((known, _)) => known.clone(),
+            None => Arc::from(key.as_ref()),
+        }
+    }
+
     /// A worker settled a delivery of `key`.
     fn settled(&mut self, settled: Settled) {
         let Settled {
@@ -331,11 +341,9 @@ impl DispatchState {
         if let Some(delay) = delay {
             entry.block(stream_sequence, delay, self.redelivery);
         }
-        if entry.waiting.is_empty() {
-            if entry.blocked.is_none() {
-                self.keys.remove(&key);
-            }
-        } else if !entry.ready {
+        // An idle key stays (the sweep forgets it), so that the next
+        // message of it finds it without an allocation.
+        if !entry.waiting.is_empty() && !entry.ready {
             entry.ready = true;
             self.ready.push_back(key);
         }
@@ -368,9 +376,6 @@ impl DispatchState {
                 let sequence = delivery.stream_sequence();
                 drop(delivery);
                 entry.block(sequence, Duration::ZERO, self.redelivery);
-                if entry.waiting.is_empty() && entry.blocked.is_none() {
-                    self.keys.remove(&key);
-                }
                 continue;
             }
             let slot = &mut self.workers[worker];
@@ -412,9 +417,9 @@ impl DispatchState {
         }
     }
 
-    /// Now and then, forgets keys with nothing waiting whose block was
-    /// given up (a nak'ed message that never came back), so that many keys
-    /// seen once do not stay in memory.
+    /// Now and then, forgets idle keys (nothing waiting or at work, no
+    /// block, or one given up because a nak'ed message never came back),
+    /// so that many keys seen once do not stay in memory.
     fn sweep(&mut self) {
         self.handled += 1;
         if !self.handled.is_multiple_of(SWEEP_EVERY) {
