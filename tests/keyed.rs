@@ -764,6 +764,20 @@ async fn messages_that_waited_past_the_hold_are_not_worked_on_out_of_order() {
     let seqs = publish(&env.js, (0..8).map(|_| "keyed.slow".to_string())).await;
     let total = seqs.len();
     fetch_until(&supervisor, 8, || book.acked_count() == total).await;
+    // An ack that came after the hold ended was not taken: that message is
+    // delivered again, and acked again, before the server is done.
+    let deadline = Instant::now() + PATIENCE * 2;
+    loop {
+        let info = try_consumer_info(&env.js, "KEYED", "k").await;
+        if info.is_ok_and(|i| i.ack_floor.stream_sequence == total as u64 && i.num_ack_pending == 0)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the server never saw every ack");
+        let _ = supervisor
+            .fetch("k", 8, Some(Duration::from_millis(200)))
+            .await;
+    }
     book.assert_in_order();
     book.with(|s| {
         let mut acked = s.acked["slow"].clone();
