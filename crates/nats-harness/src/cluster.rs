@@ -130,7 +130,9 @@ impl NatsCluster {
     }
 
     /// Every node healthy, all agreeing on one meta leader that knows the
-    /// whole cluster.
+    /// whole cluster and sees every other node online and current (until
+    /// then it refuses to place a replicated stream: "no suitable peers
+    /// for placement, peer offline").
     async fn wait_formed(&self) -> Result<(), HarnessError> {
         let started = Instant::now();
         let timeout = self
@@ -161,7 +163,10 @@ impl NatsCluster {
             let agreed = seen
                 .iter()
                 .all(|(l, size)| l == leader && *size == self.nodes.len() as u64);
-            if agreed && self.index_of(leader).is_some() {
+            if agreed
+                && let Some(index) = self.index_of(leader)
+                && self.peers_current(index).await
+            {
                 return Ok(());
             }
             if started.elapsed() >= timeout {
@@ -175,6 +180,24 @@ impl NatsCluster {
             }
             tokio::time::sleep(POLL).await;
         }
+    }
+
+    /// Whether the meta leader (node `leader`) sees every other node as a
+    /// current, online replica.
+    async fn peers_current(&self, leader: usize) -> bool {
+        let Some(node) = self.nodes.get(leader) else {
+            return false;
+        };
+        let Ok(jsz) = node.monitor_json("/jsz").await else {
+            return false;
+        };
+        let Some(replicas) = jsz["meta_cluster"]["replicas"].as_array() else {
+            return false;
+        };
+        replicas.len() + 1 == self.nodes.len()
+            && replicas.iter().all(|peer| {
+                peer["current"].as_bool() == Some(true) && peer["offline"].as_bool() != Some(true)
+            })
     }
 
     /// The cluster's name (the `cluster.name` of every node).
