@@ -76,31 +76,41 @@ impl Book {
     }
 }
 
+/// A worker that processes each delivery as the test's plan says and
+/// records it in the [`Book`] under the key `$key` gives it.
+macro_rules! recording_worker {
+    ($worker:ty, $key:expr) => {
+        impl Actor for $worker {
+            type Msg = Delivery;
+            type State = (Book, Decide);
+            type Arguments = (Book, Decide);
+
+            async fn pre_start(
+                &self,
+                _: ActorRef<Delivery>,
+                args: (Book, Decide),
+            ) -> Result<Self::State, ActorProcessingErr> {
+                Ok(args)
+            }
+
+            async fn handle(
+                &self,
+                _: ActorRef<Delivery>,
+                delivery: Delivery,
+                (book, decide): &mut Self::State,
+            ) -> Result<(), ActorProcessingErr> {
+                let key: fn(&Delivery) -> String = $key;
+                work(book, decide, key(&delivery), delivery).await;
+                Ok(())
+            }
+        }
+    };
+}
+
+/// Records what it processes, keyed by the subject's second token.
 struct KeyedWorker;
 
-impl Actor for KeyedWorker {
-    type Msg = Delivery;
-    type State = (Book, Decide);
-    type Arguments = (Book, Decide);
-
-    async fn pre_start(
-        &self,
-        _: ActorRef<Delivery>,
-        args: (Book, Decide),
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(args)
-    }
-
-    async fn handle(
-        &self,
-        _: ActorRef<Delivery>,
-        delivery: Delivery,
-        (book, decide): &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        work(book, decide, key_of(&delivery), delivery).await;
-        Ok(())
-    }
-}
+recording_worker!(KeyedWorker, key_of);
 
 /// Processes one delivery as the decision says, recording what was seen.
 async fn work(book: &Book, decide: &Decide, key: String, delivery: Delivery) {
@@ -606,35 +616,6 @@ struct HeaderWorker;
 
 /// Records like [`KeyedWorker`], keyed by the payload's parity.
 struct ParityWorker;
-
-macro_rules! recording_worker {
-    ($worker:ty, $key:expr) => {
-        impl Actor for $worker {
-            type Msg = Delivery;
-            type State = (Book, Decide);
-            type Arguments = (Book, Decide);
-
-            async fn pre_start(
-                &self,
-                _: ActorRef<Delivery>,
-                args: (Book, Decide),
-            ) -> Result<Self::State, ActorProcessingErr> {
-                Ok(args)
-            }
-
-            async fn handle(
-                &self,
-                _: ActorRef<Delivery>,
-                delivery: Delivery,
-                (book, decide): &mut Self::State,
-            ) -> Result<(), ActorProcessingErr> {
-                let key: fn(&Delivery) -> String = $key;
-                work(book, decide, key(&delivery), delivery).await;
-                Ok(())
-            }
-        }
-    };
-}
 
 recording_worker!(HeaderWorker, |d| d
     .headers()

@@ -3,51 +3,22 @@
 //! and each key's messages worked on in stream order, in pull and in push
 //! mode, through naks, and across a kill of the process.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
-use nats_harness::NatsServer;
 use tokio::process::Command;
+
+use common::{env, example_bin, wait_for_consumer};
 
 /// Generous bound for anything that should happen "soon".
 const PATIENCE: Duration = Duration::from_secs(30);
 /// How long one run of the example may take.
 const RUN_LIMIT: Duration = Duration::from_secs(120);
-
-/// One fresh JetStream server and a connection to it.
-struct Env {
-    server: NatsServer,
-    js: jetstream::Context,
-}
-
-async fn env() -> Env {
-    let server = NatsServer::start().await.expect("start nats-server");
-    let client = async_nats::connect(server.url()).await.expect("connect");
-    Env {
-        js: jetstream::new(client),
-        server,
-    }
-}
-
-/// The compiled example, building it first when `cargo test` was asked
-/// for only some targets.
-fn example_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join("examples").join(name);
-    if !bin.exists() {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "--example", name])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cargo build");
-        assert!(status.success(), "building example {name} failed");
-    }
-    bin
-}
 
 /// The example as a command against `url`.
 fn keyed_workers(url: &str, args: &[String]) -> Command {
@@ -170,39 +141,6 @@ fn by_key(record: &[(String, u64)]) -> BTreeMap<String, Vec<u64>> {
         keys.entry(key.clone()).or_default().push(*sequence);
     }
     keys
-}
-
-/// Polls the consumer info until `check` holds, or panics after
-/// [`PATIENCE`] with the last info.
-async fn wait_for_consumer(
-    js: &jetstream::Context,
-    stream: &str,
-    durable: &str,
-    what: &str,
-    check: impl Fn(&consumer::Info) -> bool,
-) -> consumer::Info {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let last = match js.get_stream(stream).await {
-            Ok(s) => match s.consumer_info(durable).await {
-                Ok(info) if check(&info) => return info,
-                Ok(info) => format!(
-                    "ack_floor.stream={} num_ack_pending={} num_pending={} num_redelivered={}",
-                    info.ack_floor.stream_sequence,
-                    info.num_ack_pending,
-                    info.num_pending,
-                    info.num_redelivered
-                ),
-                Err(e) => format!("no consumer info: {e}"),
-            },
-            Err(e) => format!("no stream: {e}"),
-        };
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}: {last}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 async fn wait_for_stream(js: &jetstream::Context, name: &str) {

@@ -578,3 +578,20 @@ pub fn times_seen_across(records: &[&Record]) -> BTreeMap<u64, usize> {
     }
     map
 }
+
+/// The compiled example, building it first when `cargo test` was asked
+/// for only some targets.
+pub fn example_bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("examples").join(name);
+    if !bin.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--example", name])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building example {name} failed");
+    }
+    bin
+}
