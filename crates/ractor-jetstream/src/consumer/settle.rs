@@ -200,6 +200,9 @@ pub(crate) fn settle_stopped(
     letters: Vec<PendingDeadLetter>,
     after: Option<AfterTail>,
 ) {
+    let runtime = tokio::runtime::Handle::try_current().ok();
+    // Waiting for a tail takes a task; without a runtime, publish at once.
+    let after = after.filter(|_| runtime.is_some());
     let mut rest = Vec::new();
     if after.is_some() {
         rest = publishes;
@@ -213,10 +216,7 @@ pub(crate) fn settle_stopped(
     if rest.is_empty() && letters.is_empty() && after.is_none() {
         return;
     }
-    let Ok(handle) = tokio::runtime::Handle::try_current() else {
-        for (subject, payload) in std::mem::take(&mut rest) {
-            let _ = publish_now(client, subject, payload);
-        }
+    let Some(handle) = runtime else {
         tracing::warn!(
             count = rest.len() + letters.len(),
             "no runtime to settle in-flight deliveries; they return after ack_wait"
