@@ -3,8 +3,8 @@
 //! parallel.
 //!
 //! The key is one token of the subject (`--key-token 1` keys
-//! `orders.42.created` by `42`). The library's dispatcher hands each key to
-//! one free worker at a time; this example checks, from what the workers
+//! `orders.42.created` by `42`). The consumer child hands each key to one
+//! worker at a time; this example checks, from what the workers
 //! see, that the order holds: a message of a key is never worked on while
 //! an earlier message of that key is still unacknowledged here, nor after a
 //! later one was acked. Work is a sleep of `--work-ms` (the shape of
@@ -376,7 +376,7 @@ async fn run() -> Result<(), String> {
     }
     let topology = topology.consumer(consumer_spec);
 
-    // 4. The workers, spawned by the consumer's dispatcher, and the
+    // 4. The workers, spawned by the consumer's worker pool, and the
     //    supervisor that makes the durable exist and starts its child.
     let shared = Arc::new(Shared {
         key_token: args.key_token,

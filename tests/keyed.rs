@@ -24,7 +24,7 @@ enum Plan {
     Ack(Duration),
     /// Nak's at once.
     Nak,
-    /// Panics (the dispatcher spawns the worker again).
+    /// Panics (the worker pool spawns the worker again).
     Panic,
 }
 

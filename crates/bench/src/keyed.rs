@@ -24,8 +24,7 @@
 //!   measured in this case, on the same stream, batch and count, in pairs
 //!   of runs (at least 5); `baseline_msgs_per_s` is that child's median
 //!   rate, `speedup` the ratio of the two medians, and `paired_speedup` the
-//!   median of the per-pair ratios. It is what the dispatcher and the
-//!   worker hop cost.
+//!   median of the per-pair ratios. It is what the routing by key costs.
 //!
 //! Both sides fetch `--keyed-batch` messages at a time (default 500: enough
 //! to keep 16 workers busy, about 8 messages per key per fetch), with
@@ -303,7 +302,7 @@ async fn within<T>(
         .map_err(|_| format!("{what}: not consumed within {RUN_LIMIT:?}"))?
 }
 
-/// Stops a child and waits for it (and so its dispatcher and workers) to
+/// Stops a child and waits for it (and so its worker pool and workers) to
 /// be gone, so that the next run has the machine to itself.
 async fn stop(child: &ActorRef<ConsumerMsg>) -> Result<(), BoxError> {
     child

@@ -99,10 +99,17 @@ pub(crate) enum Verdict {
     /// the registry wait for it, so that none is delivered straight back
     /// into a dead pull request.
     Tail(tokio::sync::oneshot::Receiver<Vec<async_nats::Subject>>),
+    /// A keyed consumer's worker was spawned again (see `keyed/pool.rs`):
+    /// the child's router takes it up.
+    Wake,
 }
 
 /// Identifies one delivery within its child (slot and generation).
 pub(crate) type Token = u64;
+
+/// The token of a settlement that is about no delivery: an unread message
+/// handed over by a subscription guard, or a wake-up.
+pub(crate) const ORPHAN: Token = Token::MAX;
 
 /// One verdict on one delivery.
 #[derive(Debug)]
@@ -135,26 +142,7 @@ pub struct Delivery {
     /// takes `&self`).
     max_hold: Duration,
     hold_ends: AtomicU64,
-    /// Told the outcome once the delivery is settled (a keyed dispatcher
-    /// watching its workers; see the `keyed` module).
-    observer: Option<Observer>,
 }
-
-/// What a settled delivery tells its observer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    Ack,
-    Nak(Option<Duration>),
-    Term,
-    /// Dropped undecided (its target failed): nak'ed by the child.
-    Abandoned,
-    /// Decided after the child had given up on it (its hold ended): the
-    /// child nak'ed it then, so it comes back whatever the decision was.
-    Late,
-}
-
-/// Called with a delivery's outcome when it is settled.
-pub(crate) type Observer = Box<dyn FnOnce(Outcome) + Send + Sync>;
 
 impl Delivery {
     pub(crate) fn new(
@@ -175,18 +163,12 @@ impl Delivery {
             received_at,
             max_hold,
             hold_ends: AtomicU64::new(nanos(max_hold)),
-            observer: None,
         }
     }
 
-    /// Tells `observer` the outcome once this delivery is settled.
-    pub(crate) fn observe(&mut self, observer: Observer) {
-        self.observer = Some(observer);
-    }
-
-    /// Forgets the observer (the delivery went back to whoever set it).
-    pub(crate) fn unobserve(&mut self) {
-        self.observer = None;
+    /// The token the child knows this delivery by.
+    pub(crate) fn token(&self) -> Token {
+        self.token
     }
 
     /// When the child gives up waiting for a decision and nak's the
@@ -362,21 +344,10 @@ impl Delivery {
     /// target, without settling it.
     pub(crate) fn into_message(mut self) -> async_nats::Message {
         self.settle = None;
-        self.observer = None;
         std::mem::replace(&mut self.message, placeholder())
     }
 
     fn send(&mut self, verdict: Verdict) {
-        let observed = self.observer.take().map(|observer| {
-            let outcome = match &verdict {
-                _ if std::time::Instant::now() > self.deadline() => Outcome::Late,
-                Verdict::Decided(Decision::Ack) => Outcome::Ack,
-                Verdict::Decided(Decision::Nak(delay)) => Outcome::Nak(*delay),
-                Verdict::Decided(Decision::Term(_)) => Outcome::Term,
-                _ => Outcome::Abandoned,
-            };
-            (observer, outcome)
-        });
         if let Some(tx) = self.settle.take() {
             // A closed channel means the child is gone and has nak'ed this
             // delivery already; it will come again.
@@ -384,11 +355,6 @@ impl Delivery {
                 token: self.token,
                 verdict,
             });
-        }
-        // After the verdict is on its way to the child, so that whatever
-        // the observer does next reaches the child after it.
-        if let Some((observer, outcome)) = observed {
-            observer(outcome);
         }
     }
 }

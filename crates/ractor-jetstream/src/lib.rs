@@ -275,6 +275,7 @@ pub mod keyed;
 mod mode;
 pub mod restart;
 pub mod spec;
+mod status;
 pub mod supervisor;
 pub mod target;
 

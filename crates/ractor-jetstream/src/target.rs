@@ -172,11 +172,13 @@ impl fmt::Debug for Target {
     }
 }
 
+/// Whether a target (or a keyed worker) can take deliveries.
+pub(crate) fn is_running(target: &DerivedActorRef<Delivery>) -> bool {
+    running(target.get_status())
+}
+
 fn running(status: ActorStatus) -> bool {
-    matches!(
-        status,
-        ActorStatus::Starting | ActorStatus::Running | ActorStatus::Upgrading
-    )
+    crate::status::takes_messages(status)
 }
 
 /// A worker's target: the actor in hand, looked up again when it stopped.

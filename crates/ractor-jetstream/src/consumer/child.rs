@@ -117,6 +117,8 @@ pub(crate) struct WorkerCtx {
     pub stream: Arc<str>,
     pub durable: Arc<str>,
     pub counters: Arc<Counters>,
+    /// With keyed workers, how the worker routes deliveries to them.
+    pub routing: Option<keyed::Routing>,
 }
 
 impl WorkerCtx {
@@ -129,14 +131,18 @@ impl WorkerCtx {
             self.spec.child.dead_letter_subject.clone(),
             self.effective.max_deliver,
         );
-        inflight::InFlight::new(
+        let mut in_flight = inflight::InFlight::new(
             self.connection.client(),
             self.stream.clone(),
             self.durable.clone(),
             &self.effective,
             self.counters.clone(),
             dead_letters,
-        )
+        );
+        if let Some(routing) = &self.routing {
+            in_flight.route(routing.clone());
+        }
+        in_flight
     }
 }
 
@@ -167,8 +173,8 @@ pub struct ConsumerState {
     control: mpsc::UnboundedSender<WorkerCtl>,
     limits: SharedEffective,
     draining: bool,
-    /// The keyed workers' dispatcher, when the consumer has workers.
-    _dispatcher: Option<DispatcherHandle>,
+    /// The keyed workers' pool, when the consumer has workers.
+    _pool: Option<PoolHandle>,
     /// The worker finished its work (a drain) and the child stopped itself:
     /// a normal end. A child killed or stopped from outside never sets it.
     finished: bool,
@@ -228,7 +234,7 @@ where
         );
     }
     tracing::debug!(stream = %spec.stream, durable = %spec.durable, ?action, "consumer child bound");
-    let (target, dispatcher) = start_dispatcher(&myself, &spec, &info, target).await?;
+    let (target, pool, routing) = start_pool(&myself, &spec, &info, target).await?;
     let counters = Arc::new(Counters::default());
     let durable: Arc<str> = Arc::from(spec.durable.as_str());
     let (fetch_tx, fetch_rx) = mpsc::channel(MAX_QUEUED_FETCHES as usize);
@@ -245,6 +251,7 @@ where
         stream: Arc::from(spec.stream.as_str()),
         durable: durable.clone(),
         counters: counters.clone(),
+        routing,
     };
     let inbox = WorkerInbox {
         fetches: fetch_rx,
@@ -279,20 +286,21 @@ where
         draining: false,
         finished: false,
         _worker: WorkerHandle { task },
-        _dispatcher: dispatcher,
+        _pool: pool,
     })
 }
 
-/// With keyed workers, starts the dispatcher (linked to the child) and
-/// makes it the target; see [`crate::keyed`].
-async fn start_dispatcher(
+/// With keyed workers, starts their pool (linked to the child), which
+/// stands as the target, and says how the worker routes to them; see
+/// [`crate::keyed`].
+async fn start_pool(
     myself: &ActorRef<ConsumerMsg>,
     spec: &ConsumerSpec,
     info: &jetstream::consumer::Info,
     target: Target,
-) -> Result<(Target, Option<DispatcherHandle>), ActorProcessingErr> {
+) -> Result<(Target, Option<PoolHandle>, Option<keyed::Routing>), ActorProcessingErr> {
     let Some(workers) = target.workers() else {
-        return Ok((target, None));
+        return Ok((target, None, None));
     };
     // By the durable as the server has it (the spec may leave the ack wait
     // and backoff to a durable made elsewhere).
@@ -307,27 +315,33 @@ async fn start_dispatcher(
         until: tokio::time::Instant::now() + redelivery,
         back: Default::default(),
     });
-    let args = keyed::DispatchArgs {
-        durable: Arc::from(spec.durable.as_str()),
+    let durable: Arc<str> = Arc::from(spec.durable.as_str());
+    let table = Arc::new(keyed::WorkerTable::default());
+    let args = keyed::PoolArgs {
+        durable: durable.clone(),
         count: spec.child.workers.unwrap_or(1) as usize,
-        keyer: workers.keyer(spec.child.key.as_ref()),
         workers: workers.clone(),
+        table: table.clone(),
+    };
+    let routing = keyed::Routing {
+        durable,
+        keyer: workers.keyer(spec.child.key.as_ref()),
+        table,
         leftover,
         redelivery,
     };
-    let (dispatcher, _) =
-        ractor::Actor::spawn_linked(None, keyed::Dispatcher, args, myself.get_cell()).await?;
-    let target = Target::actor(dispatcher.get_derived());
-    Ok((target, Some(DispatcherHandle(dispatcher.get_cell()))))
+    let (pool, _) = ractor::Actor::spawn_linked(None, keyed::Pool, args, myself.get_cell()).await?;
+    let target = Target::actor(pool.get_derived());
+    Ok((target, Some(PoolHandle(pool.get_cell())), Some(routing)))
 }
 
-/// The child's handle on its dispatcher: kills it and its workers when the
-/// child's state goes, however the child ended. Killed, not stopped: the
-/// child has nak'ed what they hold, and its successor's workers get it
+/// The child's handle on its worker pool: kills it and its workers when
+/// the child's state goes, however the child ended. Killed, not stopped:
+/// the child has nak'ed what they hold, and its successor's workers get it
 /// again, so these must not go on working on it.
-struct DispatcherHandle(ractor::ActorCell);
+struct PoolHandle(ractor::ActorCell);
 
-impl Drop for DispatcherHandle {
+impl Drop for PoolHandle {
     fn drop(&mut self) {
         for worker in self.0.get_children() {
             worker.kill();

@@ -33,11 +33,8 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::delivery::{Settlement, Token, Verdict};
+use crate::delivery::{ORPHAN, Settlement, Verdict};
 use async_nats::jetstream::AckKind;
-
-/// The token of an unread message handed over by a subscription guard.
-pub(crate) const ORPHAN: Token = Token::MAX;
 
 /// How long past a pull request's `expires` its tail still waits for it:
 /// the server's expiry is not to the millisecond.

@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use async_nats::Subject;
 use bytes::Bytes;
-use ractor::{ActorStatus, DerivedActorRef};
+use ractor::DerivedActorRef;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -54,6 +54,8 @@ use super::effective::Effective;
 pub(crate) use super::guard::{GuardedSubscription, UnreadSink};
 use super::settle;
 use crate::delivery::{Decision, Delivery, Settlement, Token};
+use crate::keyed::{Router, Routing};
+pub(crate) use crate::target::is_running;
 
 /// What became of one delivery, for the tally of a fetch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,14 +136,9 @@ pub(crate) struct InFlight {
     /// Dead-letter publishes, sent in order by a task started on the
     /// first one; each reports back through the settlement channel.
     dead_lettering: Option<DeadLetterQueue>,
-}
-
-/// Whether an actor can take messages.
-pub(crate) fn is_running(target: &DerivedActorRef<Delivery>) -> bool {
-    matches!(
-        target.get_status(),
-        ActorStatus::Starting | ActorStatus::Running | ActorStatus::Upgrading
-    )
+    /// With keyed workers: what takes the deliveries instead of the
+    /// target, and sees each decision (see [`crate::keyed`]).
+    router: Option<Router>,
 }
 
 fn token(index: u32, generation: u32) -> Token {
@@ -180,7 +177,15 @@ impl InFlight {
             counters,
             dead_letters,
             dead_lettering: None,
+            router: None,
         }
+    }
+
+    /// Hands deliveries to keyed workers through `routing` instead of to
+    /// the target.
+    pub fn route(&mut self, routing: Routing) {
+        routing.table.wake_with(self.settle_tx.clone());
+        self.router = Some(Router::new(routing));
     }
 
     /// Wraps a subscription so that its unread messages are nak'ed by this

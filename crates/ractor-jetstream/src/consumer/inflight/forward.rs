@@ -118,6 +118,11 @@ impl InFlight {
             now.into_std(),
             self.max_hold,
         );
+        if let Some(router) = &mut self.router {
+            router.arrived(delivery);
+            router.dispatch();
+            return Ok(stream_sequence);
+        }
         let Some(target) = self.target.as_ref() else {
             return Err(ForwardError::TargetGone);
         };

@@ -8,10 +8,10 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::super::dead_letter::{DeadLetterQueue, Job};
-use super::super::guard::ORPHAN;
 use super::super::settle::{self, Plan, Seen};
 use super::{InFlight, Settled, Stage, split};
-use crate::delivery::{Decision, Settlement, Token, Verdict};
+use crate::delivery::{Decision, ORPHAN, Settlement, Token, Verdict};
+use crate::keyed::Outcome;
 use async_nats::jetstream::AckKind;
 
 impl InFlight {
@@ -35,8 +35,31 @@ impl InFlight {
     /// an in-progress extension, or a delivery no fetch counted.
     pub async fn apply(&mut self, settlement: Settlement) -> Option<Settled> {
         crate::fault_point!("rj-before-apply");
+        if self.router.is_none() {
+            return self.apply_verdict(settlement).await;
+        }
+        // With keyed workers the router sees the outcome too, once it is
+        // applied: it frees the key and its worker, or blocks the key.
+        let token = settlement.token;
+        let wake = matches!(settlement.verdict, Verdict::Wake);
+        let outcome = Outcome::of(&settlement.verdict, self.current(token).is_some());
+        let settled = self.apply_verdict(settlement).await;
+        if let Some(router) = &mut self.router {
+            if wake {
+                router.woken();
+            }
+            if let Some(outcome) = outcome {
+                router.settled(token, outcome);
+            }
+            router.dispatch();
+        }
+        settled
+    }
+
+    async fn apply_verdict(&mut self, settlement: Settlement) -> Option<Settled> {
         let Settlement { token, verdict } = settlement;
         let (decision, settled) = match verdict {
+            Verdict::Wake => return None,
             Verdict::Unread(reply) => {
                 self.publish(reply, Bytes::from(AckKind::Nak(None))).await;
                 return None;

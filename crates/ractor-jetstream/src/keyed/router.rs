@@ -1,56 +1,29 @@
-//! The dispatcher: the consumer child's target when it has workers. It
-//! keeps a queue per key, hands the oldest waiting key to an idle worker,
-//! and sees each decision on its way back; see the [module docs](super).
+//! The router: the keyed dispatch, run by the consumer child's worker task
+//! itself. It keeps a queue per key, hands the oldest waiting key to a
+//! worker with room, and sees each decision as the child applies it; see
+//! the [module docs](super).
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{
-    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, DerivedActorRef, MessagingErr,
-    SupervisionEvent,
-};
+use ractor::{DerivedActorRef, MessagingErr};
 use tokio::time::Instant;
 
-use super::{Keyer, Workers};
-use crate::delivery::{Delivery, Outcome};
+use super::Keyer;
+use super::pool::WorkerTable;
+use crate::delivery::{Decision, Delivery, Token, Verdict};
 
-/// The dispatcher actor; see the module docs.
-pub(crate) struct Dispatcher;
-
-/// What the dispatcher receives: deliveries from the child, and the
-/// outcome of each delivery it handed to a worker. A delivery is not boxed:
-/// it is the message of the hot path, one allocation each would cost more
-/// than the larger enum.
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum DispatchMsg {
-    Delivery(Delivery),
-    Settled(Settled),
-}
-
-impl From<Delivery> for DispatchMsg {
-    fn from(delivery: Delivery) -> Self {
-        Self::Delivery(delivery)
-    }
-}
-
-impl TryFrom<DispatchMsg> for Delivery {
-    type Error = DispatchMsg;
-    fn try_from(msg: DispatchMsg) -> Result<Self, DispatchMsg> {
-        match msg {
-            DispatchMsg::Delivery(delivery) => Ok(delivery),
-            other => Err(other),
-        }
-    }
-}
-
-/// A delivery a worker settled.
-pub(crate) struct Settled {
-    worker: usize,
-    generation: u64,
-    key: Arc<str>,
-    stream_sequence: u64,
-    outcome: Outcome,
+/// What the router needs to start: cloned into each worker task the child
+/// starts (one at a time).
+#[derive(Clone)]
+pub(crate) struct Routing {
+    pub durable: Arc<str>,
+    pub keyer: Keyer,
+    pub table: Arc<WorkerTable>,
+    pub leftover: Option<Leftover>,
+    /// How long after its delay a nak'ed message must be back.
+    pub redelivery: Duration,
 }
 
 /// Messages a dead process left unacknowledged, still to come back.
@@ -67,23 +40,51 @@ pub(crate) struct Leftover {
     pub back: HashSet<u64>,
 }
 
-pub(crate) struct DispatchArgs {
-    pub durable: Arc<str>,
-    pub count: usize,
-    pub workers: Workers,
-    pub keyer: Keyer,
-    pub leftover: Option<Leftover>,
-    /// How long after its delay a nak'ed message must be back.
-    pub redelivery: Duration,
+/// What became of a delivery a worker had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Ack,
+    Nak(Option<Duration>),
+    Term,
+    /// Dropped undecided (its worker failed): nak'ed by the child.
+    Abandoned,
+    /// Decided after the child had given up on it (its hold ended): the
+    /// child nak'ed it then, so it comes back whatever the decision was.
+    Late,
 }
 
+impl Outcome {
+    /// The outcome of a verdict on a delivery, given whether the child
+    /// still had it (it has not, once it gave up on it). `None` for what
+    /// is not a worker's last word on its delivery.
+    pub fn of(verdict: &Verdict, still_held: bool) -> Option<Self> {
+        let outcome = match verdict {
+            Verdict::Decided(_) | Verdict::Abandoned(_) if !still_held => Self::Late,
+            Verdict::Decided(Decision::Ack) => Self::Ack,
+            Verdict::Decided(Decision::Nak(delay)) => Self::Nak(*delay),
+            Verdict::Decided(Decision::Term(_)) => Self::Term,
+            Verdict::Abandoned(_) => Self::Abandoned,
+            _ => return None,
+        };
+        Some(outcome)
+    }
+}
+
+/// One worker, as the router last saw it.
 struct Worker {
     actor: Option<DerivedActorRef<Delivery>>,
-    id: Option<ActorId>,
-    /// Bumped at each respawn: an outcome from an earlier one is not this
-    /// one's.
     generation: u64,
-    busy: bool,
+    /// Deliveries at it and not yet settled, each of another key (at most
+    /// the router's `depth`).
+    held: usize,
+}
+
+/// A delivery at a worker.
+struct AtWorker {
+    worker: usize,
+    generation: u64,
+    key: Arc<str>,
+    stream_sequence: u64,
 }
 
 #[derive(Default)]
@@ -130,117 +131,91 @@ struct Block {
     until: Instant,
 }
 
-pub(crate) struct DispatchState {
-    myself: ActorRef<DispatchMsg>,
+/// The router; see the module docs.
+pub(crate) struct Router {
     durable: Arc<str>,
-    spawner: Workers,
     keyer: Keyer,
+    table: Arc<WorkerTable>,
     workers: Vec<Worker>,
-    /// Where the search for an idle worker starts (round robin).
+    /// How many deliveries a worker holds at most.
+    depth: usize,
+    /// Where the search for a worker starts (round robin among equals).
     next_worker: usize,
     keys: HashMap<Arc<str>, Key>,
     /// Keys with a message waiting and nothing at a worker, oldest first.
     ready: VecDeque<Arc<str>>,
+    at_workers: HashMap<Token, AtWorker>,
     leftover: Option<Leftover>,
     redelivery: Duration,
     /// Messages handled, for the sweep.
     handled: u64,
 }
 
-/// How many messages the dispatcher handles between two sweeps of its
-/// keys.
+/// How many messages the router handles between two sweeps of its keys.
 const SWEEP_EVERY: u64 = 4096;
 
-impl Actor for Dispatcher {
-    type Msg = DispatchMsg;
-    type State = DispatchState;
-    type Arguments = DispatchArgs;
+/// How many deliveries the workers hold in all, about: each holds the one
+/// it works on and the next ones, of other keys, waiting in its mailbox.
+/// More than one keeps a fast worker from waiting on the child between two
+/// messages; a few at most keep a slow message from holding many others
+/// back while another worker is idle. So one worker holds up to 32, and
+/// 16 workers up to 2 each (see [`depth`]).
+const AT_WORKERS: usize = 32;
 
-    async fn pre_start(
-        &self,
-        myself: ActorRef<DispatchMsg>,
-        args: DispatchArgs,
-    ) -> Result<DispatchState, ActorProcessingErr> {
-        let mut workers = Vec::with_capacity(args.count);
-        for index in 0..args.count {
-            let actor = args.workers.spawn(index, myself.get_cell()).await?;
-            workers.push(Worker {
-                id: Some(actor.get_id()),
-                actor: Some(actor),
-                generation: 0,
-                busy: false,
-            });
-        }
-        if let Some(leftover) = &args.leftover {
+/// How many deliveries each of `workers` holds at most.
+fn depth(workers: usize) -> usize {
+    (AT_WORKERS / workers.max(1)).max(2)
+}
+
+/// How long a message that came back ahead of an earlier nak'ed one of its
+/// key waits before it comes again.
+const AHEAD_PAUSE: Duration = Duration::from_millis(20);
+
+impl Router {
+    pub fn new(routing: Routing) -> Self {
+        let Routing {
+            durable,
+            keyer,
+            table,
+            leftover,
+            redelivery,
+        } = routing;
+        if let Some(leftover) = &leftover {
             tracing::info!(
-                durable = %args.durable,
+                %durable,
                 unacknowledged = leftover.remaining,
                 "messages left unacknowledged by an earlier process: newer ones wait until they are back"
             );
         }
-        Ok(DispatchState {
-            myself,
-            durable: args.durable,
-            spawner: args.workers,
-            keyer: args.keyer,
+        let workers = (0..table.len())
+            .map(|index| {
+                let spawned = table.get(index);
+                Worker {
+                    generation: spawned.as_ref().map_or(0, |s| s.generation),
+                    actor: spawned.map(|s| s.actor),
+                    held: 0,
+                }
+            })
+            .collect::<Vec<_>>();
+        Self {
+            durable,
+            keyer,
+            table,
+            depth: depth(workers.len()),
             workers,
             next_worker: 0,
             keys: HashMap::new(),
             ready: VecDeque::new(),
-            leftover: args.leftover,
-            redelivery: args.redelivery,
+            at_workers: HashMap::new(),
+            leftover,
+            redelivery,
             handled: 0,
-        })
-    }
-
-    async fn post_stop(
-        &self,
-        myself: ActorRef<DispatchMsg>,
-        state: &mut DispatchState,
-    ) -> Result<(), ActorProcessingErr> {
-        // What waits here is dropped, and so nak'ed by the child.
-        state.keys.clear();
-        myself.stop_children(Some("the consumer's dispatcher stopped".into()));
-        Ok(())
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<DispatchMsg>,
-        message: DispatchMsg,
-        state: &mut DispatchState,
-    ) -> Result<(), ActorProcessingErr> {
-        match message {
-            DispatchMsg::Delivery(delivery) => state.arrived(delivery),
-            DispatchMsg::Settled(settled) => state.settled(settled),
         }
-        state.dispatch();
-        state.sweep();
-        Ok(())
     }
 
-    async fn handle_supervisor_evt(
-        &self,
-        myself: ActorRef<DispatchMsg>,
-        event: SupervisionEvent,
-        state: &mut DispatchState,
-    ) -> Result<(), ActorProcessingErr> {
-        let (cell, why) = match event {
-            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.unwrap_or_else(|| "stopped".into()))
-            }
-            _ => return Ok(()),
-        };
-        state.respawn(&cell, &why, myself.get_cell()).await?;
-        state.dispatch();
-        Ok(())
-    }
-}
-
-impl DispatchState {
-    /// A delivery from the child.
-    fn arrived(&mut self, delivery: Delivery) {
+    /// A delivery the child forwards.
+    pub fn arrived(&mut self, delivery: Delivery) {
+        self.sweep();
         let now = Instant::now();
         let sequence = delivery.stream_sequence();
         if let Some(leftover) = &mut self.leftover {
@@ -315,19 +290,22 @@ impl DispatchState {
         }
     }
 
-    /// A worker settled a delivery of `key`.
-    fn settled(&mut self, settled: Settled) {
-        let Settled {
+    /// The child applied a worker's last word on a delivery (or gave up on
+    /// it before).
+    pub fn settled(&mut self, token: Token, outcome: Outcome) {
+        let Some(AtWorker {
             worker,
             generation,
             key,
             stream_sequence,
-            outcome,
-        } = settled;
+        }) = self.at_workers.remove(&token)
+        else {
+            return;
+        };
         if let Some(slot) = self.workers.get_mut(worker)
             && slot.generation == generation
         {
-            slot.busy = false;
+            slot.held = slot.held.saturating_sub(1);
         }
         let Some(entry) = self.keys.get_mut(&key) else {
             return;
@@ -349,10 +327,17 @@ impl DispatchState {
         }
     }
 
-    /// Hands the oldest waiting keys to idle workers.
-    fn dispatch(&mut self) {
+    /// The pool spawned a worker again: takes it up.
+    pub fn woken(&mut self) {
+        for index in 0..self.workers.len() {
+            self.refresh(index);
+        }
+    }
+
+    /// Hands the oldest waiting keys to workers with room.
+    pub fn dispatch(&mut self) {
         while !self.ready.is_empty() {
-            let Some(worker) = self.idle_worker() else {
+            let Some(worker) = self.free_worker() else {
                 return;
             };
             let Some(key) = self.ready.pop_front() else {
@@ -367,7 +352,7 @@ impl DispatchState {
             if entry.busy {
                 continue;
             }
-            let Some(mut delivery) = entry.waiting.pop_front() else {
+            let Some(delivery) = entry.waiting.pop_front() else {
                 continue;
             };
             if std::time::Instant::now() > delivery.deadline() {
@@ -379,39 +364,37 @@ impl DispatchState {
                 continue;
             }
             let slot = &mut self.workers[worker];
-            let Some(actor) = slot.actor.clone() else {
+            let Some(actor) = &slot.actor else {
                 entry.waiting.push_front(delivery);
                 continue;
             };
-            let myself = self.myself.clone();
-            let settled_key = key.clone();
-            let generation = slot.generation;
+            let token = delivery.token();
             let stream_sequence = delivery.stream_sequence();
-            delivery.observe(Box::new(move |outcome| {
-                let _ = myself.cast(DispatchMsg::Settled(Settled {
-                    worker,
-                    generation,
-                    key: settled_key,
-                    stream_sequence,
-                    outcome,
-                }));
-            }));
             match actor.send_message(delivery) {
                 Ok(()) => {
-                    slot.busy = true;
+                    slot.held += 1;
                     entry.busy = true;
+                    self.at_workers.insert(
+                        token,
+                        AtWorker {
+                            worker,
+                            generation: slot.generation,
+                            key,
+                            stream_sequence,
+                        },
+                    );
                 }
                 Err(err) => {
-                    // The worker is stopping; its respawn takes over.
+                    // The worker is stopping: its respawn takes over.
                     slot.actor = None;
-                    if let MessagingErr::SendErr(mut delivery) = err {
-                        delivery.unobserve();
+                    if let MessagingErr::SendErr(delivery) = err {
                         entry.waiting.push_front(delivery);
                     }
                     if !entry.waiting.is_empty() {
                         entry.ready = true;
                         self.ready.push_front(key);
                     }
+                    self.refresh(worker);
                 }
             }
         }
@@ -433,41 +416,49 @@ impl DispatchState {
         });
     }
 
-    fn idle_worker(&mut self) -> Option<usize> {
+    /// The running worker with the fewest deliveries in hand, if it has
+    /// room for another; among equals, the next in turn.
+    fn free_worker(&mut self) -> Option<usize> {
         let count = self.workers.len();
+        for index in 0..count {
+            if self.workers[index]
+                .actor
+                .as_ref()
+                .is_some_and(|actor| !is_running(actor))
+            {
+                self.refresh(index);
+            }
+        }
         let found = (0..count)
             .map(|i| (self.next_worker + i) % count)
-            .find(|&i| !self.workers[i].busy && self.workers[i].actor.is_some())?;
+            .filter(|&i| self.workers[i].actor.is_some() && self.workers[i].held < self.depth)
+            .min_by_key(|&i| self.workers[i].held)?;
         self.next_worker = (found + 1) % count;
         Some(found)
     }
 
-    /// A worker stopped or failed: spawns it again. What it held was
-    /// dropped (nak'ed by the child); its outcome reaches `settled`.
-    async fn respawn(
-        &mut self,
-        cell: &ActorCell,
-        why: &str,
-        parent: ActorCell,
-    ) -> Result<(), ActorProcessingErr> {
-        let id = cell.get_id();
-        let Some(index) = self.workers.iter().position(|w| w.id == Some(id)) else {
-            return Ok(());
+    /// Takes up the pool's latest spawn of worker `index`, if it runs (a
+    /// new spawn has nothing in hand yet).
+    fn refresh(&mut self, index: usize) {
+        let Some(slot) = self.workers.get_mut(index) else {
+            return;
         };
-        tracing::warn!(durable = %self.durable, worker = index, reason = %why, "keyed worker stopped; spawning it again");
-        let actor = self.spawner.spawn(index, parent).await?;
-        let slot = &mut self.workers[index];
-        slot.id = Some(actor.get_id());
-        slot.actor = Some(actor);
-        slot.generation += 1;
-        slot.busy = false;
-        Ok(())
+        match self.table.get(index) {
+            Some(spawned) if is_running(&spawned.actor) => {
+                if spawned.generation != slot.generation {
+                    slot.generation = spawned.generation;
+                    slot.held = 0;
+                }
+                slot.actor = Some(spawned.actor);
+            }
+            _ => slot.actor = None,
+        }
     }
 }
 
-/// How long a message that came back ahead of an earlier nak'ed one of its
-/// key waits before it comes again.
-const AHEAD_PAUSE: Duration = Duration::from_millis(20);
+fn is_running(worker: &DerivedActorRef<Delivery>) -> bool {
+    crate::status::takes_messages(worker.get_status())
+}
 
 /// Nak's a delivery so that it comes back no earlier than `until`.
 fn nak_until(delivery: Delivery, until: Instant, now: Instant) {
