@@ -27,6 +27,7 @@
 
 mod alarm;
 mod child;
+mod confirm;
 pub(crate) mod dead_letter;
 mod drain;
 pub(crate) mod effective;
@@ -51,6 +52,7 @@ pub(crate) use alarm::Alarm;
 pub use child::ConsumerState;
 pub(crate) use child::{Internal, check_keyed_target};
 pub(crate) use child::{WorkerCtl, WorkerCtx, WorkerInbox, handle_child_msg, start_child};
+pub use confirm::CONFIRM_WITHIN;
 pub(crate) use drain::{drain_in_flight, drain_recording};
 pub(crate) use fetch::FetchRequest;
 pub use fetch::{FetchEnd, FetchOutcome, MAX_FETCH_BATCH, MAX_FETCH_EXPIRES, MAX_QUEUED_FETCHES};

@@ -83,6 +83,8 @@ pub enum Decision {
 pub(crate) enum Verdict {
     /// A final decision from the target.
     Decided(Decision),
+    /// An ack the target waits to see confirmed by the server.
+    AckConfirmed(tokio::sync::oneshot::Sender<Result<(), Error>>),
     /// The target asked for more time.
     Progress,
     /// The delivery was dropped without a decision; the message comes
@@ -115,6 +117,8 @@ pub(crate) const ORPHAN: Token = Token::MAX;
 #[derive(Debug)]
 pub(crate) struct Settlement {
     pub token: Token,
+    /// The delivery's stream sequence (0 for a settlement about none).
+    pub stream_sequence: u64,
     pub verdict: Verdict,
 }
 
@@ -301,6 +305,34 @@ impl Delivery {
         self.decide(Decision::Ack);
     }
 
+    /// Processed: acknowledge it, and wait until the server confirms it
+    /// took the ack (at most [`CONFIRM_WITHIN`](crate::CONFIRM_WITHIN)
+    /// after the child sends it). The acks of one child are confirmed on
+    /// one subscription, without a round trip each.
+    ///
+    /// `Ok` means the server applied the ack: the message is not delivered
+    /// again. An [`Error::AckUnconfirmed`] means the ack is not known to
+    /// have been applied: no reply in time, no consumer to take it (deleted
+    /// meanwhile), the child gone, or the decision too late (the child had
+    /// given up on the delivery and nak'ed it). The message may then be
+    /// delivered again; an effect that must happen once needs an
+    /// idempotent step, such as a publish with a message id (see
+    /// [`Output`](crate::output::Output)).
+    pub async fn ack_confirmed(mut self) -> Result<(), Error> {
+        let durable = self.consumer().to_string();
+        let stream_sequence = self.stream_sequence();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(Verdict::AckConfirmed(tx));
+        match rx.await {
+            Ok(result) => result,
+            Err(_) => Err(Error::AckUnconfirmed {
+                durable,
+                stream_sequence,
+                reason: "the consumer child is gone; the message comes back".into(),
+            }),
+        }
+    }
+
     /// Not processed now: it is delivered again, as soon as the server
     /// gets to it (or after the consumer's `backoff` step, if it has one).
     pub fn nak(self) {
@@ -335,6 +367,7 @@ impl Delivery {
             // A closed channel means the child is gone; nothing to extend.
             let _ = tx.send(Settlement {
                 token: self.token,
+                stream_sequence: self.info.stream_sequence,
                 verdict: Verdict::Progress,
             });
         }
@@ -353,6 +386,7 @@ impl Delivery {
             // delivery already; it will come again.
             let _ = tx.send(Settlement {
                 token: self.token,
+                stream_sequence: self.info.stream_sequence,
                 verdict,
             });
         }

@@ -184,6 +184,22 @@ pub enum Error {
         description: String,
     },
 
+    /// An ack sent for confirmation ([`Delivery::ack_confirmed`](crate::Delivery::ack_confirmed),
+    /// or any ack with `confirm_acks`) was not confirmed by the server: no
+    /// reply in time, no consumer to take it (deleted meanwhile), or the
+    /// child gone before it was sent. The message may be delivered again.
+    #[error(
+        "the ack of stream sequence {stream_sequence} on `{durable}` was not confirmed: {reason}"
+    )]
+    AckUnconfirmed {
+        /// The durable consumer's name.
+        durable: String,
+        /// The message's stream sequence.
+        stream_sequence: u64,
+        /// Why.
+        reason: String,
+    },
+
     /// The consumer child is draining or stopping and takes no new work.
     #[error("consumer `{durable}` is draining and takes no new fetches")]
     Draining {
@@ -249,6 +265,7 @@ impl Error {
             Self::Busy { .. } => ErrorKind::Busy,
             Self::FetchRefused { .. } => ErrorKind::FetchRefused,
             Self::Draining { .. } => ErrorKind::Draining,
+            Self::AckUnconfirmed { .. } => ErrorKind::AckUnconfirmed,
             Self::Decode { .. } => ErrorKind::Decode,
             Self::Server { .. } => ErrorKind::Server,
             Self::Actor { .. } => ErrorKind::Actor,

@@ -273,6 +273,7 @@ pub mod error;
 pub mod handle;
 pub mod keyed;
 mod mode;
+pub mod output;
 pub mod restart;
 pub mod spec;
 mod status;
@@ -284,8 +285,8 @@ pub use connection::Connection;
 pub use consumer::pull::PullConsumer;
 pub use consumer::push::PushConsumer;
 pub use consumer::{
-    ConsumerArgs, ConsumerMsg, ConsumerState, ConsumerStats, DrainReport, FetchEnd, FetchOutcome,
-    MAX_FETCH_BATCH, MAX_FETCH_EXPIRES, MAX_QUEUED_FETCHES,
+    CONFIRM_WITHIN, ConsumerArgs, ConsumerMsg, ConsumerState, ConsumerStats, DrainReport, FetchEnd,
+    FetchOutcome, MAX_FETCH_BATCH, MAX_FETCH_EXPIRES, MAX_QUEUED_FETCHES,
 };
 pub use delivery::{Decision, Delivery, DeliveryInfo};
 pub use ensure::{ConsumerAction, StreamAction, ensure_consumer, ensure_stream};

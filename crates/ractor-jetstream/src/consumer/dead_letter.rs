@@ -202,6 +202,7 @@ impl DeadLetterQueue {
                     .await;
                 let _ = report.send(Settlement {
                     token: job.token,
+                    stream_sequence: job.sequence,
                     verdict: Verdict::DeadLettered(confirmed),
                 });
             }

@@ -45,6 +45,9 @@ pub(crate) struct Effective {
     pub max_batch: Option<u64>,
     /// The server's `max_expires` for pull requests, when it sets a limit.
     pub max_expires: Option<Duration>,
+    /// Whether every ack is sent for confirmation (the spec's
+    /// `confirm_acks`).
+    pub confirm_acks: bool,
 }
 
 impl Effective {
@@ -73,6 +76,7 @@ impl Effective {
             max_ack_pending: positive(config.max_ack_pending),
             max_batch: positive(config.max_batch),
             max_expires: Some(config.max_expires).filter(|d| !d.is_zero()),
+            confirm_acks: spec.child.confirm_acks,
         }
     }
 }

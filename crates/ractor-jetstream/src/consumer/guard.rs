@@ -246,6 +246,7 @@ impl UnreadSink {
             // message returns after ack_wait.
             let _ = self.0.send(Settlement {
                 token: ORPHAN,
+                stream_sequence: 0,
                 verdict: Verdict::Unread(reply),
             });
         }
@@ -273,6 +274,7 @@ impl Drop for GuardedSubscription {
                 // last); if it is gone, the message returns after ack_wait.
                 let _ = self.orphans.send(Settlement {
                     token: ORPHAN,
+                    stream_sequence: 0,
                     verdict: Verdict::Unread(reply),
                 });
             }
@@ -286,6 +288,7 @@ impl Drop for GuardedSubscription {
         let (unsubscribed, barrier) = oneshot::channel();
         let _ = self.orphans.send(Settlement {
             token: ORPHAN,
+            stream_sequence: 0,
             verdict: Verdict::Tail(barrier),
         });
         let expected = self.take_expected();

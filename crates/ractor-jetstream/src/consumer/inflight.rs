@@ -49,6 +49,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::Counters;
+use super::confirm::{self, Confirmer, Waiter};
 use super::dead_letter::{DeadLetterQueue, DeadLetters};
 use super::effective::Effective;
 pub(crate) use super::guard::{GuardedSubscription, UnreadSink};
@@ -139,6 +140,10 @@ pub(crate) struct InFlight {
     /// With keyed workers: what takes the deliveries instead of the
     /// target, and sees each decision (see [`crate::keyed`]).
     router: Option<Router>,
+    /// Whether every ack is sent for confirmation.
+    confirm_acks: bool,
+    /// Confirmed acks, from the first one on.
+    confirmer: Option<Confirmer>,
 }
 
 fn token(index: u32, generation: u32) -> Token {
@@ -178,6 +183,8 @@ impl InFlight {
             dead_letters,
             dead_lettering: None,
             router: None,
+            confirm_acks: effective.confirm_acks,
+            confirmer: None,
         }
     }
 
@@ -268,6 +275,74 @@ impl InFlight {
             // The connection is closed: the server will redeliver after
             // ack_wait. Nothing else can be done from here.
             tracing::warn!(stream = %self.stream, durable = %self.consumer, error = %err, "could not send a decision");
+        }
+    }
+
+    /// Sends a decision's payload to its delivery's reply subject: an ack
+    /// for the server to confirm when the spec says so or a target waits
+    /// for it (`waiter`), any other decision as it is.
+    async fn send_decision(
+        &mut self,
+        reply: Subject,
+        payload: Bytes,
+        stream_sequence: u64,
+        waiter: Option<Waiter>,
+    ) {
+        let is_ack = payload.as_ref() == b"+ACK";
+        if !is_ack || !(self.confirm_acks || waiter.is_some()) {
+            return self.publish(reply, payload).await;
+        }
+        if self.confirmer.is_none() {
+            match Confirmer::start(
+                self.client.clone(),
+                self.consumer.clone(),
+                self.counters.clone(),
+            )
+            .await
+            {
+                Ok(confirmer) => self.confirmer = Some(confirmer),
+                Err(err) => {
+                    // Sent unconfirmed, so that nothing waits on it.
+                    self.publish(reply, payload).await;
+                    self.counters
+                        .acks_unconfirmed
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if let Some(waiter) = waiter {
+                        let _ = waiter.send(Err(confirm::unconfirmed(
+                            &self.consumer,
+                            stream_sequence,
+                            format!("could not subscribe for confirmations: {err}"),
+                        )));
+                    }
+                    return;
+                }
+            }
+        }
+        if let Some(confirmer) = &mut self.confirmer {
+            confirmer
+                .ack(reply, payload, stream_sequence, waiter, &self.counters)
+                .await;
+        }
+    }
+
+    /// A decision that came after the child gave up on its delivery.
+    fn late(&self, stream_sequence: u64, what: &str, waiter: Option<Waiter>) {
+        self.counters
+            .late_decisions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(
+            stream = %self.stream,
+            durable = %self.consumer,
+            stream_sequence,
+            decision = what,
+            "a decision came after the child had given up on the delivery (its hold ended, or it was drained): not applied; the message was nak'ed and comes back"
+        );
+        if let Some(waiter) = waiter {
+            let _ = waiter.send(Err(confirm::unconfirmed(
+                &self.consumer,
+                stream_sequence,
+                "too late: the child had given up on the delivery and nak'ed it",
+            )));
         }
     }
 

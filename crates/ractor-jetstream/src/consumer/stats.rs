@@ -41,6 +41,16 @@ pub struct ConsumerStats {
     pub dead_lettered: u64,
     /// `+WPI` sent to keep deliveries the target still holds alive.
     pub kept_alive: u64,
+    /// Acks the server confirmed (sent for confirmation: with
+    /// `confirm_acks`, or by [`Delivery::ack_confirmed`](crate::Delivery::ack_confirmed)).
+    pub acks_confirmed: u64,
+    /// Acks sent for confirmation that the server did not confirm (no
+    /// reply in time, or no consumer to take them).
+    pub acks_unconfirmed: u64,
+    /// Decisions that came after the child had given up on their delivery
+    /// (its hold ended, so it was nak'ed and may have been delivered again
+    /// meanwhile): not applied, and logged with their stream sequence.
+    pub late_decisions: u64,
     /// The server's ack wait the child works with: the consumer's
     /// `ack_wait`, or its shortest `backoff` step.
     pub ack_wait: Duration,
@@ -63,6 +73,9 @@ pub(crate) struct Counters {
     pub resubscribes: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub kept_alive: AtomicU64,
+    pub acks_confirmed: AtomicU64,
+    pub acks_unconfirmed: AtomicU64,
+    pub late_decisions: AtomicU64,
 }
 
 impl Counters {
@@ -101,6 +114,9 @@ impl Counters {
             resubscribes: get(&self.resubscribes),
             dead_lettered: get(&self.dead_lettered),
             kept_alive: get(&self.kept_alive),
+            acks_confirmed: get(&self.acks_confirmed),
+            acks_unconfirmed: get(&self.acks_unconfirmed),
+            late_decisions: get(&self.late_decisions),
             ack_wait: effective.ack_wait,
             max_hold: effective.max_hold,
         }

@@ -39,6 +39,8 @@ pub enum ErrorKind {
     FetchRefused,
     /// The child is draining and takes no new fetches.
     Draining,
+    /// An ack was not confirmed by the server.
+    AckUnconfirmed,
     /// A payload did not decode into the expected type.
     Decode,
     /// A call to the NATS server failed; see

@@ -81,6 +81,7 @@ impl WorkerTable {
         if let Some(settle) = &*self.wake.lock().unwrap_or_else(PoisonError::into_inner) {
             let _ = settle.send(Settlement {
                 token: ORPHAN,
+                stream_sequence: 0,
                 verdict: Verdict::Wake,
             });
         }

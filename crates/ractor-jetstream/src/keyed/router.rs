@@ -59,8 +59,12 @@ impl Outcome {
     /// is not a worker's last word on its delivery.
     pub fn of(verdict: &Verdict, still_held: bool) -> Option<Self> {
         let outcome = match verdict {
-            Verdict::Decided(_) | Verdict::Abandoned(_) if !still_held => Self::Late,
-            Verdict::Decided(Decision::Ack) => Self::Ack,
+            Verdict::Decided(_) | Verdict::AckConfirmed(_) | Verdict::Abandoned(_)
+                if !still_held =>
+            {
+                Self::Late
+            }
+            Verdict::Decided(Decision::Ack) | Verdict::AckConfirmed(_) => Self::Ack,
             Verdict::Decided(Decision::Nak(delay)) => Self::Nak(*delay),
             Verdict::Decided(Decision::Term(_)) => Self::Term,
             Verdict::Abandoned(_) => Self::Abandoned,

@@ -106,6 +106,12 @@ pub struct ChildSettings {
     /// What a message's key is, for `workers` (a function given in code
     /// with `Workers::key_fn` takes its place).
     pub key: Option<KeySpec>,
+    /// Sends every ack for the server to confirm (as async-nats'
+    /// `double_ack` does, without a round trip per message: the replies
+    /// come back on one subscription) and counts what was confirmed and
+    /// what was not in the stats. A target that must know, whatever this
+    /// says, awaits [`Delivery::ack_confirmed`](crate::Delivery::ack_confirmed).
+    pub confirm_acks: bool,
 }
 
 /// The most workers one consumer may feed.
@@ -266,6 +272,13 @@ impl ConsumerSpec {
     pub fn workers(mut self, workers: u32, key: KeySpec) -> Self {
         self.child.workers = Some(workers);
         self.child.key = Some(key);
+        self
+    }
+
+    /// Sends every ack for the server to confirm (see
+    /// [`ChildSettings::confirm_acks`]).
+    pub fn confirm_acks(mut self, confirm: bool) -> Self {
+        self.child.confirm_acks = confirm;
         self
     }
 

@@ -235,6 +235,8 @@ pub(crate) struct RawConsumerSpec {
     workers: Option<Int>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     key: Option<KeySpec>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    confirm_acks: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     description: Option<String>,
 }
@@ -280,6 +282,7 @@ impl RawConsumerSpec {
                 workers: count(at, "workers", self.workers, errors)
                     .map(|w| u32::try_from(w).unwrap_or(u32::MAX)),
                 key: self.key,
+                confirm_acks: self.confirm_acks,
             },
             stream: self.stream,
             durable: self.durable,
@@ -370,6 +373,7 @@ impl From<ConsumerSpec> for RawConsumerSpec {
             dead_letter_subject: child.dead_letter_subject,
             workers: int(child.workers.map(u64::from)),
             key: child.key,
+            confirm_acks: child.confirm_acks,
             description: server.description,
         }
     }

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use super::super::confirm::Waiter;
 use super::super::dead_letter::{DeadLetterQueue, Job};
 use super::super::settle::{self, Plan, Seen};
 use super::{InFlight, Settled, Stage, split};
@@ -57,7 +58,11 @@ impl InFlight {
     }
 
     async fn apply_verdict(&mut self, settlement: Settlement) -> Option<Settled> {
-        let Settlement { token, verdict } = settlement;
+        let Settlement {
+            token,
+            stream_sequence,
+            verdict,
+        } = settlement;
         let (decision, settled) = match verdict {
             Verdict::Wake => return None,
             Verdict::Unread(reply) => {
@@ -80,12 +85,30 @@ impl InFlight {
                 }
                 (Decision::Nak(None), Settled::Abandoned)
             }
+            Verdict::AckConfirmed(waiter) => {
+                if self.current(token).is_none() {
+                    self.late(stream_sequence, "ack", Some(waiter));
+                    return None;
+                }
+                return self
+                    .settle_with(token, Decision::Ack, Settled::Acked, Some(waiter))
+                    .await;
+            }
             Verdict::Decided(decision) => {
                 let settled = match decision {
                     Decision::Ack => Settled::Acked,
                     Decision::Nak(_) => Settled::Naked,
                     Decision::Term(_) => Settled::Termed,
                 };
+                if self.current(token).is_none() && token != ORPHAN {
+                    let what = match decision {
+                        Decision::Ack => "ack",
+                        Decision::Nak(_) => "nak",
+                        Decision::Term(_) => "term",
+                    };
+                    self.late(stream_sequence, what, None);
+                    return None;
+                }
                 (decision, settled)
             }
         };
@@ -123,6 +146,18 @@ impl InFlight {
         decision: Decision,
         settled: Settled,
     ) -> Option<Settled> {
+        self.settle_with(token, decision, settled, None).await
+    }
+
+    /// Settles a delivery; an ack's `waiter`, if any, is told whether the
+    /// server confirmed it.
+    async fn settle_with(
+        &mut self,
+        token: Token,
+        decision: Decision,
+        settled: Settled,
+        waiter: Option<Waiter>,
+    ) -> Option<Settled> {
         let entry = self.current(token)?;
         let plan = settle::plan(
             &self.dead_letters,
@@ -135,7 +170,8 @@ impl InFlight {
             Plan::Publish(payload, settled) => {
                 let entry = self.release(split(token).0)?;
                 tracing::trace!(stream_sequence = entry.stream_sequence, ?settled, "settled");
-                self.publish(entry.reply, payload).await;
+                self.send_decision(entry.reply, payload, entry.stream_sequence, waiter)
+                    .await;
                 self.counters.record(settled);
                 Some(settled)
             }
