@@ -1615,6 +1615,7 @@ fn full() -> Topology {
                 dead_letter_subject: Some("dead.billing".into()),
                 workers: Some(8),
                 key: Some(ractor_jetstream::KeySpec::Header("Nats-Key".into())),
+                confirm_acks: true,
             },
         })
         .consumer(
