@@ -391,3 +391,60 @@ async fn a_result_published_again_for_a_redelivered_input_is_stored_once() {
     assert_eq!(info.ack_floor.stream_sequence, 1);
     assert_eq!(info.num_ack_pending, 0);
 }
+
+/// The `reason` of the next terminated-message advisory on `subscriber`.
+async fn terminated_reason(subscriber: &mut async_nats::Subscriber) -> (u64, String) {
+    use futures::StreamExt;
+    let advisory = tokio::time::timeout(PATIENCE, subscriber.next())
+        .await
+        .expect("an advisory in time")
+        .expect("the subscription is open");
+    let json: serde_json::Value =
+        serde_json::from_slice(&advisory.payload).expect("the advisory is JSON");
+    (
+        json["stream_seq"].as_u64().unwrap_or_default(),
+        json["reason"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_term_carries_its_reason_to_the_servers_advisory() {
+    let env = env().await;
+    create_stream(&env.js, "IN", &["in.>"]).await;
+    publish_n(&env.js, "in.a", 2).await;
+    let mut advisories = env
+        .client
+        .subscribe("$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.IN.terms")
+        .await
+        .expect("subscribe to advisories");
+    env.client.flush().await.expect("flush");
+    let (target, mut rx) = forwarding_target().await;
+    let spec = ConsumerSpec::pull("IN", "terms", "t").max_deliver(1);
+    let child = spawn_pull(&env, spec, target.get_derived()).await;
+    let fetching = {
+        let child = child.clone();
+        tokio::spawn(async move { fetch(&child, 2, Duration::from_secs(2)).await })
+    };
+    // The target's own term, and a nak on the last allowed delivery, which
+    // the child turns into a term with its reason.
+    let first = next(&mut rx).await;
+    let second = next(&mut rx).await;
+    first.term("payload is not an order");
+    second.nak();
+    fetching.await.expect("fetch task").expect("fetch");
+    let mut reasons = vec![
+        terminated_reason(&mut advisories).await,
+        terminated_reason(&mut advisories).await,
+    ];
+    reasons.sort();
+    assert_eq!(reasons[0], (1, "payload is not an order".to_string()));
+    assert_eq!(reasons[1].0, 2);
+    assert!(
+        reasons[1].1.contains("max_deliver (1) reached"),
+        "{:?}",
+        reasons[1]
+    );
+    let info = consumer_info(&env.js, "IN", "terms").await;
+    assert_eq!(info.ack_floor.stream_sequence, 2);
+    assert_eq!(info.num_ack_pending, 0);
+}
