@@ -7,50 +7,14 @@ mod common;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::ActorRef;
 use ractor_jetstream::output::{Output, redelivery_horizon};
-use ractor_jetstream::{ConsumerMsg, ConsumerSpec, ConsumerStats, Delivery, ErrorKind};
-use tokio::sync::mpsc;
+use ractor_jetstream::{ConsumerMsg, ConsumerSpec, ConsumerStats, ErrorKind};
 
 use common::{
-    CallResultExt, PATIENCE, acking_target, consumer_info, create_stream, env, fetch, publish_n,
-    spawn_pull,
+    CallResultExt, PATIENCE, acking_target, consumer_info, create_stream, env, fetch,
+    forwarding_target, next, publish_n, spawn_pull,
 };
-
-/// A target that hands each delivery to the test, which decides on it.
-struct Forward;
-
-impl Actor for Forward {
-    type Msg = Delivery;
-    type State = mpsc::UnboundedSender<Delivery>;
-    type Arguments = mpsc::UnboundedSender<Delivery>;
-
-    async fn pre_start(
-        &self,
-        _: ActorRef<Delivery>,
-        to_test: Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(to_test)
-    }
-
-    async fn handle(
-        &self,
-        _: ActorRef<Delivery>,
-        delivery: Delivery,
-        to_test: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        let _ = to_test.send(delivery);
-        Ok(())
-    }
-}
-
-async fn forwarding_target() -> (ActorRef<Delivery>, mpsc::UnboundedReceiver<Delivery>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (actor, _) = Actor::spawn(None, Forward, tx)
-        .await
-        .expect("spawn forwarding target");
-    (actor, rx)
-}
 
 async fn stats(child: &ActorRef<ConsumerMsg>) -> ConsumerStats {
     child
@@ -78,13 +42,6 @@ async fn wait_for_stats(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-async fn next(rx: &mut mpsc::UnboundedReceiver<Delivery>) -> Delivery {
-    tokio::time::timeout(PATIENCE, rx.recv())
-        .await
-        .expect("a delivery in time")
-        .expect("the target is running")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,7 +389,7 @@ async fn every_term_carries_its_reason_to_the_servers_advisory() {
     first.term("payload is not an order");
     second.nak();
     fetching.await.expect("fetch task").expect("fetch");
-    let mut reasons = vec![
+    let mut reasons = [
         terminated_reason(&mut advisories).await,
         terminated_reason(&mut advisories).await,
     ];

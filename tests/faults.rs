@@ -754,3 +754,69 @@ async fn drain_completes_decisions_naks_the_rest_and_a_new_supervisor_gets_them_
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_on_a_delivery_the_server_sent_again_is_late_and_not_applied() {
+    let scenario = fail::FailScenario::setup();
+    // No keep-alive reaches the server: it delivers the held message again
+    // after its ack wait, to the same child.
+    fail::cfg("rj-skip-keep-alive", "return").expect("failpoint");
+    let env = env().await;
+    create_stream(&env.js, "LATE", &["late.>"]).await;
+    publish_n(&env.js, "late.a", 1).await;
+    let (target, mut rx) = forwarding_target().await;
+    // Push: the server sends the redelivery to the same subscription while
+    // the target still holds the first delivery.
+    let spec = ConsumerSpec::push("LATE", "again", "t")
+        .ack_wait(Duration::from_secs(1))
+        .max_hold(Duration::from_secs(30));
+    let (child, _) = Actor::spawn(
+        None,
+        ractor_jetstream::PushConsumer,
+        ractor_jetstream::ConsumerArgs {
+            connection: env.js.clone().into(),
+            spec,
+            target: target.get_derived().into(),
+        },
+    )
+    .await
+    .expect("spawn push child");
+    let first = next(&mut rx).await;
+    let again = next(&mut rx).await;
+    assert_eq!(
+        (first.stream_sequence(), first.delivered()),
+        (1, 1),
+        "the first delivery"
+    );
+    assert_eq!(
+        (again.stream_sequence(), again.delivered()),
+        (1, 2),
+        "the server's second delivery of the same message"
+    );
+    let err = first
+        .ack_confirmed()
+        .await
+        .expect_err("the first delivery's ack is not the one that counts");
+    assert!(
+        err.to_string().contains("delivered the message again"),
+        "{err}"
+    );
+    again
+        .ack_confirmed()
+        .await
+        .expect("the newer delivery's ack");
+    let stats = child
+        .call(ractor_jetstream::ConsumerMsg::Stats, Some(PATIENCE))
+        .await
+        .expect("stats")
+        .success_or_panic();
+    assert_eq!(
+        (stats.late_decisions, stats.acks_confirmed),
+        (1, 1),
+        "{stats:?}"
+    );
+    let info = consumer_info(&env.js, "LATE", "again").await;
+    assert_eq!(info.ack_floor.stream_sequence, 1);
+    assert_eq!(info.num_ack_pending, 0);
+    scenario.teardown();
+}

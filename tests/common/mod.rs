@@ -595,3 +595,49 @@ pub fn example_bin(name: &str) -> std::path::PathBuf {
     }
     bin
 }
+
+/// A target that hands each delivery to the test, which decides on it.
+pub struct Forward;
+
+impl Actor for Forward {
+    type Msg = Delivery;
+    type State = tokio::sync::mpsc::UnboundedSender<Delivery>;
+    type Arguments = tokio::sync::mpsc::UnboundedSender<Delivery>;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<Delivery>,
+        to_test: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(to_test)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<Delivery>,
+        delivery: Delivery,
+        to_test: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let _ = to_test.send(delivery);
+        Ok(())
+    }
+}
+
+pub async fn forwarding_target() -> (
+    ActorRef<Delivery>,
+    tokio::sync::mpsc::UnboundedReceiver<Delivery>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (actor, _) = Actor::spawn(None, Forward, tx)
+        .await
+        .expect("spawn forwarding target");
+    (actor, rx)
+}
+
+/// The next delivery a forwarding target handed over.
+pub async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Delivery>) -> Delivery {
+    tokio::time::timeout(PATIENCE, rx.recv())
+        .await
+        .expect("a delivery in time")
+        .expect("the target is running")
+}

@@ -261,6 +261,10 @@ macro_rules! fault_point {
         #[cfg(feature = "fault-injection")]
         fail::fail_point!($name);
     };
+    ($name:literal, $on:expr) => {
+        #[cfg(feature = "fault-injection")]
+        fail::fail_point!($name, $on);
+    };
 }
 pub(crate) use fault_point;
 

@@ -102,6 +102,9 @@ struct Entry {
     renewed: Instant,
     /// Whether a fetch counted it as delivered to the target.
     reached: bool,
+    /// The server delivered the message again meanwhile (to this child):
+    /// the newer delivery is the one that counts.
+    superseded: bool,
     stage: Stage,
 }
 
@@ -132,6 +135,8 @@ pub(crate) struct InFlight {
     renewals: VecDeque<(Instant, Token)>,
     max_hold: Duration,
     keep_alive: Duration,
+    /// The server's ack wait (its shortest step, with backoff).
+    ack_wait: Duration,
     counters: Arc<Counters>,
     dead_letters: DeadLetters,
     /// Dead-letter publishes, sent in order by a task started on the
@@ -179,6 +184,7 @@ impl InFlight {
             renewals: VecDeque::new(),
             max_hold: effective.max_hold,
             keep_alive: effective.keep_alive,
+            ack_wait: effective.ack_wait,
             counters,
             dead_letters,
             dead_lettering: None,
@@ -325,8 +331,10 @@ impl InFlight {
         }
     }
 
-    /// A decision that came after the child gave up on its delivery.
-    fn late(&self, stream_sequence: u64, what: &str, waiter: Option<Waiter>) {
+    /// A decision that came too late: after the child gave up on its
+    /// delivery, after the server delivered it again, or after the
+    /// server's ack wait passed. Counted and logged with `why`.
+    fn late(&self, stream_sequence: u64, what: &str, why: &str, waiter: Option<Waiter>) {
         self.counters
             .late_decisions
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -335,13 +343,14 @@ impl InFlight {
             durable = %self.consumer,
             stream_sequence,
             decision = what,
-            "a decision came after the child had given up on the delivery (its hold ended, or it was drained): not applied; the message was nak'ed and comes back"
+            why,
+            "a decision came too late"
         );
         if let Some(waiter) = waiter {
             let _ = waiter.send(Err(confirm::unconfirmed(
                 &self.consumer,
                 stream_sequence,
-                "too late: the child had given up on the delivery and nak'ed it",
+                format!("too late: {why}"),
             )));
         }
     }

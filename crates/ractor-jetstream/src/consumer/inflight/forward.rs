@@ -46,9 +46,13 @@ impl InFlight {
             renew_at: now + self.keep_alive,
             renewed: now,
             reached: false,
+            superseded: false,
             stage: Stage::AtTarget,
         });
         let token = token(index, slot.generation);
+        if delivered > 1 {
+            self.supersede(stream_sequence, token);
+        }
         self.live += 1;
         self.renewals.push_back((now + self.keep_alive, token));
         self.counters.delivered.fetch_add(1, Ordering::Relaxed);
@@ -57,6 +61,23 @@ impl InFlight {
             return Err(ForwardError::TargetGone);
         }
         self.send_to_target(token, message, info, now)
+    }
+
+    /// A message came again while an earlier delivery of it is still out
+    /// (the server's ack wait passed for that one): marks the earlier one,
+    /// whose decision is then late. Only on a redelivery, so the scan
+    /// costs nothing on the common path.
+    fn supersede(&mut self, stream_sequence: u64, newer: Token) {
+        let (newer_index, _) = split(newer);
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            if index != newer_index
+                && let Some(entry) = &mut slot.entry
+                && entry.stream_sequence == stream_sequence
+                && matches!(entry.stage, Stage::AtTarget)
+            {
+                entry.superseded = true;
+            }
+        }
     }
 
     /// Hands kept deliveries to the target, at most `max`. Returns how

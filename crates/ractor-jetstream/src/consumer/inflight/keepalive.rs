@@ -56,6 +56,8 @@ impl InFlight {
 
     /// Sends `+WPI` for a delivery and schedules its next keep-alive.
     pub(super) async fn renew(&mut self, token: Token, now: Instant) {
+        // A lost keep-alive, for tests of what comes after the ack wait.
+        crate::fault_point!("rj-skip-keep-alive", |_| {});
         let renew_at = now + self.keep_alive;
         let Some(entry) = self.current_mut(token) else {
             return;

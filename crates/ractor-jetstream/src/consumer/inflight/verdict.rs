@@ -15,6 +15,9 @@ use crate::delivery::{Decision, ORPHAN, Settlement, Token, Verdict};
 use crate::keyed::Outcome;
 use async_nats::jetstream::AckKind;
 
+/// Why a decision on a delivery the child no longer has is late.
+const GAVE_UP: &str = "the child had given up on the delivery (its hold ended, or it was drained) and nak'ed it; not applied";
+
 impl InFlight {
     /// Waits for the next verdict. Never ends: the registry holds a sender.
     pub async fn next_verdict(&mut self) -> Settlement {
@@ -63,6 +66,7 @@ impl InFlight {
             stream_sequence,
             verdict,
         } = settlement;
+        let decided = matches!(verdict, Verdict::Decided(_));
         let (decision, settled) = match verdict {
             Verdict::Wake => return None,
             Verdict::Unread(reply) => {
@@ -87,11 +91,17 @@ impl InFlight {
             }
             Verdict::AckConfirmed(waiter) => {
                 if self.current(token).is_none() {
-                    self.late(stream_sequence, "ack", Some(waiter));
+                    self.late(stream_sequence, "ack", GAVE_UP, Some(waiter));
                     return None;
                 }
+                let mut waiter = Some(waiter);
+                if let Some(superseded) =
+                    self.superseded(token, stream_sequence, &Decision::Ack, &mut waiter)
+                {
+                    return superseded;
+                }
                 return self
-                    .settle_with(token, Decision::Ack, Settled::Acked, Some(waiter))
+                    .settle_with(token, Decision::Ack, Settled::Acked, waiter)
                     .await;
             }
             Verdict::Decided(decision) => {
@@ -106,7 +116,7 @@ impl InFlight {
                         Decision::Nak(_) => "nak",
                         Decision::Term(_) => "term",
                     };
-                    self.late(stream_sequence, what, None);
+                    self.late(stream_sequence, what, GAVE_UP, None);
                     return None;
                 }
                 (decision, settled)
@@ -116,7 +126,55 @@ impl InFlight {
         if !matches!(entry.stage, Stage::AtTarget) {
             return None;
         }
+        if decided
+            && let Some(superseded) = self.superseded(token, stream_sequence, &decision, &mut None)
+        {
+            return superseded;
+        }
         self.settle(token, decision, settled).await
+    }
+
+    /// A decision on a delivery the server has delivered again since
+    /// (superseded): not applied, counted late; the newer delivery's
+    /// decision is the one that counts. Also counts (and applies) one made
+    /// after the server's ack wait passed without a keep-alive. `None`
+    /// when the decision is to be applied.
+    fn superseded(
+        &mut self,
+        token: Token,
+        stream_sequence: u64,
+        decision: &Decision,
+        waiter: &mut Option<Waiter>,
+    ) -> Option<Option<Settled>> {
+        let entry = self.current(token)?;
+        let what = match decision {
+            Decision::Ack => "ack",
+            Decision::Nak(_) => "nak",
+            Decision::Term(_) => "term",
+        };
+        if !entry.superseded {
+            if entry.renewed.elapsed() > self.ack_wait {
+                // The server may have delivered it again already; applied,
+                // as it may still count, but not taken for done unseen.
+                self.late(
+                    stream_sequence,
+                    what,
+                    "the server's ack wait passed without a keep-alive; it may have delivered the message again; applied anyway",
+                    None,
+                );
+            }
+            return None;
+        }
+        let reached = entry.reached;
+        self.release(split(token).0)?;
+        self.counters.record(Settled::Abandoned);
+        self.late(
+            stream_sequence,
+            what,
+            "the server delivered the message again meanwhile; the newer delivery's decision counts; not applied",
+            waiter.take(),
+        );
+        Some(reached.then_some(Settled::Abandoned))
     }
 
     /// The target asked for more time.
