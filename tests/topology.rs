@@ -1616,6 +1616,7 @@ fn full() -> Topology {
                 workers: Some(8),
                 key: Some(ractor_jetstream::KeySpec::Header("Nats-Key".into())),
                 confirm_acks: true,
+                info_interval: Some(Duration::from_millis(1500)),
             },
         })
         .consumer(

@@ -57,8 +57,8 @@ pub(crate) use drain::{drain_in_flight, drain_recording};
 pub(crate) use fetch::FetchRequest;
 pub use fetch::{FetchEnd, FetchOutcome, MAX_FETCH_BATCH, MAX_FETCH_EXPIRES, MAX_QUEUED_FETCHES};
 pub(crate) use port::FetchPort;
-pub use stats::ConsumerStats;
 pub(crate) use stats::Counters;
+pub use stats::{ConsumerStats, ServerLag};
 
 /// Messages of a consumer child ([`PullConsumer`](crate::PullConsumer) or
 /// [`PushConsumer`](crate::PushConsumer)).

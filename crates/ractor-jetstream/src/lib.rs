@@ -283,6 +283,7 @@ pub mod spec;
 mod status;
 pub mod supervisor;
 pub mod target;
+pub mod telemetry;
 
 pub use connect::{ConnectionSpec, ServerUrl, connect};
 pub use connection::Connection;
@@ -290,7 +291,7 @@ pub use consumer::pull::PullConsumer;
 pub use consumer::push::PushConsumer;
 pub use consumer::{
     CONFIRM_WITHIN, ConsumerArgs, ConsumerMsg, ConsumerState, ConsumerStats, DrainReport, FetchEnd,
-    FetchOutcome, MAX_FETCH_BATCH, MAX_FETCH_EXPIRES, MAX_QUEUED_FETCHES,
+    FetchOutcome, MAX_FETCH_BATCH, MAX_FETCH_EXPIRES, MAX_QUEUED_FETCHES, ServerLag,
 };
 pub use delivery::{Decision, Delivery, DeliveryInfo};
 pub use ensure::{ConsumerAction, StreamAction, ensure_consumer, ensure_stream};

@@ -18,7 +18,7 @@ use super::inflight::{self};
 use super::port::{FetchPort, FetchReply};
 use super::{ConsumerArgs, ConsumerMsg, Counters, DrainReport, dead_letter};
 use crate::connection::Connection;
-use crate::ensure::ensure_consumer;
+use crate::ensure::{consumer_info as ensure_consumer_info, ensure_consumer};
 use crate::error::Error;
 use crate::keyed;
 use crate::spec::{ConsumerMode, ConsumerSpec};
@@ -179,6 +179,8 @@ pub struct ConsumerState {
     /// a normal end. A child killed or stopped from outside never sets it.
     finished: bool,
     _worker: WorkerHandle,
+    /// The consumer-info poll, when the spec sets `info_interval`.
+    _poll: Option<WorkerHandle>,
 }
 
 impl ConsumerState {
@@ -235,7 +237,7 @@ where
     }
     tracing::debug!(stream = %spec.stream, durable = %spec.durable, ?action, "consumer child bound");
     let (target, pool, routing) = start_pool(&myself, &spec, &info, target).await?;
-    let counters = Arc::new(Counters::default());
+    let counters = Arc::new(Counters::labelled(&spec.stream, &spec.durable, mode));
     let durable: Arc<str> = Arc::from(spec.durable.as_str());
     let (fetch_tx, fetch_rx) = mpsc::channel(MAX_QUEUED_FETCHES as usize);
     let (control_tx, control_rx) = mpsc::unbounded_channel();
@@ -258,6 +260,15 @@ where
         control: control_rx,
         target: TargetSlot::new(target),
     };
+    let poll = spec.child.info_interval.map(|interval| WorkerHandle {
+        task: tokio::spawn(poll_info(
+            ctx.connection.clone(),
+            ctx.stream.clone(),
+            durable.clone(),
+            interval,
+            counters.clone(),
+        )),
+    });
     let work = run(ctx, inbox);
     let task = tokio::spawn(async move {
         let failure = tokio::select! {
@@ -286,6 +297,7 @@ where
         draining: false,
         finished: false,
         _worker: WorkerHandle { task },
+        _poll: poll,
         _pool: pool,
     })
 }
@@ -347,6 +359,28 @@ impl Drop for PoolHandle {
             worker.kill();
         }
         self.0.kill();
+    }
+}
+
+/// Reads the consumer's info every `interval`, for its lag (see
+/// [`crate::telemetry`]). A failed read is logged and tried again at the
+/// next interval.
+async fn poll_info(
+    connection: Connection,
+    stream: Arc<str>,
+    durable: Arc<str>,
+    interval: Duration,
+    counters: Arc<Counters>,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match ensure_consumer_info(&connection, &stream, &durable).await {
+            Ok(Some(info)) => counters.polled(&info),
+            Ok(None) => tracing::debug!(%durable, "consumer info: no such consumer (yet)"),
+            Err(err) => tracing::debug!(%durable, error = %err, "consumer info failed"),
+        }
     }
 }
 

@@ -11,7 +11,6 @@
 //! deleted); no reply within [`CONFIRM_WITHIN`] fails it.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -136,7 +135,7 @@ pub(crate) fn unconfirmed(durable: &str, stream_sequence: u64, reason: impl Into
 }
 
 fn fail(waiting: Waiting, durable: &str, counters: &Counters, reason: String) {
-    counters.acks_unconfirmed.fetch_add(1, Ordering::Relaxed);
+    counters.ack_unconfirmed();
     tracing::warn!(%durable, stream_sequence = waiting.stream_sequence, %reason, "ack not confirmed");
     if let Some(waiter) = waiting.waiter {
         let _ = waiter.send(Err(unconfirmed(durable, waiting.stream_sequence, reason)));
@@ -175,7 +174,7 @@ async fn read_replies(
                         format!("the server answered {status}"),
                     ),
                     _ => {
-                        counters.acks_confirmed.fetch_add(1, Ordering::Relaxed);
+                        counters.ack_confirmed();
                         if let Some(waiter) = waiting.waiter {
                             let _ = waiter.send(Ok(()));
                         }

@@ -94,6 +94,8 @@ struct Entry {
     reply: Subject,
     stream_sequence: u64,
     delivered: u64,
+    /// When it reached the child (for the decision latency).
+    arrived: Instant,
     /// When the child gives up on it and nak's it.
     hold_until: Instant,
     /// When it is next kept alive on the server.
@@ -310,9 +312,7 @@ impl InFlight {
                 Err(err) => {
                     // Sent unconfirmed, so that nothing waits on it.
                     self.publish(reply, payload).await;
-                    self.counters
-                        .acks_unconfirmed
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.counters.ack_unconfirmed();
                     if let Some(waiter) = waiter {
                         let _ = waiter.send(Err(confirm::unconfirmed(
                             &self.consumer,
@@ -335,9 +335,7 @@ impl InFlight {
     /// delivery, after the server delivered it again, or after the
     /// server's ack wait passed. Counted and logged with `why`.
     fn late(&self, stream_sequence: u64, what: &str, why: &str, waiter: Option<Waiter>) {
-        self.counters
-            .late_decisions
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.counters.late_decision();
         tracing::warn!(
             stream = %self.stream,
             durable = %self.consumer,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::effective::Effective;
 use super::inflight::Settled;
 use crate::spec::{ConsumerMode, ConsumerSpec};
+use crate::telemetry::ChildMetrics;
 
 /// A child's counters since it started.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +58,22 @@ pub struct ConsumerStats {
     /// How long the target may hold a delivery undecided (the decision
     /// timeout in effect).
     pub max_hold: Duration,
+    /// The consumer as the server last reported it, when the spec sets
+    /// `info_interval`.
+    pub server: Option<ServerLag>,
+}
+
+/// The consumer's lag as the server reports it (its consumer info).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLag {
+    /// Messages in the stream not yet delivered to this consumer.
+    pub num_pending: u64,
+    /// Messages delivered and not yet acknowledged.
+    pub num_ack_pending: u64,
+    /// Messages delivered more than once.
+    pub num_redelivered: u64,
+    /// The stream sequence below which every message is acknowledged.
+    pub ack_floor: u64,
 }
 
 /// Lock-free counters shared by a child and its worker.
@@ -76,28 +93,96 @@ pub(crate) struct Counters {
     pub acks_confirmed: AtomicU64,
     pub acks_unconfirmed: AtomicU64,
     pub late_decisions: AtomicU64,
+    /// The same, and more, as metrics (see [`crate::telemetry`]).
+    pub metrics: ChildMetrics,
+    /// The latest lag from the server, when polled.
+    pub lag: std::sync::Mutex<Option<ServerLag>>,
 }
 
 impl Counters {
-    pub fn record(&self, settled: Settled) {
-        let counter = match settled {
-            Settled::Acked => &self.acked,
-            Settled::Naked => &self.naked,
-            Settled::Termed => &self.termed,
-            Settled::Abandoned => &self.abandoned,
-            Settled::TimedOut => &self.timed_out,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+    /// Counters that also record as metrics under these labels.
+    pub fn labelled(stream: &str, durable: &str, mode: ConsumerMode) -> Self {
+        Self {
+            metrics: ChildMetrics::new(stream, durable, mode),
+            ..Self::default()
+        }
     }
 
-    pub(crate) fn snapshot(&self, spec: &ConsumerSpec, effective: &Effective) -> ConsumerStats {
+    pub fn record(&self, settled: Settled) {
+        let (counter, metric) = match settled {
+            Settled::Acked => (&self.acked, &self.metrics.acked),
+            Settled::Naked => (&self.naked, &self.metrics.naked),
+            Settled::Termed => (&self.termed, &self.metrics.termed),
+            Settled::Abandoned => (&self.abandoned, &self.metrics.abandoned),
+            Settled::TimedOut => (&self.timed_out, &self.metrics.timed_out),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        metric.increment(1);
+        self.metrics.in_flight.set(self.in_flight() as f64);
+    }
+
+    /// Forwarded and not yet settled.
+    fn in_flight(&self) -> u64 {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let delivered = get(&self.delivered);
         let settled = get(&self.acked)
             + get(&self.naked)
             + get(&self.termed)
             + get(&self.abandoned)
             + get(&self.timed_out);
+        get(&self.delivered).saturating_sub(settled)
+    }
+
+    /// A message forwarded (`delivered` is its delivery count).
+    pub fn forwarded(&self, delivered: u64) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        self.metrics.delivered.increment(1);
+        if delivered > 1 {
+            self.metrics.redelivered.increment(1);
+        }
+        self.metrics.in_flight.set(self.in_flight() as f64);
+    }
+
+    /// The consumer's info, as the poll read it.
+    pub fn polled(&self, info: &async_nats::jetstream::consumer::Info) {
+        let lag = ServerLag {
+            num_pending: info.num_pending,
+            num_ack_pending: info.num_ack_pending as u64,
+            num_redelivered: info.num_redelivered as u64,
+            ack_floor: info.ack_floor.stream_sequence,
+        };
+        self.metrics.num_pending.set(lag.num_pending as f64);
+        self.metrics.num_ack_pending.set(lag.num_ack_pending as f64);
+        self.metrics.num_redelivered.set(lag.num_redelivered as f64);
+        self.metrics.ack_floor.set(lag.ack_floor as f64);
+        *self
+            .lag
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(lag);
+    }
+
+    pub fn dead_lettered(&self) {
+        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        self.metrics.dead_lettered.increment(1);
+    }
+
+    pub fn ack_confirmed(&self) {
+        self.acks_confirmed.fetch_add(1, Ordering::Relaxed);
+        self.metrics.acks_confirmed.increment(1);
+    }
+
+    pub fn ack_unconfirmed(&self) {
+        self.acks_unconfirmed.fetch_add(1, Ordering::Relaxed);
+        self.metrics.acks_unconfirmed.increment(1);
+    }
+
+    pub fn late_decision(&self) {
+        self.late_decisions.fetch_add(1, Ordering::Relaxed);
+        self.metrics.late_decisions.increment(1);
+    }
+
+    pub(crate) fn snapshot(&self, spec: &ConsumerSpec, effective: &Effective) -> ConsumerStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let delivered = get(&self.delivered);
         ConsumerStats {
             stream: spec.stream.clone(),
             durable: spec.durable.clone(),
@@ -108,7 +193,7 @@ impl Counters {
             termed: get(&self.termed),
             abandoned: get(&self.abandoned),
             timed_out: get(&self.timed_out),
-            in_flight: delivered.saturating_sub(settled),
+            in_flight: self.in_flight(),
             fetches: get(&self.fetches),
             empty_fetches: get(&self.empty_fetches),
             resubscribes: get(&self.resubscribes),
@@ -119,6 +204,10 @@ impl Counters {
             late_decisions: get(&self.late_decisions),
             ack_wait: effective.ack_wait,
             max_hold: effective.max_hold,
+            server: *self
+                .lag
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
         }
     }
 }

@@ -112,6 +112,11 @@ pub struct ChildSettings {
     /// what was not in the stats. A target that must know, whatever this
     /// says, awaits [`Delivery::ack_confirmed`](crate::Delivery::ack_confirmed).
     pub confirm_acks: bool,
+    /// How often the child reads the consumer's info from the server, for
+    /// its lag (`num_pending`, `num_ack_pending`, `num_redelivered`, the
+    /// ack floor) as metrics and in its stats. Unset: never. One request
+    /// per interval, never on the data path.
+    pub info_interval: Option<Duration>,
 }
 
 /// The most workers one consumer may feed.
@@ -279,6 +284,13 @@ impl ConsumerSpec {
     /// [`ChildSettings::confirm_acks`]).
     pub fn confirm_acks(mut self, confirm: bool) -> Self {
         self.child.confirm_acks = confirm;
+        self
+    }
+
+    /// Reads the consumer's lag from the server every `interval` (see
+    /// [`ChildSettings::info_interval`]).
+    pub fn info_interval(mut self, interval: Duration) -> Self {
+        self.child.info_interval = Some(interval);
         self
     }
 

@@ -237,6 +237,12 @@ pub(crate) struct RawConsumerSpec {
     key: Option<KeySpec>,
     #[serde(default, skip_serializing_if = "is_default")]
     confirm_acks: bool,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    info_interval: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     description: Option<String>,
 }
@@ -283,6 +289,7 @@ impl RawConsumerSpec {
                     .map(|w| u32::try_from(w).unwrap_or(u32::MAX)),
                 key: self.key,
                 confirm_acks: self.confirm_acks,
+                info_interval: self.info_interval,
             },
             stream: self.stream,
             durable: self.durable,
@@ -374,6 +381,7 @@ impl From<ConsumerSpec> for RawConsumerSpec {
             workers: int(child.workers.map(u64::from)),
             key: child.key,
             confirm_acks: child.confirm_acks,
+            info_interval: child.info_interval,
             description: server.description,
         }
     }

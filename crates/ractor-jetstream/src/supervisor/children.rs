@@ -218,6 +218,7 @@ impl SupervisorState {
         }
         let Some(delay) = child.tracker.on_failure(&policy, std::time::Instant::now()) else {
             child.state = ChildState::Stopped;
+            crate::telemetry::gave_up(durable);
             return Err(Error::GaveUp {
                 durable: durable.to_string(),
                 restarts: u64::from(policy.max_restarts),
@@ -231,6 +232,7 @@ impl SupervisorState {
             generation: child.generation,
         };
         tracing::info!(%durable, ?delay, "restarting consumer child");
+        crate::telemetry::restarted(&child.spec.stream, durable, child.spec.mode());
         if delay.is_zero() {
             let _ = myself.cast(SupervisorMsg::restart_due(ticket));
         } else {

@@ -1,8 +1,6 @@
 //! Forwarding: a message becomes a tracked [`Delivery`] at the target, or,
 //! when no target can take it, is nak'ed or kept for the next one.
 
-use std::sync::atomic::Ordering;
-
 use bytes::Bytes;
 use ractor::{DerivedActorRef, MessagingErr};
 use tokio::time::Instant;
@@ -42,6 +40,7 @@ impl InFlight {
             reply,
             stream_sequence,
             delivered,
+            arrived: now,
             hold_until: now + self.max_hold,
             renew_at: now + self.keep_alive,
             renewed: now,
@@ -55,7 +54,7 @@ impl InFlight {
         }
         self.live += 1;
         self.renewals.push_back((now + self.keep_alive, token));
-        self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+        self.counters.forwarded(delivered);
         if !self.target_running() {
             self.unseen(token, message);
             return Err(ForwardError::TargetGone);

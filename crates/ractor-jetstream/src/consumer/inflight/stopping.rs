@@ -6,7 +6,6 @@
 
 use async_nats::Subject;
 use bytes::Bytes;
-use std::sync::atomic::Ordering;
 
 use super::super::settle::{self, PendingDeadLetter, Plan, Seen, settle_stopped};
 use super::{InFlight, Settled, Stage, split};
@@ -54,7 +53,7 @@ impl InFlight {
                             .send_once(entry.stream_sequence, delivered, &why)
                             .await;
                         if confirmed {
-                            self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                            self.counters.dead_lettered();
                         }
                         settle::after_dead_letter(confirmed, &then, settled)
                     }

@@ -2,8 +2,6 @@
 //! unread message, a dead letter done, a dropped delivery) applied on the
 //! server through the one settle policy.
 
-use std::sync::atomic::Ordering;
-
 use bytes::Bytes;
 use tokio::time::Instant;
 
@@ -94,6 +92,9 @@ impl InFlight {
                     self.late(stream_sequence, "ack", GAVE_UP, Some(waiter));
                     return None;
                 }
+                if let Some(entry) = self.current(token) {
+                    self.counters.metrics.decided_after(entry.arrived.elapsed());
+                }
                 let mut waiter = Some(waiter);
                 if let Some(superseded) =
                     self.superseded(token, stream_sequence, &Decision::Ack, &mut waiter)
@@ -125,6 +126,9 @@ impl InFlight {
         let entry = self.current(token)?;
         if !matches!(entry.stage, Stage::AtTarget) {
             return None;
+        }
+        if decided {
+            self.counters.metrics.decided_after(entry.arrived.elapsed());
         }
         if decided
             && let Some(superseded) = self.superseded(token, stream_sequence, &decision, &mut None)
@@ -284,7 +288,7 @@ impl InFlight {
         let reached = entry.reached;
         let entry = self.release(split(token).0)?;
         if confirmed {
-            self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            self.counters.dead_lettered();
         }
         self.publish(entry.reply, payload).await;
         self.counters.record(settled);

@@ -43,6 +43,8 @@ pub(super) struct Fetch {
     /// is sent).
     pub(super) reply_to: String,
     pub(super) expires_at: Instant,
+    /// When the worker took it up.
+    pub(super) started: Instant,
     pub(super) outcome: FetchOutcome,
     pub(super) request: Request,
     pub(super) end: FetchEnd,

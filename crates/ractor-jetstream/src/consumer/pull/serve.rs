@@ -46,6 +46,7 @@ impl Worker<'_> {
             batch: request.batch,
             reply_to: String::new(),
             expires_at: Instant::now() + expires,
+            started: Instant::now(),
             outcome: FetchOutcome::default(),
             request: Request::Closed,
             end: FetchEnd::Filled,
@@ -203,8 +204,13 @@ impl Worker<'_> {
             target_gone,
             failure,
             mut refused,
+            started,
             ..
         } = fetch;
+        ctx.counters
+            .metrics
+            .fetch_seconds
+            .record(started.elapsed().as_secs_f64());
         if target_gone {
             refused.get_or_insert(self.unavailable());
         }
