@@ -62,6 +62,25 @@ impl Series {
         }
     }
 
+    /// A counter with a `kind` label; 0 when it was not touched since the
+    /// last snapshot.
+    fn counter_of_kind(&self, name: &str, kind: &str) -> u64 {
+        self.0
+            .iter()
+            .find(|(key, _)| {
+                key.kind() == MetricKind::Counter
+                    && key.key().name() == name
+                    && key
+                        .key()
+                        .labels()
+                        .any(|l| l.key() == "kind" && l.value() == kind)
+            })
+            .map_or(0, |(_, value)| match value {
+                DebugValue::Counter(n) => *n,
+                _ => 0,
+            })
+    }
+
     fn gauge(&self, name: &str) -> f64 {
         match self.find(MetricKind::Gauge, name) {
             Some(DebugValue::Gauge(v)) => v.into_inner(),
@@ -166,5 +185,49 @@ async fn a_childs_metrics_equal_its_stats_and_the_servers_consumer_info() {
     assert_eq!(
         series.gauge(names::NUM_REDELIVERED),
         info.num_redelivered as f64
+    );
+
+    // A child without an info interval never asks for its lag.
+    let quiet = spawn_pull(
+        &env,
+        ConsumerSpec::pull("M", "quiet", "t"),
+        spawn_target(|_| Action::Ack).await.1,
+    )
+    .await;
+    fetch(&quiet, 1, Duration::from_millis(100))
+        .await
+        .expect("fetch");
+    assert_eq!(self::stats(&quiet).await.server, None);
+
+    // Advisories: the target's term and the child's own on a last
+    // delivery both reach the server's advisory, and the child that
+    // watches them counts them.
+    let (_target, derived, _record) = spawn_target(|d| match d.stream_sequence() {
+        1 => Action::Term,
+        _ => Action::Nak(None),
+    })
+    .await;
+    create_stream(&env.js, "P", &["p.>"]).await;
+    publish_n(&env.js, "p.a", 2).await;
+    let spec = ConsumerSpec::pull("P", "poison", "t")
+        .max_deliver(2)
+        .advisories(true);
+    let poison = spawn_pull(&env, spec, derived).await;
+    let mut terminated = 0;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while terminated < 2 {
+        let _ = fetch(&poison, 2, Duration::from_millis(200)).await;
+        // Each snapshot resets what it read: add them up.
+        terminated += Series::of("poison").counter_of_kind(names::ADVISORIES, "terminated");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{terminated} terminated advisories counted, not 2"
+        );
+    }
+    assert_eq!(terminated, 2);
+    let info = consumer_info(&env.js, "P", "poison").await;
+    assert_eq!(
+        (info.ack_floor.stream_sequence, info.num_ack_pending),
+        (2, 0)
     );
 }

@@ -1617,6 +1617,7 @@ fn full() -> Topology {
                 key: Some(ractor_jetstream::KeySpec::Header("Nats-Key".into())),
                 confirm_acks: true,
                 info_interval: Some(Duration::from_millis(1500)),
+                advisories: true,
             },
         })
         .consumer(

@@ -31,6 +31,13 @@
 //! | `jetstream_consumer_num_redelivered` | gauge | the server's `num_redelivered`, from the poll |
 //! | `jetstream_consumer_ack_floor` | gauge | the server's ack floor (stream sequence), from the poll |
 //!
+//! With `advisories = true` on a consumer, its child also counts the
+//! server's advisories for the durable in
+//! `jetstream_consumer_advisories_total`, with a `kind` label:
+//! `max_deliveries` (a message reached `max_deliver`), `terminated` (a
+//! message was terminated; the reason is logged), `deleted` (the consumer
+//! was deleted).
+//!
 //! The last four come from a consumer-info request per child every
 //! `info_interval` of its spec (off unless set): one request per interval
 //! per durable, never on the data path.
@@ -83,6 +90,8 @@ pub mod names {
     pub const NUM_REDELIVERED: &str = "jetstream_consumer_num_redelivered";
     /// The server's ack floor (stream sequence).
     pub const ACK_FLOOR: &str = "jetstream_consumer_ack_floor";
+    /// The server's advisories for the durable, by `kind`.
+    pub const ADVISORIES: &str = "jetstream_consumer_advisories_total";
 }
 
 /// One child's metric handles, registered once with its labels.
@@ -190,4 +199,53 @@ pub(crate) fn restarted(stream: &str, durable: &str, mode: ConsumerMode) {
 /// Counts a supervisor giving up on the child of `durable`.
 pub(crate) fn gave_up(durable: &str) {
     metrics::counter!(names::GIVE_UPS, "durable" => durable.to_string()).increment(1);
+}
+
+/// Watches the server's advisories for one durable; see the module docs.
+/// Ends when the subscription does (or the child aborts it).
+pub(crate) async fn watch_advisories(
+    client: async_nats::Client,
+    stream: std::sync::Arc<str>,
+    durable: std::sync::Arc<str>,
+    mode: ConsumerMode,
+) {
+    use futures::StreamExt;
+    let subject = format!("$JS.EVENT.ADVISORY.CONSUMER.*.{stream}.{durable}");
+    let mut advisories = match client.subscribe(subject.clone()).await {
+        Ok(subscription) => subscription,
+        Err(err) => {
+            tracing::warn!(%durable, %subject, error = %err, "cannot watch the consumer's advisories");
+            return;
+        }
+    };
+    let counter = |kind: &'static str| {
+        let mut labels = labels(&stream, &durable, mode);
+        labels.push(Label::new("kind", kind));
+        metrics::counter!(names::ADVISORIES, labels.iter())
+    };
+    let (max_deliveries, terminated, deleted) = (
+        counter("max_deliveries"),
+        counter("terminated"),
+        counter("deleted"),
+    );
+    while let Some(advisory) = advisories.next().await {
+        let kind = advisory.subject.split('.').nth(4).unwrap_or_default();
+        let body: serde_json::Value = serde_json::from_slice(&advisory.payload).unwrap_or_default();
+        let sequence = body["stream_seq"].as_u64().unwrap_or_default();
+        match kind {
+            "MAX_DELIVERIES" => {
+                max_deliveries.increment(1);
+                tracing::warn!(%stream, %durable, stream_sequence = sequence, deliveries = body["deliveries"].as_u64().unwrap_or_default(), "advisory: a message reached max_deliver");
+            }
+            "MSG_TERMINATED" => {
+                terminated.increment(1);
+                tracing::info!(%stream, %durable, stream_sequence = sequence, reason = body["reason"].as_str().unwrap_or_default(), "advisory: a message was terminated");
+            }
+            "DELETED" => {
+                deleted.increment(1);
+                tracing::warn!(%stream, %durable, "advisory: the consumer was deleted");
+            }
+            _ => {}
+        }
+    }
 }

@@ -181,6 +181,8 @@ pub struct ConsumerState {
     _worker: WorkerHandle,
     /// The consumer-info poll, when the spec sets `info_interval`.
     _poll: Option<WorkerHandle>,
+    /// The advisory watch, when the spec sets `advisories`.
+    _advisories: Option<WorkerHandle>,
 }
 
 impl ConsumerState {
@@ -269,6 +271,14 @@ where
             counters.clone(),
         )),
     });
+    let advisories = spec.child.advisories.then(|| WorkerHandle {
+        task: tokio::spawn(crate::telemetry::watch_advisories(
+            ctx.connection.client(),
+            ctx.stream.clone(),
+            durable.clone(),
+            mode,
+        )),
+    });
     let work = run(ctx, inbox);
     let task = tokio::spawn(async move {
         let failure = tokio::select! {
@@ -298,6 +308,7 @@ where
         finished: false,
         _worker: WorkerHandle { task },
         _poll: poll,
+        _advisories: advisories,
         _pool: pool,
     })
 }

@@ -117,6 +117,12 @@ pub struct ChildSettings {
     /// ack floor) as metrics and in its stats. Unset: never. One request
     /// per interval, never on the data path.
     pub info_interval: Option<Duration>,
+    /// Watches the server's advisories for this durable (a message that
+    /// reached `max_deliver`, one terminated, the consumer deleted) and
+    /// turns them into log events and the
+    /// `jetstream_consumer_advisories_total` metric. Needs permission to
+    /// subscribe to `$JS.EVENT.ADVISORY.CONSUMER.>`.
+    pub advisories: bool,
 }
 
 /// The most workers one consumer may feed.
@@ -291,6 +297,13 @@ impl ConsumerSpec {
     /// [`ChildSettings::info_interval`]).
     pub fn info_interval(mut self, interval: Duration) -> Self {
         self.child.info_interval = Some(interval);
+        self
+    }
+
+    /// Watches the server's advisories for this durable (see
+    /// [`ChildSettings::advisories`]).
+    pub fn advisories(mut self, watch: bool) -> Self {
+        self.child.advisories = watch;
         self
     }
 

@@ -243,6 +243,8 @@ pub(crate) struct RawConsumerSpec {
         skip_serializing_if = "Option::is_none"
     )]
     info_interval: Option<Duration>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    advisories: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     description: Option<String>,
 }
@@ -290,6 +292,7 @@ impl RawConsumerSpec {
                 key: self.key,
                 confirm_acks: self.confirm_acks,
                 info_interval: self.info_interval,
+                advisories: self.advisories,
             },
             stream: self.stream,
             durable: self.durable,
@@ -382,6 +385,7 @@ impl From<ConsumerSpec> for RawConsumerSpec {
             key: child.key,
             confirm_acks: child.confirm_acks,
             info_interval: child.info_interval,
+            advisories: child.advisories,
             description: server.description,
         }
     }
