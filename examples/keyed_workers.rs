@@ -15,8 +15,12 @@
 //! ```text
 //! cargo run --release --example keyed_workers -- --stream NAME --subjects SUBJ[,SUBJ..] --durable NAME \
 //!   --workers N --key-token I --work-ms W [--mode pull|push] [--batch B] [--max-messages M] \
-//!   [--idle-exit-ms MS] [--record FILE] [--nak-every K]
+//!   [--idle-exit-ms MS] [--record FILE] [--nak-every K] [--metrics-addr HOST:PORT]
 //! ```
+//!
+//! With `--metrics-addr`, the library's metrics (see the `telemetry`
+//! module) are served as Prometheus text at `http://HOST:PORT/metrics`
+//! for as long as it runs, the consumer's lag included.
 //!
 //! It uses the server at `NATS_URL`, or starts an embedded one when that is
 //! unset. It uses the stream if it exists, and creates it otherwise. The
@@ -56,7 +60,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 const USAGE: &str = "usage: keyed_workers --stream NAME --subjects SUBJ[,SUBJ..] --durable NAME \
 --workers N --key-token I --work-ms W [--mode pull|push] [--batch B] [--max-messages M] \
-[--idle-exit-ms MS] [--record FILE] [--nak-every K]";
+[--idle-exit-ms MS] [--record FILE] [--nak-every K] [--metrics-addr HOST:PORT]";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -79,6 +83,7 @@ struct Args {
     idle_exit: Option<Duration>,
     record: Option<PathBuf>,
     nak_every: Option<u64>,
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -97,6 +102,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
         idle_exit: None,
         record: None,
         nak_every: None,
+        metrics_addr: None,
     };
     let number = |flag: &str, value: &str, least: u64| -> Result<u64, String> {
         let kind = if least == 0 {
@@ -145,6 +151,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
             }
             "--record" => args.record = Some(PathBuf::from(value)),
             "--nak-every" => args.nak_every = Some(number(&flag, &value, 1)?),
+            "--metrics-addr" => args.metrics_addr = Some(metrics_addr(&value)?),
             other => return Err(format!("unknown argument {other:?}; {USAGE}")),
         }
     }
@@ -320,6 +327,11 @@ async fn run() -> Result<(), String> {
     // come back, and at least the push child's window; no more than that
     // goes out unacknowledged.
     .max_ack_pending((2 * args.batch).max(DEFAULT_MAX_IN_FLIGHT));
+    // With metrics, the lag from the server too.
+    let consumer_spec = match args.metrics_addr {
+        Some(_) => consumer_spec.info_interval(Duration::from_secs(1)),
+        None => consumer_spec,
+    };
     Topology::new()
         .stream(stream_spec.clone())
         .consumer(consumer_spec.clone())
@@ -340,6 +352,10 @@ async fn run() -> Result<(), String> {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_writer(std::io::stderr)
             .init();
+    }
+
+    if let Some(addr) = args.metrics_addr {
+        serve_metrics(addr)?;
     }
 
     // 2. Connect: NATS_URL, or an embedded server.
@@ -467,4 +483,20 @@ async fn run() -> Result<(), String> {
         shared.order_violations.load(Ordering::SeqCst),
     );
     Ok(())
+}
+
+/// Parses `--metrics-addr`.
+fn metrics_addr(value: &str) -> Result<std::net::SocketAddr, String> {
+    value.parse().map_err(|_| {
+        format!("--metrics-addr must be an IP address and port (HOST:PORT), got {value:?}")
+    })
+}
+
+/// Serves the library's metrics as Prometheus text on `addr` for as long
+/// as the process runs.
+fn serve_metrics(addr: std::net::SocketAddr) -> Result<(), String> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))
 }

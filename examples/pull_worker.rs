@@ -10,8 +10,13 @@
 //!
 //! ```text
 //! cargo run --release --example pull_worker -- --stream ORDERS --subjects 'orders.>' --durable workers \
-//!   --batch 100 --expires-ms 500 [--max-messages N] [--idle-exit-ms 2000] [--record FILE] [--nak-every K]
+//!   --batch 100 --expires-ms 500 [--max-messages N] [--idle-exit-ms 2000] [--record FILE] [--nak-every K] \
+//!   [--metrics-addr HOST:PORT]
 //! ```
+//!
+//! With `--metrics-addr`, the library's metrics (see the `telemetry`
+//! module) are served as Prometheus text at `http://HOST:PORT/metrics`
+//! for as long as it runs, the consumer's lag included.
 //!
 //! It uses the server at `NATS_URL`, or starts an embedded one when that is
 //! unset. It stops after `--max-messages` acks, or once `--idle-exit-ms`
@@ -41,10 +46,11 @@ struct Args {
     idle_exit: Duration,
     record: Option<PathBuf>,
     nak_every: Option<u64>,
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 const USAGE: &str = "usage: pull_worker --stream NAME --subjects SUBJ[,SUBJ..] --durable NAME --batch N --expires-ms MS \
-[--max-messages N] [--idle-exit-ms MS] [--record FILE] [--nak-every K]";
+[--max-messages N] [--idle-exit-ms MS] [--record FILE] [--nak-every K] [--metrics-addr HOST:PORT]";
 
 fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut args = Args {
@@ -57,6 +63,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
         idle_exit: Duration::from_millis(2000),
         record: None,
         nak_every: None,
+        metrics_addr: None,
     };
     let number = |flag: &str, value: &str| -> Result<u64, String> {
         value
@@ -79,6 +86,13 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
             "--idle-exit-ms" => args.idle_exit = Duration::from_millis(number(&flag, &value)?),
             "--record" => args.record = Some(PathBuf::from(value)),
             "--nak-every" => args.nak_every = Some(number(&flag, &value)?),
+            "--metrics-addr" => {
+                args.metrics_addr = Some(value.parse().map_err(|_| {
+                    format!(
+                        "--metrics-addr must be an IP address and port (HOST:PORT), got {value:?}"
+                    )
+                })?)
+            }
             other => return Err(format!("unknown argument {other:?}; {USAGE}")),
         }
     }
@@ -196,7 +210,12 @@ async fn run() -> Result<(), String> {
     let args = parse_args(std::env::args().skip(1))?;
     let topology = Topology::new()
         .stream(StreamSpec::new(&args.stream, args.subjects.clone()))
-        .consumer(ConsumerSpec::pull(&args.stream, &args.durable, "worker"));
+        .consumer(match args.metrics_addr {
+            // With metrics, the lag from the server too.
+            Some(_) => ConsumerSpec::pull(&args.stream, &args.durable, "worker")
+                .info_interval(Duration::from_secs(1)),
+            None => ConsumerSpec::pull(&args.stream, &args.durable, "worker"),
+        });
     topology.validate().map_err(|e| e.to_string())?;
     let record = match &args.record {
         Some(path) => Some(
@@ -208,6 +227,14 @@ async fn run() -> Result<(), String> {
         ),
         None => None,
     };
+
+    if let Some(addr) = args.metrics_addr {
+        // Prometheus text on `addr` for as long as the process runs.
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+    }
 
     // 2. Connect: NATS_URL, or an embedded server.
     let (_embedded, url) = match std::env::var("NATS_URL") {

@@ -470,3 +470,113 @@ async fn chaos_out_of_time_ends_at_once_with_its_summary() {
         "took {took:?} to end after a 3 s budget"
     );
 }
+
+/// The value of `name`'s series for `durable` in a Prometheus text page.
+fn scraped(page: &str, name: &str, durable: &str) -> Option<f64> {
+    let label = format!("durable=\"{durable}\"");
+    page.lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")) && line.contains(&label))
+        .find_map(|line| line.rsplit(' ').next()?.parse().ok())
+}
+
+/// `GET /metrics` from `addr` (HTTP/1.0: the body ends with the
+/// connection).
+async fn scrape(addr: std::net::SocketAddr) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+}
+
+#[tokio::test]
+async fn pull_worker_serves_metrics_that_agree_with_its_summary_and_the_server() {
+    let env = env().await;
+    let addr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        probe.local_addr().expect("its address")
+    };
+    let args: Vec<String> = [
+        "--stream",
+        "METERED",
+        "--subjects",
+        "metered.>",
+        "--durable",
+        "metered",
+        "--batch",
+        "50",
+        "--expires-ms",
+        "300",
+        "--idle-exit-ms",
+        "4000",
+        "--nak-every",
+        "7",
+        "--metrics-addr",
+        &addr.to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    example_bin("pull_worker");
+    let url = env.server.url();
+    let worker = tokio::task::spawn_blocking(move || run_example("pull_worker", &url, &args));
+    wait_for_stream(&env.js, "METERED").await;
+    publish_n(&env.js, "metered.new", 250).await;
+    let info = wait_for_consumer(&env.js, "METERED", "metered", "all acked", |i| {
+        i.ack_floor.stream_sequence == 250 && i.num_ack_pending == 0 && i.num_pending == 0
+    })
+    .await;
+    // The exporter shows what the server says once the child's next poll
+    // has run (every second).
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let page = loop {
+        let page = scrape(addr).await.unwrap_or_default();
+        let floor = scraped(&page, "jetstream_consumer_ack_floor", "metered");
+        let acked = scraped(&page, "jetstream_consumer_acked_total", "metered");
+        if floor == Some(250.0) && acked == Some(250.0) {
+            break page;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the metrics never caught up with the server: {page}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let metric = |name: &str| {
+        scraped(&page, name, "metered").unwrap_or_else(|| panic!("no {name} in {page}"))
+    };
+    assert_eq!(
+        metric("jetstream_consumer_num_pending"),
+        info.num_pending as f64
+    );
+    assert_eq!(
+        metric("jetstream_consumer_num_ack_pending"),
+        info.num_ack_pending as f64
+    );
+    assert_eq!(metric("jetstream_consumer_in_flight"), 0.0);
+    let stdout = worker.await.expect("join");
+    let fields = last_line_fields(&stdout, "pull_worker: ");
+    assert_eq!(fields["acked"], 250, "{stdout}");
+    assert_eq!(
+        metric("jetstream_consumer_acked_total"),
+        fields["acked"] as f64
+    );
+    assert_eq!(
+        metric("jetstream_consumer_naked_total"),
+        fields["naked"] as f64
+    );
+    assert_eq!(
+        metric("jetstream_consumer_delivered_total"),
+        fields["delivered"] as f64
+    );
+    // Each nak'ed message came back once.
+    assert_eq!(
+        metric("jetstream_consumer_redelivered_total"),
+        fields["naked"] as f64
+    );
+}
