@@ -14,6 +14,10 @@
 //! which start a throwaway nats-server. To use your own server:
 //! `NATS_URL=nats://host:4222 cargo run --example quickstart` (it creates,
 //! and deletes on start, its own stream `QUICKSTART_ORDERS`).
+//!
+//! `--metrics-addr HOST:PORT` serves the library's metrics (see the
+//! `telemetry` module) as Prometheus text at `http://HOST:PORT/metrics`
+//! for as long as it runs.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -77,6 +81,26 @@ impl Actor for Worker {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // 0. The one option: where to serve metrics, if anywhere.
+    let mut argv = std::env::args().skip(1);
+    match (argv.next().as_deref(), argv.next(), argv.next()) {
+        (None, ..) => {}
+        (Some("--metrics-addr"), Some(addr), None) => {
+            let addr: std::net::SocketAddr = addr.parse().map_err(|_| {
+                format!("--metrics-addr must be an IP address and port (HOST:PORT), got {addr:?}")
+            })?;
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .with_http_listener(addr)
+                .install()?;
+        }
+        (Some(other), ..) => {
+            return Err(format!(
+                "unknown argument {other:?}; usage: quickstart [--metrics-addr HOST:PORT]"
+            )
+            .into());
+        }
+    }
+
     // 1. The server: NATS_URL, or a throwaway one.
     let (_server, url) = match std::env::var("NATS_URL") {
         Ok(url) => (None, url),
