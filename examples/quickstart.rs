@@ -93,6 +93,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .with_http_listener(addr)
                 .install()?;
         }
+        (Some("--metrics-addr"), None, _) => {
+            return Err("--metrics-addr needs a value (HOST:PORT)".into());
+        }
         (Some(other), ..) => {
             return Err(format!(
                 "unknown argument {other:?}; usage: quickstart [--metrics-addr HOST:PORT]"
