@@ -277,6 +277,8 @@ pub mod error;
 pub mod handle;
 pub mod keyed;
 mod mode;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod output;
 pub mod restart;
 pub mod spec;

@@ -128,6 +128,8 @@ impl InFlight {
             stream_sequence = info.stream_sequence,
             delivered = info.delivered,
         );
+        #[cfg(feature = "otel")]
+        crate::otel::continue_trace(&span, message.headers.as_ref());
         let stream_sequence = info.stream_sequence;
         let delivery = Delivery::new(
             message,
