@@ -166,6 +166,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut killed = false;
     let mut resumed = false;
     let mut last_progress = Instant::now();
+    // On a terminal, a live bar; otherwise (a pipe, a test) a line every
+    // 50 ms.
+    let bar = std::io::IsTerminal::is_terminal(&std::io::stdout()).then(|| {
+        let bar = indicatif::ProgressBar::new(ORDERS);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "quickstart: [{bar:40}] {pos:>5}/{len} acked  {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let say = |line: String| match &bar {
+        Some(bar) => bar.println(line),
+        None => println!("{line}"),
+    };
     loop {
         let (acked, acked_pull, redelivered) = {
             let tally = tally.lock().map_err(|_| "tally lock poisoned")?;
@@ -176,6 +192,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             )
         };
         if acked == ORDERS {
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+            }
             break;
         }
         if started.elapsed() > Duration::from_secs(50) {
@@ -184,16 +203,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         if !killed && acked_pull >= ORDERS / 4 {
             killed = true;
             if let Some(child) = fulfilment.consumer().child() {
-                println!(
+                say(format!(
                     "quickstart: killing the pull child halfway (at {acked_pull} of {} Europe orders)",
                     ORDERS / 2
-                );
+                ));
                 child.kill();
             }
         }
         if last_progress.elapsed() >= Duration::from_millis(50) {
             last_progress = Instant::now();
-            println!("quickstart: {acked:>5}/{ORDERS} orders acked, {redelivered} redelivered");
+            match &bar {
+                Some(bar) => {
+                    let restarts = if resumed || killed { 1 } else { 0 };
+                    bar.set_position(acked);
+                    bar.set_message(format!("{redelivered} redelivered, {restarts} restart(s)"));
+                }
+                None => println!(
+                    "quickstart: {acked:>5}/{ORDERS} orders acked, {redelivered} redelivered"
+                ),
+            }
         }
         // A fetch that a crash cuts off fails with FetchInterrupted; one sent
         // while the child restarts, with Unavailable. Either way nothing is
@@ -212,18 +240,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         .await?
                         .ack_floor
                         .stream_sequence;
-                    println!(
+                    say(format!(
                         "quickstart: the restarted pull child resumed from the durable's position (ack floor at stream sequence {floor}) and fetched {}",
                         outcome.delivered
-                    );
+                    ));
                 }
             }
             // While the child restarts, the supervisor says so; try again.
             Err(err) => {
-                println!(
+                say(format!(
                     "quickstart: fetch refused ({:?}: {err}); retrying",
                     err.kind()
-                );
+                ));
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
@@ -246,11 +274,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     let stream = js.get_stream("QUICKSTART_ORDERS").await?;
+    println!(
+        "quickstart: server: {:<12} {:>8} {:>8} {:>12} {:>10}",
+        "durable", "pending", "unacked", "redelivered", "ack floor"
+    );
     for durable in ["fulfilment", "audit"] {
         let info = stream.consumer_info(durable).await?;
         println!(
-            "quickstart: server: {durable}: {} pending, {} unacked, {} redelivered",
-            info.num_pending, info.num_ack_pending, info.num_redelivered
+            "quickstart: server: {durable:<12} {:>8} {:>8} {:>12} {:>10}",
+            info.num_pending,
+            info.num_ack_pending,
+            info.num_redelivered,
+            info.ack_floor.stream_sequence
         );
     }
     supervisor
