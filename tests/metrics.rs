@@ -20,6 +20,31 @@ use common::{
     spawn_pull, spawn_target,
 };
 
+/// A keyed worker that acks everything.
+struct Acker;
+
+impl ractor::Actor for Acker {
+    type Msg = ractor_jetstream::Delivery;
+    type State = ();
+    type Arguments = ();
+    async fn pre_start(
+        &self,
+        _: ActorRef<ractor_jetstream::Delivery>,
+        _: (),
+    ) -> Result<(), ractor::ActorProcessingErr> {
+        Ok(())
+    }
+    async fn handle(
+        &self,
+        _: ActorRef<ractor_jetstream::Delivery>,
+        delivery: ractor_jetstream::Delivery,
+        _: &mut (),
+    ) -> Result<(), ractor::ActorProcessingErr> {
+        delivery.ack();
+        Ok(())
+    }
+}
+
 fn snapshotter() -> &'static Snapshotter {
     static SNAPSHOTTER: OnceLock<Snapshotter> = OnceLock::new();
     SNAPSHOTTER.get_or_init(|| {
@@ -225,6 +250,50 @@ async fn a_childs_metrics_equal_its_stats_and_the_servers_consumer_info() {
         );
     }
     assert_eq!(terminated, 2);
+
+    // Keyed workers: what each worker was handed.
+    create_stream(&env.js, "K", &["k.>"]).await;
+    for key in 0..4 {
+        publish_n(&env.js, &format!("k.{key}"), 5).await;
+    }
+    let keyed = ractor::Actor::spawn(
+        None,
+        ractor_jetstream::PullConsumer,
+        ractor_jetstream::ConsumerArgs {
+            connection: env.js.clone().into(),
+            spec: ConsumerSpec::pull("K", "keyed", "workers")
+                .workers(2, ractor_jetstream::KeySpec::SubjectToken(1)),
+            target: ractor_jetstream::Workers::new(|_| (Acker, ())).into(),
+        },
+    )
+    .await
+    .expect("spawn keyed child")
+    .0;
+    let mut acked = 0;
+    while acked < 20 {
+        acked += fetch(&keyed, 20, Duration::from_millis(300))
+            .await
+            .expect("fetch")
+            .acked;
+    }
+    let handed: u64 = snapshotter()
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| {
+            key.key().name() == names::KEYED_WORKER_DELIVERIES
+                && key
+                    .key()
+                    .labels()
+                    .any(|l| l.key() == "durable" && l.value() == "keyed")
+        })
+        .map(|(_, _, _, value)| match value {
+            DebugValue::Counter(n) => n,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(handed, 20);
+
     let info = consumer_info(&env.js, "P", "poison").await;
     assert_eq!(
         (info.ack_floor.stream_sequence, info.num_ack_pending),

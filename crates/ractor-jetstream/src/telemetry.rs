@@ -26,6 +26,7 @@
 //! | `jetstream_consumer_fetch_seconds` | histogram | from a fetch's start to its answer (pull) |
 //! | `jetstream_consumer_restarts_total` | counter | the child restarted by its supervisor |
 //! | `jetstream_supervisor_give_ups_total` | counter | the supervisor gave up on a child (labels `durable`) |
+//! | `jetstream_keyed_worker_deliveries_total` | counter | deliveries handed to each keyed worker (labels `durable`, `worker`) |
 //! | `jetstream_consumer_num_pending` | gauge | the server's `num_pending` (lag), from the consumer-info poll |
 //! | `jetstream_consumer_num_ack_pending` | gauge | the server's `num_ack_pending`, from the poll |
 //! | `jetstream_consumer_num_redelivered` | gauge | the server's `num_redelivered`, from the poll |
@@ -90,6 +91,9 @@ pub mod names {
     pub const NUM_REDELIVERED: &str = "jetstream_consumer_num_redelivered";
     /// The server's ack floor (stream sequence).
     pub const ACK_FLOOR: &str = "jetstream_consumer_ack_floor";
+    /// Deliveries handed to each keyed worker (labels `durable`,
+    /// `worker`).
+    pub const KEYED_WORKER_DELIVERIES: &str = "jetstream_keyed_worker_deliveries_total";
     /// The server's advisories for the durable, by `kind`.
     pub const ADVISORIES: &str = "jetstream_consumer_advisories_total";
 }

@@ -77,6 +77,8 @@ impl Outcome {
 /// One worker, as the router last saw it.
 struct Worker {
     actor: Option<DerivedActorRef<Delivery>>,
+    /// Deliveries handed to it (`jetstream_keyed_worker_deliveries_total`).
+    handed: metrics::Counter,
     generation: u64,
     /// Deliveries at it and not yet settled, each of another key (at most
     /// the router's `depth`).
@@ -195,6 +197,11 @@ impl Router {
             .map(|index| {
                 let spawned = table.get(index);
                 Worker {
+                    handed: metrics::counter!(
+                        crate::telemetry::names::KEYED_WORKER_DELIVERIES,
+                        "durable" => durable.to_string(),
+                        "worker" => index.to_string()
+                    ),
                     generation: spawned.as_ref().map_or(0, |s| s.generation),
                     actor: spawned.map(|s| s.actor),
                     held: 0,
@@ -377,6 +384,7 @@ impl Router {
             match actor.send_message(delivery) {
                 Ok(()) => {
                     slot.held += 1;
+                    slot.handed.increment(1);
                     entry.busy = true;
                     self.at_workers.insert(
                         token,
