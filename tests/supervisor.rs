@@ -864,3 +864,50 @@ async fn kill_and_watch_nothing_forwarded(
         "the publisher kept going: {stored} stored, {seen_at_death} forwarded"
     );
 }
+
+#[tokio::test]
+async fn status_reports_each_childs_lag_from_the_server() {
+    let env = env().await;
+    let (_t, target, _record) = acking_target().await;
+    let topology = Topology::new()
+        .stream(StreamSpec::new("LAG", ["lag.>"]))
+        .consumer(
+            ConsumerSpec::pull("LAG", "lagging", "worker")
+                .info_interval(Duration::from_millis(100)),
+        )
+        .consumer(ConsumerSpec::pull("LAG", "unpolled", "worker"));
+    let args = SupervisorArgs::new(env.js.clone(), topology).target("worker", target);
+    let (supervisor, _) = ractor_jetstream::SupervisorHandle::spawn(None, args)
+        .await
+        .expect("supervisor starts");
+    publish_n(&env.js, "lag.a", 10).await;
+    // Before any fetch: 10 pending on the server.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut fetched = false;
+    loop {
+        let status = supervisor.status().await.expect("status");
+        let lag = status.child("lagging").and_then(|c| c.server);
+        assert_eq!(status.child("unpolled").and_then(|c| c.server), None);
+        match (lag, fetched) {
+            (Some(lag), false) if lag.num_pending == 10 => {
+                let handle = supervisor.pull("lagging").await.expect("pull handle");
+                let outcome = handle
+                    .fetch(10, Some(Duration::from_millis(500)))
+                    .await
+                    .expect("fetch");
+                assert_eq!(outcome.acked, 10);
+                fetched = true;
+            }
+            (Some(lag), true) if lag.ack_floor == 10 => {
+                assert_eq!((lag.num_pending, lag.num_ack_pending), (0, 0));
+                break;
+            }
+            _ => {}
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "status never showed the lag: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

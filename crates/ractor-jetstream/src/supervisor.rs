@@ -239,7 +239,24 @@ impl Actor for JetStreamSupervisor {
                 state.targets.insert(name, target);
             }
             SupervisorMsg::Status(reply) => {
-                let _ = reply.send(state.status());
+                let mut status = state.status();
+                let running = state.running_children();
+                // Each running child's lag, asked for off the supervisor's
+                // own loop.
+                state.spawn_task(async move {
+                    for child in &mut status.children {
+                        let Some(actor) = running.get(&child.durable) else {
+                            continue;
+                        };
+                        if let Ok(ractor::rpc::CallResult::Success(stats)) = actor
+                            .call(ConsumerMsg::Stats, Some(std::time::Duration::from_secs(1)))
+                            .await
+                        {
+                            child.server = stats.server;
+                        }
+                    }
+                    let _ = reply.send(status);
+                });
             }
             SupervisorMsg::Drain { timeout, reply } => {
                 let actors = state.retire_all();

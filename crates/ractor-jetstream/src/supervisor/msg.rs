@@ -5,7 +5,7 @@ use std::time::Duration;
 use ractor::{ActorRef, RpcReplyPort};
 
 use super::work::Done;
-use crate::consumer::{ConsumerMsg, DrainReport, FetchOutcome};
+use crate::consumer::{ConsumerMsg, DrainReport, FetchOutcome, ServerLag};
 use crate::ensure::StreamAction;
 use crate::error::Error;
 use crate::spec::{ConsumerMode, ConsumerSpec, StreamSpec};
@@ -158,6 +158,9 @@ pub struct ChildStatus {
     pub restarts: u64,
     /// The last failure, if any.
     pub last_failure: Option<String>,
+    /// Its lag as the server last reported it to the child, when its spec
+    /// sets `info_interval` and it runs.
+    pub server: Option<ServerLag>,
 }
 
 /// The reply to [`SupervisorMsg::Status`].

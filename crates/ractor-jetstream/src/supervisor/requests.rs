@@ -213,6 +213,16 @@ impl SupervisorState {
         }
     }
 
+    /// The running children, by durable.
+    pub(super) fn running_children(
+        &self,
+    ) -> std::collections::HashMap<String, ractor::ActorRef<crate::consumer::ConsumerMsg>> {
+        self.children
+            .iter()
+            .filter_map(|(durable, c)| Some((durable.clone(), c.actor.clone()?)))
+            .collect()
+    }
+
     pub(super) fn status(&self) -> SupervisorStatus {
         let mut children: Vec<ChildStatus> = self
             .children
@@ -224,6 +234,7 @@ impl SupervisorState {
                 state: c.state.clone(),
                 restarts: c.restarts,
                 last_failure: c.last_failure.clone(),
+                server: None,
             })
             .collect();
         children.sort_by(|a, b| a.durable.cmp(&b.durable));
