@@ -317,7 +317,7 @@ impl Delivery {
     /// given up on the delivery and nak'ed it). The message may then be
     /// delivered again; an effect that must happen once needs an
     /// idempotent step, such as a publish with a message id (see
-    /// [`Output`](crate::output::Output)).
+    /// `output::Output`).
     pub async fn ack_confirmed(mut self) -> Result<(), Error> {
         let durable = self.consumer().to_string();
         let stream_sequence = self.stream_sequence();
