@@ -40,6 +40,7 @@
 //! `spec/check.rs` (the field checks they share).
 
 mod check;
+mod child;
 mod consumer;
 mod pull_push;
 mod raw;
@@ -48,9 +49,10 @@ mod subject;
 mod topology;
 
 pub use crate::mode::ConsumerMode;
+pub use child::{ChildSettings, KeySpec, MAX_WORKERS};
 pub use consumer::{
-    ChildSettings, ConsumerSpec, DEFAULT_ACK_WAIT, DEFAULT_FETCH_EXPIRES, DEFAULT_MAX_ACK_PENDING,
-    DEFAULT_MAX_HOLD, KeySpec, MAX_WORKERS, ServerSettings, StartPosition,
+    ConsumerSpec, DEFAULT_ACK_WAIT, DEFAULT_FETCH_EXPIRES, DEFAULT_MAX_ACK_PENDING,
+    DEFAULT_MAX_HOLD, ServerSettings, StartPosition,
 };
 pub use pull_push::{DEFAULT_IDLE_HEARTBEAT, DEFAULT_MAX_IN_FLIGHT, ModeSpec, PullSpec, PushSpec};
 pub use stream::{Discard, Retention, Storage, StreamSpec};

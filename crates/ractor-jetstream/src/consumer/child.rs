@@ -18,7 +18,7 @@ use super::inflight::{self};
 use super::port::{FetchPort, FetchReply};
 use super::{ConsumerArgs, ConsumerMsg, Counters, DrainReport, dead_letter};
 use crate::connection::Connection;
-use crate::ensure::{consumer_info as ensure_consumer_info, ensure_consumer};
+use crate::ensure::ensure_consumer;
 use crate::error::Error;
 use crate::keyed;
 use crate::spec::{ConsumerMode, ConsumerSpec};
@@ -263,7 +263,7 @@ where
         target: TargetSlot::new(target),
     };
     let poll = spec.child.info_interval.map(|interval| WorkerHandle {
-        task: tokio::spawn(poll_info(
+        task: tokio::spawn(super::stats::poll_info(
             ctx.connection.clone(),
             ctx.stream.clone(),
             durable.clone(),
@@ -370,28 +370,6 @@ impl Drop for PoolHandle {
             worker.kill();
         }
         self.0.kill();
-    }
-}
-
-/// Reads the consumer's info every `interval`, for its lag (see
-/// [`crate::telemetry`]). A failed read is logged and tried again at the
-/// next interval.
-async fn poll_info(
-    connection: Connection,
-    stream: Arc<str>,
-    durable: Arc<str>,
-    interval: Duration,
-    counters: Arc<Counters>,
-) {
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        match ensure_consumer_info(&connection, &stream, &durable).await {
-            Ok(Some(info)) => counters.polled(&info),
-            Ok(None) => tracing::debug!(%durable, "consumer info: no such consumer (yet)"),
-            Err(err) => tracing::debug!(%durable, error = %err, "consumer info failed"),
-        }
     }
 }
 

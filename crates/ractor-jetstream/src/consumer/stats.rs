@@ -211,3 +211,25 @@ impl Counters {
         }
     }
 }
+
+/// Reads the consumer's info every `interval`, for its lag (see
+/// [`crate::telemetry`]). A failed read is logged and tried again at the
+/// next interval.
+pub(crate) async fn poll_info(
+    connection: crate::connection::Connection,
+    stream: std::sync::Arc<str>,
+    durable: std::sync::Arc<str>,
+    interval: Duration,
+    counters: std::sync::Arc<Counters>,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match crate::ensure::consumer_info(&connection, &stream, &durable).await {
+            Ok(Some(info)) => counters.polled(&info),
+            Ok(None) => tracing::debug!(%durable, "consumer info: no such consumer (yet)"),
+            Err(err) => tracing::debug!(%durable, error = %err, "consumer info failed"),
+        }
+    }
+}

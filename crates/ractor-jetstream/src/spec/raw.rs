@@ -17,7 +17,8 @@ use crate::error::ValidationErrors;
 use crate::mode::ConsumerMode;
 use crate::restart::RestartKind;
 use crate::spec::check::join_field;
-use crate::spec::consumer::{ChildSettings, ConsumerSpec, KeySpec, ServerSettings, StartPosition};
+use crate::spec::child::{ChildSettings, KeySpec};
+use crate::spec::consumer::{ConsumerSpec, ServerSettings, StartPosition};
 use crate::spec::pull_push::{ModeSpec, PullSpec, PushSpec};
 use crate::spec::stream::{Discard, Retention, Storage, StreamSpec};
 
