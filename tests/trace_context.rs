@@ -4,6 +4,7 @@
 //! is the delivery span's child. The spans are collected by an in-memory
 //! OpenTelemetry exporter behind the `tracing-opentelemetry` layer, which
 //! this binary installs as its one global subscriber (hence one test).
+//! The message is consumed through the supervisor, as an application does.
 
 mod common;
 
@@ -15,7 +16,7 @@ use ractor_jetstream::ConsumerSpec;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 
-use common::{Env, consumer_info, create_stream, fetch, forwarding_target, next, spawn_pull};
+use common::{Env, consumer_info, create_stream, forwarding_target, next};
 
 fn find<'a>(spans: &'a [SpanData], name: &str) -> &'a SpanData {
     spans
@@ -69,17 +70,17 @@ async fn a_traceparent_makes_the_delivery_span_continue_the_publishers_trace() {
     };
     assert_ne!(trace_id, TraceId::INVALID);
 
+    // Consumed through the supervisor, as an application does.
     let (target, mut rx) = forwarding_target().await;
-    let child = spawn_pull(
-        &env,
-        ConsumerSpec::pull("T", "traced", "t"),
-        target.get_derived(),
-    )
-    .await;
-    let fetching = {
-        let child = child.clone();
-        tokio::spawn(async move { fetch(&child, 1, Duration::from_secs(2)).await })
-    };
+    let topology =
+        ractor_jetstream::Topology::new().consumer(ConsumerSpec::pull("T", "traced", "t"));
+    let args = ractor_jetstream::SupervisorArgs::new(env.js.clone(), topology)
+        .target("t", target.get_derived());
+    let (supervisor, _) = ractor_jetstream::SupervisorHandle::spawn(None, args)
+        .await
+        .expect("supervisor starts");
+    let pull = supervisor.pull("traced").await.expect("pull handle");
+    let fetching = tokio::spawn(async move { pull.fetch(1, Some(Duration::from_secs(2))).await });
     let delivery = next(&mut rx).await;
     {
         // The target's work, inside the delivery's span.
