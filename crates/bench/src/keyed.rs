@@ -293,7 +293,7 @@ async fn plain_run(js: &jetstream::Context, n: u64, batch: usize) -> Result<f64,
 }
 
 /// Runs `run` for at most [`RUN_LIMIT`].
-async fn within<T>(
+pub(super) async fn within<T>(
     what: String,
     run: impl Future<Output = Result<T, BoxError>>,
 ) -> Result<T, BoxError> {
@@ -304,7 +304,7 @@ async fn within<T>(
 
 /// Stops a child and waits for it (and so its worker pool and workers) to
 /// be gone, so that the next run has the machine to itself.
-async fn stop(child: &ActorRef<ConsumerMsg>) -> Result<(), BoxError> {
+pub(super) async fn stop(child: &ActorRef<ConsumerMsg>) -> Result<(), BoxError> {
     child
         .stop_and_wait(None, Some(Duration::from_secs(10)))
         .await

@@ -20,6 +20,14 @@
 //!   and with none for N = 1 against a plain pull child; every row counts
 //!   the order violations the workers saw. See the `keyed` module, and
 //!   `--cases keyed` to run it alone.
+//! - pipeline: one pull child whose target acks plainly, with the spec's
+//!   `confirm_acks`, with `ack_confirmed().await`, or publishes each
+//!   result to an output stream with `output::Output::publish_and_ack`
+//!   (awaited, or in a task per delivery); each against plain acks. See the
+//!   `pipeline` module, and `--cases pipeline` to run it alone.
+//! - metrics (`--cases metrics`, not in the default set): pull batch 100
+//!   and push with the library's metrics recorded by a Prometheus recorder,
+//!   against none; see the `metrics_cost` module.
 //!
 //! In the pull and push library cases the target is a trivial actor that
 //! acks at once.
@@ -43,6 +51,8 @@ use ractor_jetstream::{
 use tokio::sync::oneshot;
 
 mod keyed;
+mod metrics_cost;
+mod pipeline;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -63,7 +73,8 @@ pub struct Options {
     /// The keyed case's messages per worker in its 1 ms rows (workers=16
     /// runs on 16 times as many as workers=1).
     pub keyed_messages: u64,
-    /// Which cases: any of `pull`, `push`, `restart`, `keyed`.
+    /// Which cases: any of `pull`, `push`, `restart`, `keyed`,
+    /// `pipeline`, `metrics`.
     pub cases: Vec<String>,
     /// Where the table and the plot go.
     pub out_dir: PathBuf,
@@ -75,8 +86,9 @@ pub const PAYLOAD: usize = 128;
 impl Options {
     /// Parses `--messages N --rounds R --batches 1,10,100,500 --window W
     /// --crashes C --keyed-batch B --keyed-messages M
-    /// --cases pull,push,restart,keyed --out DIR`. Unknown arguments (such
-    /// as the `--bench` that `cargo bench` passes) are ignored.
+    /// --cases pull,push,restart,keyed,pipeline --out DIR`. Unknown
+    /// arguments (such as the `--bench` that `cargo bench` passes) are
+    /// ignored.
     pub fn parse(args: impl Iterator<Item = String>) -> Result<Self, String> {
         let mut options = Options {
             messages: 100_000,
@@ -91,6 +103,7 @@ impl Options {
                 "push".into(),
                 "restart".into(),
                 "keyed".into(),
+                "pipeline".into(),
             ],
             out_dir: default_out_dir(),
         };
@@ -246,7 +259,22 @@ pub async fn run(options: Options) -> Result<(), BoxError> {
             println!("{}", row.line());
         }
     }
-    write_reports(&options, &results, restart, &keyed_rows)?;
+    let mut pipeline_rows = Vec::new();
+    if options.cases.iter().any(|c| c == "pipeline") {
+        pipeline_rows = pipeline::pipeline_case(&js, &options).await?;
+        for row in &pipeline_rows {
+            println!("{}", row.line());
+        }
+    }
+    // Last: it installs the process's one metrics recorder.
+    if options.cases.iter().any(|c| c == "metrics") {
+        for row in metrics_cost::metrics_case(&js, &options).await? {
+            for line in row.lines() {
+                println!("{line}");
+            }
+        }
+    }
+    write_reports(&options, &results, restart, &keyed_rows, &pipeline_rows)?;
     Ok(())
 }
 
@@ -860,6 +888,7 @@ fn write_reports(
     results: &[CaseResult],
     restart: Option<f64>,
     keyed_rows: &[keyed::KeyedRow],
+    pipeline_rows: &[pipeline::PipelineRow],
 ) -> Result<(), BoxError> {
     std::fs::create_dir_all(&options.out_dir)?;
     let mut table = String::new();
@@ -908,6 +937,10 @@ fn write_reports(
     if !keyed_rows.is_empty() {
         writeln!(table)?;
         keyed::write_table(&mut table, options, keyed_rows)?;
+    }
+    if !pipeline_rows.is_empty() {
+        writeln!(table)?;
+        pipeline::write_table(&mut table, options, pipeline_rows)?;
     }
     let table_path = options.out_dir.join("throughput.md");
     std::fs::write(&table_path, &table)?;
