@@ -87,8 +87,9 @@ pub struct Published {
 
 impl Output {
     /// The output stream `stream`, for the results of the deliveries of
-    /// `input` (a consumer managed by a supervisor, which exists on the
-    /// server). Checks that the stream's duplicate window covers the
+    /// `input`, whose durable must exist on the server (made by a
+    /// supervisor or a child, or by [`ensure_consumer`](crate::ensure_consumer)
+    /// before the target that holds this `Output` is spawned). Checks that the stream's duplicate window covers the
     /// consumer's redelivery horizon (see [`redelivery_horizon`]); an
     /// [`Error::Invalid`] says by how much it does not, or that the
     /// consumer's unlimited `max_deliver` has no horizon.

@@ -38,6 +38,8 @@ pub struct ChildSettings {
     /// come back on one subscription) and counts what was confirmed and
     /// what was not in the stats. A target that must know, whatever this
     /// says, awaits [`Delivery::ack_confirmed`](crate::Delivery::ack_confirmed).
+    /// A fetch answers once its acks are sent; their confirmations follow
+    /// (`acks_confirmed` in the stats).
     pub confirm_acks: bool,
     /// How often the child reads the consumer's info from the server, for
     /// its lag (`num_pending`, `num_ack_pending`, `num_redelivered`, the
