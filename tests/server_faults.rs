@@ -338,13 +338,26 @@ async fn consumption_goes_on_when_the_stream_leader_of_a_cluster_is_killed() {
             ..StreamSpec::new("R3", ["r3.>"])
         })
         .consumer(ConsumerSpec::pull("R3", "r3", "t").ack_wait(Duration::from_secs(3)));
-    let (supervisor, _) = Actor::spawn(
-        None,
-        JetStreamSupervisor,
-        SupervisorArgs::new(js.clone(), topology).target("t", target),
-    )
-    .await
-    .expect("supervisor");
+    // Right after forming, the meta leader may still count a peer offline
+    // and refuse to place an R3 stream ("no suitable peers"): the
+    // supervisor's start fails then, and is tried again.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let supervisor = loop {
+        match Actor::spawn(
+            None,
+            JetStreamSupervisor,
+            SupervisorArgs::new(js.clone(), topology.clone()).target("t", target.clone()),
+        )
+        .await
+        {
+            Ok((supervisor, _)) => break supervisor,
+            Err(err) if tokio::time::Instant::now() < deadline => {
+                eprintln!("supervisor start refused, trying again: {err}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(err) => panic!("supervisor: {err}"),
+        }
+    };
     publish_retrying(&js, "r3.x", 0..100).await;
     let stop = Arc::new(AtomicBool::new(false));
     let fetcher = fetch_loop(supervisor.clone(), "r3", stop.clone());

@@ -39,11 +39,19 @@ async fn r3_stream_survives_the_loss_of_its_leader() -> TestResult {
 
     let client = async_nats::connect(cluster.client_urls()).await?;
     let js = jetstream::new(client);
-    js.get_or_create_stream(stream::Config {
-        name: "ORDERS".into(),
-        subjects: vec!["orders.>".into()],
-        num_replicas: 3,
-        ..Default::default()
+    // Right after forming, the meta leader may still count a peer offline
+    // for placement ("no suitable peers"); the stream is placed once it
+    // does not.
+    eventually("create the R3 stream", SETTLE, || async {
+        js.get_or_create_stream(stream::Config {
+            name: "ORDERS".into(),
+            subjects: vec!["orders.>".into()],
+            num_replicas: 3,
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
     })
     .await?;
     for i in 1..=20 {
