@@ -112,12 +112,7 @@ impl InFlight {
                     Decision::Term(_) => Settled::Termed,
                 };
                 if self.current(token).is_none() && token != ORPHAN {
-                    let what = match decision {
-                        Decision::Ack => "ack",
-                        Decision::Nak(_) => "nak",
-                        Decision::Term(_) => "term",
-                    };
-                    self.late(stream_sequence, what, GAVE_UP, None);
+                    self.late(stream_sequence, name(&decision), GAVE_UP, None);
                     return None;
                 }
                 (decision, settled)
@@ -151,11 +146,7 @@ impl InFlight {
         waiter: &mut Option<Waiter>,
     ) -> Option<Option<Settled>> {
         let entry = self.current(token)?;
-        let what = match decision {
-            Decision::Ack => "ack",
-            Decision::Nak(_) => "nak",
-            Decision::Term(_) => "term",
-        };
+        let what = name(decision);
         if !entry.superseded {
             if entry.renewed.elapsed() > self.ack_wait {
                 // The server may have delivered it again already; applied,
@@ -293,5 +284,14 @@ impl InFlight {
         self.publish(entry.reply, payload).await;
         self.counters.record(settled);
         reached.then_some(settled)
+    }
+}
+
+/// A decision's name, for the log of a late one.
+fn name(decision: &Decision) -> &'static str {
+    match decision {
+        Decision::Ack => "ack",
+        Decision::Nak(_) => "nak",
+        Decision::Term(_) => "term",
     }
 }
