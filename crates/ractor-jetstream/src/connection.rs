@@ -48,7 +48,14 @@ pub struct Connection {
     /// Present when the connection was made by `connect`, which listens for
     /// the server's reports.
     denials: Option<Arc<Denials>>,
+    /// The JetStream API prefix of the context (async-nats keeps its own
+    /// private). Used for the one request this crate sends raw: a pull
+    /// that carries a pin id, which async-nats' `BatchConfig` cannot.
+    api_prefix: Arc<str>,
 }
+
+/// The JetStream API prefix without a domain.
+const DEFAULT_API_PREFIX: &str = "$JS.API";
 
 impl Connection {
     /// A connection whose permission reports are collected in `denials`.
@@ -56,7 +63,22 @@ impl Connection {
         Self {
             jetstream,
             denials: Some(denials),
+            api_prefix: DEFAULT_API_PREFIX.into(),
         }
+    }
+
+    /// The same connection, for a context whose JetStream API prefix is
+    /// `prefix` (`$JS.<domain>.API` for a domain). A context made with
+    /// async-nats' `api_prefix` or `domain` needs this for pinned pull
+    /// consumers; `connect` sets it from `jetstream_domain`.
+    pub fn with_api_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.api_prefix = prefix.into().into();
+        self
+    }
+
+    /// The JetStream API prefix (`$JS.API` unless set).
+    pub fn api_prefix(&self) -> &str {
+        &self.api_prefix
     }
 
     /// The JetStream context.
@@ -87,6 +109,7 @@ impl From<jetstream::Context> for Connection {
         Self {
             jetstream,
             denials: None,
+            api_prefix: DEFAULT_API_PREFIX.into(),
         }
     }
 }

@@ -52,6 +52,14 @@ pub enum Error {
         actual: ConsumerMode,
     },
 
+    /// A `Fetch` was sent to a pull consumer that consumes continuously
+    /// (`consume = "continuous"`): its child asks for messages itself.
+    #[error("consumer `{durable}` consumes continuously; it takes no fetch")]
+    ConsumesContinuously {
+        /// The durable consumer the fetch was sent to.
+        durable: String,
+    },
+
     /// The stream exists on the server with a configuration that the spec
     /// cannot be reconciled with, either because the fields cannot be changed
     /// on an existing stream, or because the server refused the update. The
@@ -252,7 +260,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::Invalid(_) => ErrorKind::Invalid,
-            Self::WrongMode { .. } => ErrorKind::WrongMode,
+            Self::WrongMode { .. } | Self::ConsumesContinuously { .. } => ErrorKind::WrongMode,
             Self::StreamConflict { .. } => ErrorKind::StreamConflict,
             Self::ModeMismatch { .. } => ErrorKind::ModeMismatch,
             Self::ConsumerConflict { .. } => ErrorKind::ConsumerConflict,

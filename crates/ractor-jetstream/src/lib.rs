@@ -305,8 +305,9 @@ pub use handle::{ConsumerHandle, PullHandle, SupervisorHandle};
 pub use keyed::{KeyFn, Workers};
 pub use restart::{RestartKind, RestartPolicy};
 pub use spec::{
-    ChildSettings, ConsumerMode, ConsumerSpec, Discard, KeySpec, ModeSpec, PullSpec, PushSpec,
-    Retention, ServerSettings, StartPosition, Storage, StreamSpec, Topology,
+    ChildSettings, Consume, ConsumerMode, ConsumerSpec, Discard, KeySpec, ModeSpec, PriorityPolicy,
+    PrioritySpec, PullSpec, PushSpec, Retention, ServerSettings, StartPosition, Storage,
+    StreamSpec, Topology,
 };
 pub use supervisor::{
     ChildState, ChildStatus, JetStreamSupervisor, SupervisorArgs, SupervisorMsg, SupervisorState,

@@ -42,6 +42,7 @@
 mod check;
 mod child;
 mod consumer;
+mod priority;
 mod pull_push;
 mod raw;
 mod stream;
@@ -54,6 +55,7 @@ pub use consumer::{
     ConsumerSpec, DEFAULT_ACK_WAIT, DEFAULT_FETCH_EXPIRES, DEFAULT_MAX_ACK_PENDING,
     DEFAULT_MAX_HOLD, ServerSettings, StartPosition,
 };
+pub use priority::{Consume, DEFAULT_WINDOW, PriorityPolicy, PrioritySpec};
 pub use pull_push::{DEFAULT_IDLE_HEARTBEAT, DEFAULT_MAX_IN_FLIGHT, ModeSpec, PullSpec, PushSpec};
 pub use stream::{Discard, Retention, Storage, StreamSpec};
 pub use topology::Topology;

@@ -77,10 +77,11 @@ pub async fn connect(spec: &ConnectionSpec) -> Result<Connection, Error> {
         auth = spec.auth_label(),
         "connected to NATS"
     );
-    Ok(Connection::with_denials(
-        jetstream_context(spec, client),
-        denials,
-    ))
+    let connection = Connection::with_denials(jetstream_context(spec, client), denials);
+    Ok(match &spec.jetstream_domain {
+        Some(domain) => connection.with_api_prefix(format!("$JS.{domain}.API")),
+        None => connection,
+    })
 }
 
 impl ConnectionSpec {

@@ -38,6 +38,8 @@
 //! # Ok(()) }
 //! ```
 
+mod continuous;
+mod pin;
 mod replies;
 mod request;
 mod serve;
@@ -56,7 +58,7 @@ use super::{
 };
 use crate::ensure::consumer_info;
 use crate::error::{Error, ServerErrorKind, UnavailableReason};
-use crate::spec::ConsumerMode;
+use crate::spec::{Consume, ConsumerMode};
 
 /// The pull consumer child. Its messages are [`ConsumerMsg`]; see the
 /// [module docs](self).
@@ -124,7 +126,19 @@ async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox) -> Result<(), Error> {
         client: ctx.connection.client(),
         denials: ctx.connection.denials().cloned(),
         replies: None,
+        pin: ctx
+            .spec
+            .mode
+            .as_pull()
+            .and_then(|p| p.priority.clone())
+            .map(pin::Pin::new),
     };
+    if ctx.spec.mode.as_pull().is_some_and(|p| p.consume == Consume::Continuous) {
+        return match worker.consume(&mut inbox).await {
+            Served::Done | Served::Drained => Ok(()),
+            Served::Failed(err) => Err(err),
+        };
+    }
     loop {
         // Deliveries kept for a target to come are kept alive meanwhile.
         match worker.in_flight.next_deadline() {
@@ -137,6 +151,7 @@ async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox) -> Result<(), Error> {
                 Some(WorkerCtl::SetTarget(target)) => inbox.target.set(target),
                 Some(WorkerCtl::Drain { timeout, reply }) => {
                     let report = drain_in_flight(worker.in_flight, timeout, DrainReport::default()).await;
+                    worker.release_pin().await;
                     let _ = reply.send(report);
                     return Ok(());
                 }
@@ -198,6 +213,8 @@ struct Worker<'a> {
     /// The reply subscription every fetch shares, once the first fetch
     /// opened it (again after it closed).
     replies: Option<replies::Replies>,
+    /// The child's place in the consumer's priority group, when it has one.
+    pin: Option<pin::Pin>,
 }
 
 impl Worker<'_> {
@@ -224,6 +241,21 @@ impl Worker<'_> {
         if let Some(replies) = self.replies.as_mut() {
             replies.expect(inbox, batch, expires);
         }
+        if let Some(pin) = &self.pin {
+            let ctx = self.ctx;
+            return pin
+                .request(
+                    &ctx.connection,
+                    &ctx.stream,
+                    &ctx.durable,
+                    batch,
+                    expires,
+                    Duration::ZERO,
+                    inbox,
+                )
+                .await
+                .map_err(|err| Error::server_caused(self.op(), ServerErrorKind::Connection, err));
+        }
         let request = pull::BatchConfig {
             batch,
             expires: Some(expires),
@@ -236,7 +268,15 @@ impl Worker<'_> {
             .map_err(|err| Error::server_caused(self.op(), ServerErrorKind::Connection, err))
     }
 
-    /// Serves one fetch, unless its caller is gone.
+    /// Releases the pin, when the child holds one (at a drain).
+    async fn release_pin(&mut self) {
+        if let Some(pin) = self.pin.as_mut() {
+            let ctx = self.ctx;
+            pin.release(&ctx.connection, &ctx.stream, &ctx.durable).await;
+            ctx.counters.pin_gone(false);
+        }
+    }
+
     /// Reads the consumer's settings from the server again.
     async fn refresh_limits(&self) {
         if let Ok(Some(info)) =
@@ -247,6 +287,16 @@ impl Worker<'_> {
             self.ctx.limits.set(fresh);
         }
     }
+}
+
+/// Whether the server will refuse a pull request however often it is
+/// sent: a limit of the consumer (changed since the child bound), or a
+/// malformed request. `lower` is the status description in lower case.
+fn refused_for_good(code: u16, lower: &str) -> bool {
+    code == 400
+        || lower.contains("exceeded maxrequestbatch")
+        || lower.contains("exceeded maxrequestexpires")
+        || lower.contains("exceeded maxrequestmaxbytes")
 }
 
 /// The next message of the shared reply subscription (pending forever

@@ -52,6 +52,14 @@ pub struct ConsumerStats {
     /// (its hold ended, so it was nak'ed and may have been delivered again
     /// meanwhile): not applied, and logged with their stream sequence.
     pub late_decisions: u64,
+    /// Times the server pinned this child (a consumer with a
+    /// `pinned_client` priority group; each pin is a new id).
+    pub pins_acquired: u64,
+    /// Times the child learned that its pin had moved on (`423`), and
+    /// went back to standing by.
+    pub pins_lost: u64,
+    /// Whether the child holds the pin now.
+    pub pinned: bool,
     /// The server's ack wait the child works with: the consumer's
     /// `ack_wait`, or its shortest `backoff` step.
     pub ack_wait: Duration,
@@ -93,6 +101,9 @@ pub(crate) struct Counters {
     pub acks_confirmed: AtomicU64,
     pub acks_unconfirmed: AtomicU64,
     pub late_decisions: AtomicU64,
+    pub pins_acquired: AtomicU64,
+    pub pins_lost: AtomicU64,
+    pub pinned: std::sync::atomic::AtomicBool,
     /// The same, and more, as metrics (see [`crate::telemetry`]).
     pub metrics: ChildMetrics,
     /// The latest lag from the server, when polled.
@@ -180,6 +191,21 @@ impl Counters {
         self.metrics.late_decisions.increment(1);
     }
 
+    /// The server pinned this child.
+    pub fn pin_acquired(&self) {
+        self.pins_acquired.fetch_add(1, Ordering::Relaxed);
+        self.pinned.store(true, Ordering::Relaxed);
+    }
+
+    /// The child no longer holds the pin: it moved on (`lost`), or the
+    /// child released it.
+    pub fn pin_gone(&self, lost: bool) {
+        if lost {
+            self.pins_lost.fetch_add(1, Ordering::Relaxed);
+        }
+        self.pinned.store(false, Ordering::Relaxed);
+    }
+
     pub(crate) fn snapshot(&self, spec: &ConsumerSpec, effective: &Effective) -> ConsumerStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let delivered = get(&self.delivered);
@@ -202,6 +228,9 @@ impl Counters {
             acks_confirmed: get(&self.acks_confirmed),
             acks_unconfirmed: get(&self.acks_unconfirmed),
             late_decisions: get(&self.late_decisions),
+            pins_acquired: get(&self.pins_acquired),
+            pins_lost: get(&self.pins_lost),
+            pinned: self.pinned.load(Ordering::Relaxed),
             ack_wait: effective.ack_wait,
             max_hold: effective.max_hold,
             server: *self

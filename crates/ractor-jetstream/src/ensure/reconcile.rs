@@ -1,7 +1,8 @@
 //! What an existing durable consumer must change to match its spec: the
 //! server's configuration with the spec's settings applied, and the names
 //! of the fields that changed. A field the server cannot change in place
-//! (the ack policy, the deliver subject or group, `max_waiting`) is a
+//! (the ack policy, the deliver subject or group, `max_waiting`, the
+//! priority group) is a
 //! conflict instead, and the consumer is left as it is.
 
 use std::time::Duration;
@@ -69,6 +70,22 @@ pub(super) fn reconcile(
             ),
         ));
     }
+    // The server cannot add, remove or change a priority group, nor switch
+    // policies; only the pin's timeout changes in place.
+    if desired.priority_policy != existing.priority_policy
+        || desired.priority_groups != existing.priority_groups
+    {
+        return Err(conflict(
+            vec!["priority".into()],
+            format!(
+                "the server has policy {:?} with groups {:?}, the spec asks for {:?} with {:?}; it cannot change on an existing consumer",
+                existing.priority_policy,
+                existing.priority_groups,
+                desired.priority_policy,
+                desired.priority_groups
+            ),
+        ));
+    }
     let mut set = |name: &str, differs: bool| {
         if differs {
             changed.push(name.to_string());
@@ -122,6 +139,16 @@ pub(super) fn reconcile(
         && set("max_expires", desired.max_expires != existing.max_expires)
     {
         config.max_expires = desired.max_expires;
+    }
+    if pull
+        .and_then(|p| p.priority.as_ref())
+        .is_some_and(|p| p.timeout.is_some())
+        && set(
+            "priority_timeout",
+            desired.priority_timeout != existing.priority_timeout,
+        )
+    {
+        config.priority_timeout = desired.priority_timeout;
     }
     if server.description.is_some()
         && set("description", desired.description != existing.description)

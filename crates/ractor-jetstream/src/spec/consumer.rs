@@ -25,6 +25,7 @@ use crate::spec::check::{
     SERVER_I64_MAX, check_count, check_duration, check_duration_opt, join_field, quoted,
 };
 use crate::spec::child::{ChildSettings, KeySpec, MAX_WORKERS};
+use crate::spec::priority::PriorityPolicy;
 use crate::spec::pull_push::{ModeSpec, PullSpec, PushSpec};
 use crate::spec::raw::RawConsumerSpec;
 use crate::spec::subject::{check_literal_subject, check_name, check_subject, subject_is_subset};
@@ -300,7 +301,7 @@ impl ConsumerSpec {
             }
         }
         match &self.mode {
-            ModeSpec::Pull(pull) => pull.validate_at(at, errors),
+            ModeSpec::Pull(pull) => pull.validate_at(at, self.effective_max_ack_pending(), errors),
             ModeSpec::Push(push) => push.validate_at(at, self.effective_max_ack_pending(), errors),
         }
     }
@@ -424,6 +425,14 @@ impl ConsumerSpec {
                 config.max_batch = pull.max_batch.map_or(0, to_i64);
                 config.max_expires = pull.max_expires.unwrap_or(Duration::ZERO);
                 config.max_waiting = pull.max_waiting.map_or(0, to_i64);
+                if let Some(priority) = &pull.priority {
+                    config.priority_policy = match priority.policy {
+                        PriorityPolicy::PinnedClient => consumer::PriorityPolicy::PinnedClient,
+                        PriorityPolicy::Overflow => consumer::PriorityPolicy::Overflow,
+                    };
+                    config.priority_groups = vec![priority.group.clone()];
+                    config.priority_timeout = priority.timeout.unwrap_or(Duration::ZERO);
+                }
             }
             ModeSpec::Push(push) => {
                 config.deliver_subject = push.deliver_subject.clone().or(deliver_subject);

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::error::{ValidationErrors, show_duration};
 use crate::mode::ConsumerMode;
+use crate::spec::priority::{Consume, DEFAULT_WINDOW, PrioritySpec};
 use crate::spec::check::{
     SERVER_I64_MAX, check_count, check_duration, check_duration_opt, join_field,
 };
@@ -99,6 +100,16 @@ pub struct PullSpec {
     /// How many pull requests the server keeps waiting at once (unset: the
     /// server's default, 512). Cannot be changed on an existing consumer.
     pub max_waiting: Option<u64>,
+    /// Fetch-driven (the default) or continuous. Not a server setting.
+    pub consume: Consume,
+    /// Continuous: at most this many messages requested and unsettled at
+    /// once (default 256, and never above `max_ack_pending`). Not a server
+    /// setting.
+    pub window: Option<u64>,
+    /// The consumer's priority group (pinned client or overflow), which
+    /// every pull of the child names. Cannot be added to, removed from or
+    /// changed on an existing consumer, except its `timeout`.
+    pub priority: Option<PrioritySpec>,
 }
 
 impl PullSpec {
@@ -120,9 +131,60 @@ impl PullSpec {
         self
     }
 
-    /// Checks every field; `at` prefixes the field names.
-    pub(crate) fn validate_at(&self, at: &str, errors: &mut ValidationErrors) {
+    /// A pull consumer whose child consumes continuously.
+    pub fn continuous() -> Self {
+        Self {
+            consume: Consume::Continuous,
+            ..Self::default()
+        }
+    }
+
+    /// Sets the continuous window: at most this many messages requested
+    /// and unsettled.
+    pub fn window(mut self, window: u64) -> Self {
+        self.window = Some(window);
+        self
+    }
+
+    /// Sets the priority group.
+    pub fn priority(mut self, priority: PrioritySpec) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// The continuous window in effect for a consumer whose
+    /// `max_ack_pending` is `max_ack_pending`.
+    pub fn effective_window(&self, max_ack_pending: u64) -> u64 {
+        self.window
+            .unwrap_or_else(|| DEFAULT_WINDOW.min(max_ack_pending.max(1)))
+    }
+
+    /// Checks every field; `at` prefixes the field names. `max_ack_pending`
+    /// is the consumer's, which bounds the window.
+    pub(crate) fn validate_at(
+        &self,
+        at: &str,
+        max_ack_pending: u64,
+        errors: &mut ValidationErrors,
+    ) {
         let field = |name: &str| join_field(at, name);
+        match self.window {
+            Some(_) if self.consume != Consume::Continuous => errors.add(
+                field("window"),
+                "(set)",
+                "only a continuous consumer has a window (`consume = \"continuous\"`)",
+            ),
+            Some(0) => errors.add(field("window"), 0, "must be positive"),
+            Some(window) if window > max_ack_pending => errors.add(
+                field("window"),
+                window,
+                format!("must not be above max_ack_pending ({max_ack_pending})"),
+            ),
+            _ => {}
+        }
+        if let Some(priority) = &self.priority {
+            priority.validate_at(&field("priority"), errors);
+        }
         check_count(&field("max_batch"), self.max_batch, SERVER_I64_MAX, errors);
         check_count(
             &field("max_waiting"),

@@ -19,6 +19,7 @@ use crate::restart::RestartKind;
 use crate::spec::check::join_field;
 use crate::spec::child::{ChildSettings, KeySpec};
 use crate::spec::consumer::{ConsumerSpec, ServerSettings, StartPosition};
+use crate::spec::priority::{Consume, PrioritySpec};
 use crate::spec::pull_push::{ModeSpec, PullSpec, PushSpec};
 use crate::spec::stream::{Discard, Retention, Storage, StreamSpec};
 
@@ -217,6 +218,12 @@ pub(crate) struct RawConsumerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     max_waiting: Option<Int>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    consume: Option<Consume>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    window: Option<Int>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    priority: Option<PrioritySpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     deliver_subject: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     deliver_group: Option<String>,
@@ -261,6 +268,9 @@ impl RawConsumerSpec {
                     max_batch: count(at, "max_batch", self.max_batch, errors),
                     max_expires: self.max_expires,
                     max_waiting: count(at, "max_waiting", self.max_waiting, errors),
+                    consume: self.consume.unwrap_or_default(),
+                    window: count(at, "window", self.window, errors),
+                    priority: self.priority,
                 })
             }
             ConsumerMode::Push => {
@@ -316,6 +326,9 @@ impl RawConsumerSpec {
                 ("max_batch", self.max_batch.is_some()),
                 ("max_expires", self.max_expires.is_some()),
                 ("max_waiting", self.max_waiting.is_some()),
+                ("consume", self.consume.is_some()),
+                ("window", self.window.is_some()),
+                ("priority", self.priority.is_some()),
             ]
             .to_vec(),
         };
@@ -376,6 +389,9 @@ impl From<ConsumerSpec> for RawConsumerSpec {
             max_batch: int(pull.max_batch),
             max_expires: pull.max_expires,
             max_waiting: int(pull.max_waiting),
+            consume: (pull.consume != Consume::Fetch).then_some(pull.consume),
+            window: int(pull.window),
+            priority: pull.priority,
             deliver_subject: push.deliver_subject,
             deliver_group: push.deliver_group,
             max_in_flight: int(push.max_in_flight),

@@ -12,6 +12,7 @@ use async_nats::StatusCode;
 use ractor::DerivedActorRef;
 use tokio::time::Instant;
 
+use super::pin::PinChange;
 use super::{EXPIRY_GRACE, RECONNECT_CHECK, RETRY_FIRST, RETRY_MAX, Worker};
 use crate::consumer::inflight::ForwardError;
 use crate::consumer::{FetchEnd, FetchOutcome, WorkerInbox};
@@ -175,6 +176,12 @@ impl Worker<'_> {
         }
         match message.status {
             None | Some(StatusCode::OK) => {
+                if let Some(pin) = self.pin.as_mut()
+                    && pin.observe(&message) == PinChange::Acquired
+                {
+                    ctx.counters.pin_acquired();
+                    tracing::info!(durable = %ctx.durable, "pinned: this child now gets the messages");
+                }
                 match self.in_flight.forward(message, &fetch.target) {
                     Ok(_) => fetch.outcome.delivered += 1,
                     Err(ForwardError::TargetGone) => {
@@ -209,6 +216,14 @@ impl Worker<'_> {
     /// "no more messages".
     async fn on_refusal(&mut self, fetch: &mut Fetch, status: StatusCode, description: String) {
         let code = status.as_u16();
+        if code == 423
+            && let Some(pin) = self.pin.as_mut()
+            && pin.mismatch()
+        {
+            // The pin moved on: stand by (ask again without it, below).
+            self.ctx.counters.pin_gone(true);
+            tracing::info!(durable = %self.ctx.durable, "the pin moved on; standing by");
+        }
         let lower = description.to_ascii_lowercase();
         let deleted = lower.contains("consumer deleted");
         if (deleted || status == StatusCode::NO_RESPONDERS)
@@ -223,14 +238,7 @@ impl Worker<'_> {
             fetch.close(FetchEnd::Status { code, description });
             return;
         }
-        // A request the server will refuse however often it is sent: a
-        // limit of the consumer (changed since the child bound), or a
-        // malformed request.
-        let refused_for_good = code == 400
-            || lower.contains("exceeded maxrequestbatch")
-            || lower.contains("exceeded maxrequestexpires")
-            || lower.contains("exceeded maxrequestmaxbytes");
-        if refused_for_good {
+        if super::refused_for_good(code, &lower) {
             self.refresh_limits().await;
             fetch.refused.get_or_insert(Error::FetchRefused {
                 durable: self.ctx.durable.to_string(),

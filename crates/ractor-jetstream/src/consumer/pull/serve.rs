@@ -167,6 +167,7 @@ impl Worker<'_> {
                         }
                         let outcome = &mut fetch.outcome;
                         let report = drain_recording(self.in_flight, timeout, report, |s| outcome.record(s)).await;
+                        self.release_pin().await;
                         let _ = reply.send(report);
                         return Some(Served::Drained);
                     }

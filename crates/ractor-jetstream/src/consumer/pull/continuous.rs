@@ -1,0 +1,410 @@
+//! Continuous consume (`consume = "continuous"`): the pull child asks for
+//! messages itself instead of waiting for fetches.
+//!
+//! It keeps at most `window` messages requested and unsettled. Whenever at
+//! least half the window is free it sends the next pull request for what
+//! is free, so the next messages are on their way before the target runs
+//! out (as async-nats' `messages()` does with its threshold). Each request
+//! lives `expires` (30 s, or half the pin's timeout for a pinned group, so
+//! that the pin is renewed in time) with idle heartbeats when that is long
+//! enough for them; the server ends it with a status, and the child asks
+//! again. Statuses name their request by its reply subject, and messages
+//! fill the oldest request first, as the server serves them.
+//!
+//! The guarantees are those of a fetch: every delivery is settled, kept
+//! alive while its target decides, and nak'ed or kept when the target is
+//! gone; no request is sent while the target is not running; a drain stops
+//! asking, nak's what still comes and waits for the decisions; a reconnect
+//! (which loses the requests on the server) is made up for by asking
+//! again. A fetch sent to such a child is refused
+//! ([`Error::ConsumesContinuously`]).
+//!
+//! In a pinned group, a child on standby keeps pulling without a pin id;
+//! when the server pins it, the id comes on its first message. A `423`
+//! (the pin moved on) makes it forget the id and stand by again. To stay
+//! pinned while its window is full, it still renews a pull for one message
+//! within every half timeout.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_nats::{Message, StatusCode};
+use tokio::time::Instant;
+
+use super::pin::PinChange;
+use super::replies::Replies;
+use super::{EXPIRY_GRACE, FORWARD_BURST, RECONNECT_CHECK, RETRY_FIRST, RETRY_MAX, Served, Worker};
+use super::{next_reply, refused_for_good};
+use crate::consumer::inflight::{ForwardError, is_running};
+use crate::consumer::{DrainReport, WorkerCtl, WorkerInbox, drain_in_flight};
+use crate::ensure::consumer_info;
+use crate::error::{Error, ServerErrorKind};
+
+/// How long one request of an unpinned continuous child lives.
+const REQUEST_EXPIRES: Duration = Duration::from_secs(30);
+
+/// Requests shorter than this carry no idle heartbeat: their own expiry
+/// says often enough that the server is there.
+const MIN_EXPIRES_FOR_HEARTBEAT: Duration = Duration::from_secs(3);
+
+/// One pull request the server may still be filling.
+struct Open {
+    subject: String,
+    remaining: usize,
+    give_up: Instant,
+}
+
+/// The continuous loop's own state.
+struct Stream {
+    window: usize,
+    threshold: usize,
+    expires: Duration,
+    heartbeat: Duration,
+    open: VecDeque<Open>,
+    last_sent: Option<Instant>,
+    /// After a refusal: no request before this.
+    pause_until: Option<Instant>,
+    pause: Duration,
+    next_check: Instant,
+    connects: u64,
+}
+
+impl Stream {
+    fn outstanding(&self) -> usize {
+        self.open.iter().map(|o| o.remaining).sum()
+    }
+
+    fn end(&mut self, subject: &str) {
+        self.open.retain(|o| o.subject != subject);
+    }
+
+    /// A message came: it fills the oldest request.
+    fn filled_one(&mut self) {
+        if let Some(first) = self.open.front_mut() {
+            first.remaining = first.remaining.saturating_sub(1);
+            if first.remaining == 0 {
+                self.open.pop_front();
+            }
+        }
+    }
+}
+
+impl Worker<'_> {
+    /// Consumes until drained, stopped or failed.
+    pub(super) async fn consume(&mut self, inbox: &mut WorkerInbox) -> Served {
+        let ctx = self.ctx;
+        let window = ctx
+            .spec
+            .mode
+            .as_pull()
+            .map_or(1, |p| p.effective_window(ctx.spec.effective_max_ack_pending()));
+        let window = usize::try_from(window).unwrap_or(usize::MAX).max(1);
+        let expires = self
+            .pin
+            .as_ref()
+            .and_then(|p| p.timeout())
+            .map_or(REQUEST_EXPIRES, |t| t / 2);
+        let heartbeat = if expires >= MIN_EXPIRES_FOR_HEARTBEAT {
+            expires / 3
+        } else {
+            Duration::ZERO
+        };
+        let mut stream = Stream {
+            window,
+            threshold: (window / 2).max(1),
+            expires,
+            heartbeat,
+            open: VecDeque::new(),
+            last_sent: None,
+            pause_until: None,
+            pause: RETRY_FIRST,
+            next_check: Instant::now() + RECONNECT_CHECK,
+            connects: self.client.statistics().connects.load(Ordering::Relaxed),
+        };
+        loop {
+            while let Some(settlement) = self.in_flight.try_verdict() {
+                self.in_flight.apply(settlement).await;
+            }
+            let mut forwarded = 0;
+            while forwarded < FORWARD_BURST {
+                let Some(replies) = self.replies.as_mut() else {
+                    break;
+                };
+                match replies.try_next() {
+                    Some(Some(message)) => {
+                        if let Err(err) = self.on_stream_message(message, &mut stream, inbox).await {
+                            return Served::Failed(err);
+                        }
+                        forwarded += 1;
+                    }
+                    Some(None) => {
+                        self.replies = None;
+                        stream.open.clear();
+                    }
+                    None => break,
+                }
+            }
+            if forwarded == FORWARD_BURST {
+                tokio::task::yield_now().await;
+            }
+            if let Err(err) = self.top_up(&mut stream, inbox).await {
+                return Served::Failed(err);
+            }
+            let mut wake = self.in_flight.next_deadline();
+            let mut earliest = |at: Instant| wake = Some(wake.map_or(at, |w| w.min(at)));
+            earliest(stream.next_check);
+            if let Some(first) = stream.open.iter().map(|o| o.give_up).min() {
+                earliest(first);
+            }
+            if let Some(at) = stream.pause_until {
+                earliest(at);
+            }
+            if let Some(at) = stream.last_sent {
+                earliest(at + stream.expires);
+            }
+            if let Some(at) = wake {
+                self.alarm.arm_if_earlier(at);
+            }
+            tokio::select! {
+                biased;
+                control = inbox.control.recv() => match control {
+                    Some(WorkerCtl::SetTarget(target)) => inbox.target.set(target),
+                    Some(WorkerCtl::Drain { timeout, reply }) => {
+                        let mut report = DrainReport::default();
+                        if let Some(mut replies) = self.replies.take() {
+                            report.naked += replies.drain_and_nak().await as u64;
+                        }
+                        let report = drain_in_flight(self.in_flight, timeout, report).await;
+                        // Settled first, then released: the next pinned
+                        // client starts after the last of this one's.
+                        self.release_pin().await;
+                        let _ = reply.send(report);
+                        return Served::Drained;
+                    }
+                    None => return Served::Drained,
+                },
+                request = inbox.fetches.recv() => {
+                    if let Some(request) = request {
+                        request.answer(Err(Error::ConsumesContinuously { durable: ctx.durable.to_string() }));
+                    }
+                }
+                settlement = self.in_flight.next_verdict() => {
+                    self.in_flight.apply(settlement).await;
+                }
+                message = next_reply(&mut self.replies) => match message {
+                    Some(message) => {
+                        if let Err(err) = self.on_stream_message(message, &mut stream, inbox).await {
+                            return Served::Failed(err);
+                        }
+                    }
+                    None => {
+                        self.replies = None;
+                        stream.open.clear();
+                    }
+                },
+                () = self.alarm.fired(), if self.alarm.is_armed() => {
+                    let now = Instant::now();
+                    self.in_flight.expire_due(now, |_| {}).await;
+                    self.on_stream_alarm(&mut stream, now);
+                }
+            }
+        }
+    }
+
+    /// Sends the next request when half the window is free (or, pinned,
+    /// when the pin needs renewing).
+    async fn top_up(&mut self, stream: &mut Stream, inbox: &mut WorkerInbox) -> Result<(), Error> {
+        let now = Instant::now();
+        if stream.pause_until.is_some_and(|at| now < at) {
+            return Ok(());
+        }
+        stream.pause_until = None;
+        if !inbox.target.get().is_some_and(|t| is_running(t)) {
+            return Ok(());
+        }
+        let busy = stream.outstanding() + self.in_flight.undecided();
+        let room = stream.window.saturating_sub(busy);
+        let batch = if room >= stream.threshold {
+            room
+        } else if self.pin.as_ref().is_some_and(|p| p.is_pinned_policy())
+            && stream.open.is_empty()
+            && stream.last_sent.is_none_or(|at| now >= at + stream.expires)
+        {
+            // Renew the pin although the window is full: a pinned client
+            // that stops pulling loses its pin after the timeout.
+            room.max(1)
+        } else {
+            return Ok(());
+        };
+        if self.replies.is_none() {
+            let replies = Replies::open(&self.client, self.in_flight)
+                .await
+                .map_err(|err| Error::server_caused(self.op(), ServerErrorKind::Connection, err))?;
+            self.replies = Some(replies);
+        }
+        let Some(replies) = self.replies.as_mut() else {
+            return Ok(());
+        };
+        let subject = replies.next_subject();
+        match self
+            .send_stream_request(batch, stream.expires, stream.heartbeat, &subject)
+            .await
+        {
+            Ok(()) => {
+                stream.open.push_back(Open {
+                    subject,
+                    remaining: batch,
+                    give_up: now + stream.expires + EXPIRY_GRACE,
+                });
+                stream.last_sent = Some(now);
+            }
+            Err(err) => {
+                tracing::debug!(durable = %self.ctx.durable, error = %err, "could not send a pull request; trying again");
+                self.pause(stream);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one request of the stream, with the pin when the consumer has
+    /// a priority group.
+    async fn send_stream_request(
+        &mut self,
+        batch: usize,
+        expires: Duration,
+        heartbeat: Duration,
+        subject: &str,
+    ) -> Result<(), Error> {
+        if let Some(replies) = self.replies.as_mut() {
+            replies.expect(subject, batch, expires);
+        }
+        match &self.pin {
+            Some(pin) => {
+                let ctx = self.ctx;
+                pin.request(
+                    &ctx.connection,
+                    &ctx.stream,
+                    &ctx.durable,
+                    batch,
+                    expires,
+                    heartbeat,
+                    subject,
+                )
+                .await
+                .map_err(|err| Error::server_caused(self.op(), ServerErrorKind::Connection, err))
+            }
+            None => {
+                let request = async_nats::jetstream::consumer::pull::BatchConfig {
+                    batch,
+                    expires: Some(expires),
+                    idle_heartbeat: heartbeat,
+                    ..Default::default()
+                };
+                self.consumer
+                    .request_batch(request, subject.to_string().into())
+                    .await
+                    .map_err(|err| {
+                        Error::server_caused(self.op(), ServerErrorKind::Connection, err)
+                    })
+            }
+        }
+    }
+
+    fn pause(&self, stream: &mut Stream) {
+        stream.pause_until = Some(Instant::now() + stream.pause);
+        stream.pause = (stream.pause * 2).min(RETRY_MAX);
+    }
+
+    /// One message of the reply subscription: a delivery, or a status
+    /// about one of the requests.
+    async fn on_stream_message(
+        &mut self,
+        message: Message,
+        stream: &mut Stream,
+        inbox: &mut WorkerInbox,
+    ) -> Result<(), Error> {
+        let ctx = self.ctx;
+        match message.status {
+            None | Some(StatusCode::OK) => {
+                stream.filled_one();
+                stream.pause = RETRY_FIRST;
+                if let Some(pin) = self.pin.as_mut()
+                    && pin.observe(&message) == PinChange::Acquired
+                {
+                    ctx.counters.pin_acquired();
+                    tracing::info!(durable = %ctx.durable, "pinned: this child now gets the messages");
+                }
+                let Some(target) = inbox.target.get().cloned() else {
+                    // No target registered: kept or nak'ed, never lost.
+                    self.replies_stray(&message);
+                    return Ok(());
+                };
+                match self.in_flight.forward(message, &target) {
+                    Ok(_) | Err(ForwardError::TargetGone) => {}
+                    Err(ForwardError::NotJetStream) => {
+                        tracing::warn!(durable = %ctx.durable, "ignored a message without JetStream metadata");
+                    }
+                }
+            }
+            Some(StatusCode::IDLE_HEARTBEAT) => {}
+            Some(StatusCode::TIMEOUT | StatusCode::NOT_FOUND) => stream.end(&message.subject),
+            Some(status) if status.as_u16() == 423 => {
+                stream.end(&message.subject);
+                if let Some(pin) = self.pin.as_mut()
+                    && pin.mismatch()
+                {
+                    ctx.counters.pin_gone(true);
+                    tracing::info!(durable = %ctx.durable, "the pin moved on; standing by");
+                }
+            }
+            Some(status) => {
+                stream.end(&message.subject);
+                let code = status.as_u16();
+                let description = message.description.unwrap_or_default();
+                let lower = description.to_ascii_lowercase();
+                if (lower.contains("consumer deleted") || status == StatusCode::NO_RESPONDERS)
+                    && let Ok(None) = consumer_info(&ctx.connection, &ctx.stream, &ctx.durable).await
+                {
+                    return Err(Error::server(
+                        self.op(),
+                        ServerErrorKind::ConsumerNotFound,
+                        "the durable consumer was deleted on the server",
+                    ));
+                }
+                if refused_for_good(code, &lower) {
+                    return Err(Error::FetchRefused {
+                        durable: ctx.durable.to_string(),
+                        code,
+                        description,
+                    });
+                }
+                tracing::debug!(durable = %ctx.durable, code, %description, "pull request ended by the server; asking again after a pause");
+                self.pause(stream);
+            }
+        }
+        Ok(())
+    }
+
+    /// A message that no target can take: nak'ed at once.
+    fn replies_stray(&self, message: &Message) {
+        if let Some(replies) = &self.replies {
+            replies.stray(message);
+        }
+    }
+
+    /// The stream's own deadlines: requests the server never ended, and a
+    /// reconnect (which loses the requests on the server).
+    fn on_stream_alarm(&mut self, stream: &mut Stream, now: Instant) {
+        stream.open.retain(|o| o.give_up > now);
+        if now >= stream.next_check {
+            stream.next_check = now + RECONNECT_CHECK;
+            let connects = self.client.statistics().connects.load(Ordering::Relaxed);
+            if connects != stream.connects {
+                stream.connects = connects;
+                tracing::debug!(durable = %self.ctx.durable, "reconnected; asking again");
+                stream.open.clear();
+            }
+        }
+    }
+}
