@@ -274,6 +274,7 @@ pub mod consumer;
 pub mod delivery;
 pub mod ensure;
 pub mod error;
+pub mod group;
 pub mod handle;
 pub mod keyed;
 mod mode;
@@ -301,6 +302,7 @@ pub use error::{
     ActorErrorKind, Error, ErrorKind, FieldError, ServerErrorKind, UnavailableReason,
     ValidationErrors,
 };
+pub use group::{GroupArgs, GroupHandle, GroupSpec, GroupStatus, PartitionedGroup};
 pub use handle::{ConsumerHandle, PullHandle, SupervisorHandle};
 pub use keyed::{KeyFn, Workers};
 pub use restart::{RestartKind, RestartPolicy};

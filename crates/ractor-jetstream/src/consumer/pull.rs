@@ -133,7 +133,12 @@ async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox) -> Result<(), Error> {
             .and_then(|p| p.priority.clone())
             .map(pin::Pin::new),
     };
-    if ctx.spec.mode.as_pull().is_some_and(|p| p.consume == Consume::Continuous) {
+    if ctx
+        .spec
+        .mode
+        .as_pull()
+        .is_some_and(|p| p.consume == Consume::Continuous)
+    {
         return match worker.consume(&mut inbox).await {
             Served::Done | Served::Drained => Ok(()),
             Served::Failed(err) => Err(err),
@@ -272,7 +277,8 @@ impl Worker<'_> {
     async fn release_pin(&mut self) {
         if let Some(pin) = self.pin.as_mut() {
             let ctx = self.ctx;
-            pin.release(&ctx.connection, &ctx.stream, &ctx.durable).await;
+            pin.release(&ctx.connection, &ctx.stream, &ctx.durable)
+                .await;
             ctx.counters.pin_gone(false);
         }
     }

@@ -182,7 +182,11 @@ impl PrioritySpec {
             }
             PriorityPolicy::Overflow => {
                 if self.timeout.is_some() {
-                    errors.add(field("timeout"), "(set)", "only a pinned_client group has it");
+                    errors.add(
+                        field("timeout"),
+                        "(set)",
+                        "only a pinned_client group has it",
+                    );
                 }
             }
         }

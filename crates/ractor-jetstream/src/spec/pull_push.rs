@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use crate::error::{ValidationErrors, show_duration};
 use crate::mode::ConsumerMode;
-use crate::spec::priority::{Consume, DEFAULT_WINDOW, PrioritySpec};
 use crate::spec::check::{
     SERVER_I64_MAX, check_count, check_duration, check_duration_opt, join_field,
 };
+use crate::spec::priority::{Consume, DEFAULT_WINDOW, PrioritySpec};
 use crate::spec::subject::{check_literal_subject, check_name};
 
 /// The push window when the spec does not set `max_in_flight` (and never

@@ -94,11 +94,9 @@ impl Worker<'_> {
     /// Consumes until drained, stopped or failed.
     pub(super) async fn consume(&mut self, inbox: &mut WorkerInbox) -> Served {
         let ctx = self.ctx;
-        let window = ctx
-            .spec
-            .mode
-            .as_pull()
-            .map_or(1, |p| p.effective_window(ctx.spec.effective_max_ack_pending()));
+        let window = ctx.spec.mode.as_pull().map_or(1, |p| {
+            p.effective_window(ctx.spec.effective_max_ack_pending())
+        });
         let window = usize::try_from(window).unwrap_or(usize::MAX).max(1);
         let expires = self
             .pin
@@ -133,7 +131,8 @@ impl Worker<'_> {
                 };
                 match replies.try_next() {
                     Some(Some(message)) => {
-                        if let Err(err) = self.on_stream_message(message, &mut stream, inbox).await {
+                        if let Err(err) = self.on_stream_message(message, &mut stream, inbox).await
+                        {
                             return Served::Failed(err);
                         }
                         forwarded += 1;
@@ -364,7 +363,8 @@ impl Worker<'_> {
                 let description = message.description.unwrap_or_default();
                 let lower = description.to_ascii_lowercase();
                 if (lower.contains("consumer deleted") || status == StatusCode::NO_RESPONDERS)
-                    && let Ok(None) = consumer_info(&ctx.connection, &ctx.stream, &ctx.durable).await
+                    && let Ok(None) =
+                        consumer_info(&ctx.connection, &ctx.stream, &ctx.durable).await
                 {
                     return Err(Error::server(
                         self.op(),

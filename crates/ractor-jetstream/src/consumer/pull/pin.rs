@@ -73,10 +73,7 @@ pub(crate) enum PinChange {
 
 impl Pin {
     pub(crate) fn new(spec: PrioritySpec) -> Self {
-        Self {
-            spec,
-            id: None,
-        }
+        Self { spec, id: None }
     }
 
     /// Whether the group pins one client.
