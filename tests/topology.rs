@@ -258,6 +258,7 @@ fn consumer_spec(j: usize, stream: String, k: usize) -> impl Strategy<Value = Co
                         max_batch,
                         max_expires,
                         max_waiting,
+                        ..PullSpec::default()
                     })
                 };
                 ConsumerSpec {
@@ -1595,6 +1596,7 @@ fn full() -> Topology {
                 max_batch: Some(i64::MAX as u64),
                 max_expires: Some(Duration::from_secs(30)),
                 max_waiting: Some(1),
+                ..PullSpec::default()
             }),
             server: ServerSettings {
                 filter_subjects: vec!["orders.eu".into(), "legacy.*.orders".into()],

@@ -43,6 +43,7 @@
 mod assign;
 mod membership;
 mod partition;
+mod spec;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -54,265 +55,15 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::connection::Connection;
-use crate::error::{ActorErrorKind, Error, ServerErrorKind, ValidationErrors};
+use crate::consumer::DrainReport;
+use crate::error::{ActorErrorKind, Error};
 use crate::handle::SupervisorHandle;
-use crate::spec::{ChildSettings, ConsumerSpec, PrioritySpec, PullSpec};
 
 pub use partition::{durable_name, split_stored_subject};
-
-/// The priority group every partition durable names.
-const PIN_GROUP: &str = "partition";
-
-/// The window of each partition's child when the spec sets none.
-pub const DEFAULT_GROUP_WINDOW: u64 = 64;
-
-/// The priority timeout when the spec sets none.
-pub const DEFAULT_PRIORITY_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// How long a leaving member waits for its partitions' decisions when the
-/// call gives no time.
-pub const DEFAULT_LEAVE_DRAIN: Duration = Duration::from_secs(30);
-
-/// The shortest priority timeout a group takes: its members renew their
-/// membership five times within it.
-const MIN_GROUP_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// One member's declaration of a partitioned group.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GroupSpec {
-    /// The stream, and the group's name.
-    pub stream: String,
-    /// The subject pattern publishers publish to (`orders.*`).
-    pub subjects: String,
-    /// The 1-based position of the key token in `subjects`; it must be a
-    /// `*`.
-    pub key_token: usize,
-    /// How many partitions.
-    pub partitions: u32,
-    /// This member's name.
-    pub member: String,
-    /// The static member list, when there is one: its order is the
-    /// assignment order, and only its members take partitions.
-    pub members: Option<Vec<String>>,
-    /// How long the server keeps the pin of a member that stopped pulling,
-    /// and how long a member stays in the group without renewing; also the
-    /// partition durables' ack wait.
-    pub priority_timeout: Duration,
-    /// The target (registered with the supervisor) of every partition.
-    pub target: String,
-    /// Each partition child's window (default 64).
-    pub window: Option<u64>,
-    /// The stream's and the members' bucket's replicas (default 1).
-    pub replicas: Option<u64>,
-    /// The child's own settings for every partition (keyed workers, hold,
-    /// restart policy, ...).
-    pub child: ChildSettings,
-}
-
-impl GroupSpec {
-    /// A group over `stream` with everything optional unset.
-    pub fn new(
-        stream: impl Into<String>,
-        subjects: impl Into<String>,
-        key_token: usize,
-        partitions: u32,
-        member: impl Into<String>,
-        target: impl Into<String>,
-    ) -> Self {
-        Self {
-            stream: stream.into(),
-            subjects: subjects.into(),
-            key_token,
-            partitions,
-            member: member.into(),
-            members: None,
-            priority_timeout: DEFAULT_PRIORITY_TIMEOUT,
-            target: target.into(),
-            window: None,
-            replicas: None,
-            child: ChildSettings::default(),
-        }
-    }
-
-    /// Sets the static member list.
-    pub fn members<I: IntoIterator<Item = S>, S: Into<String>>(mut self, members: I) -> Self {
-        self.members = Some(members.into_iter().map(Into::into).collect());
-        self
-    }
-
-    /// Sets the priority timeout.
-    pub fn priority_timeout(mut self, timeout: Duration) -> Self {
-        self.priority_timeout = timeout;
-        self
-    }
-
-    /// Sets each partition child's window.
-    pub fn window(mut self, window: u64) -> Self {
-        self.window = Some(window);
-        self
-    }
-
-    /// Checks every field.
-    pub fn validate(&self) -> Result<(), Error> {
-        let mut errors = ValidationErrors::new();
-        let bucket_safe = |s: &str| {
-            !s.is_empty()
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        };
-        if !bucket_safe(&self.stream) {
-            errors.add(
-                "stream",
-                format!("{:?}", self.stream),
-                "must be letters, digits, `_` and `-` (it names the members' bucket too)",
-            );
-        }
-        if !bucket_safe(&self.member) {
-            errors.add(
-                "member",
-                format!("{:?}", self.member),
-                "must be letters, digits, `_` and `-`",
-            );
-        }
-        if self.partitions == 0 || self.partitions > 1024 {
-            errors.add("partitions", self.partitions, "must be from 1 to 1024");
-        }
-        if partition::transform_destination(&self.subjects, self.key_token, self.partitions.max(1))
-            .is_none()
-        {
-            errors.add(
-                "key_token",
-                self.key_token,
-                format!(
-                    "must be the 1-based position of a `*` token in `{}`",
-                    self.subjects
-                ),
-            );
-        }
-        if self
-            .subjects
-            .split('.')
-            .any(|t| t.is_empty() || t.contains('>'))
-        {
-            errors.add(
-                "subjects",
-                format!("{:?}", self.subjects),
-                "must be tokens and `*` wildcards, without `>`",
-            );
-        }
-        if let Some(members) = &self.members {
-            if !members.contains(&self.member) {
-                errors.add(
-                    "members",
-                    members.join(","),
-                    format!("must include this member `{}`", self.member),
-                );
-            }
-            let distinct: BTreeSet<&String> = members.iter().collect();
-            if distinct.len() != members.len() {
-                errors.add("members", members.join(","), "must not name a member twice");
-            }
-        }
-        if self.priority_timeout < MIN_GROUP_TIMEOUT {
-            errors.add(
-                "priority_timeout",
-                crate::error::show_duration(self.priority_timeout),
-                format!(
-                    "must be at least {}",
-                    crate::error::show_duration(MIN_GROUP_TIMEOUT)
-                ),
-            );
-        }
-        if self.window == Some(0) {
-            errors.add("window", 0, "must be positive");
-        }
-        if self.replicas.is_some_and(|r| r == 0 || r > 5) {
-            errors.add(
-                "replicas",
-                self.replicas.unwrap_or(0),
-                "must be from 1 to 5",
-            );
-        }
-        // The partition specs themselves (window, child settings).
-        self.partition_spec(0).validate_at("", &mut errors);
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::Invalid(errors))
-        }
-    }
-
-    /// The durable spec of partition `partition`.
-    pub fn partition_spec(&self, partition: u32) -> ConsumerSpec {
-        let pull = PullSpec::continuous()
-            .window(self.window.unwrap_or(DEFAULT_GROUP_WINDOW))
-            .priority(PrioritySpec::pinned(PIN_GROUP, self.priority_timeout));
-        let mut spec = ConsumerSpec::new(
-            self.stream.clone(),
-            durable_name(&self.stream, partition),
-            self.target.clone(),
-            pull,
-        );
-        spec.server.filter_subjects = vec![partition::filter_subject(partition)];
-        spec.server.ack_wait = Some(self.priority_timeout);
-        spec.child = self.child.clone();
-        spec
-    }
-
-    fn replicas(&self) -> usize {
-        usize::try_from(self.replicas.unwrap_or(1)).unwrap_or(1)
-    }
-}
-
-/// Makes the group's stream exist with its partition transform. A stream of
-/// that name without the same transform is a conflict, left as it is.
-pub async fn ensure_group_stream(js: &jetstream::Context, spec: &GroupSpec) -> Result<(), Error> {
-    spec.validate()?;
-    let destination =
-        partition::transform_destination(&spec.subjects, spec.key_token, spec.partitions)
-            .unwrap_or_default();
-    let op = format!("create the group stream {}", spec.stream);
-    match js.get_stream(&spec.stream).await {
-        Ok(mut stream) => {
-            let info = stream
-                .info()
-                .await
-                .map_err(|err| Error::server_caused(op.clone(), ServerErrorKind::Other, err))?;
-            let transform = info.config.subject_transform.as_ref();
-            let same = transform
-                .is_some_and(|t| t.source == spec.subjects && t.destination == destination);
-            if same {
-                return Ok(());
-            }
-            Err(Error::StreamConflict {
-                stream: spec.stream.clone(),
-                fields: vec!["subject_transform".into()],
-                detail: format!(
-                    "the group needs {} -> {destination}, the stream has {:?}",
-                    spec.subjects,
-                    transform.map(|t| format!("{} -> {}", t.source, t.destination))
-                ),
-            })
-        }
-        Err(err)
-            if matches!(err.kind(), jetstream::context::GetStreamErrorKind::JetStream(e)
-                if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
-        {
-            let config = partition::stream_config(
-                &spec.stream,
-                &spec.subjects,
-                destination,
-                spec.replicas(),
-            );
-            match js.create_stream(config).await {
-                Ok(_) => Ok(()),
-                // Another member created it meanwhile: check it is the same.
-                Err(_) => Box::pin(ensure_group_stream(js, spec)).await,
-            }
-        }
-        Err(err) => Err(Error::server_caused(op, ServerErrorKind::Other, err)),
-    }
-}
+pub use spec::{
+    DEFAULT_GROUP_WINDOW, DEFAULT_LEAVE_DRAIN, DEFAULT_PRIORITY_TIMEOUT, GroupSpec,
+    ensure_group_stream,
+};
 
 /// What a member knows about its group.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -338,8 +89,9 @@ pub enum GroupMsg {
     Leave {
         /// How long to wait for each partition's decisions.
         drain: Duration,
-        /// Answered once every partition is drained and released.
-        reply: RpcReplyPort<()>,
+        /// Answered once every partition is drained and released, with
+        /// what the drains did.
+        reply: RpcReplyPort<DrainReport>,
     },
     /// A new view of the members (from the membership task).
     #[doc(hidden)]
@@ -442,8 +194,8 @@ impl Actor for PartitionedGroup {
             }
             GroupMsg::View(_) => {}
             GroupMsg::Leave { drain, reply } => {
-                state.leave(drain).await;
-                let _ = reply.send(());
+                let report = state.leave(drain).await;
+                let _ = reply.send(report);
             }
         }
         Ok(())
@@ -500,21 +252,26 @@ impl GroupState {
     }
 
     /// Drains one partition's child (which releases its pin) and stops it.
-    async fn release(&mut self, partition: u32, drain: Duration) {
+    async fn release(&mut self, partition: u32, drain: Duration) -> DrainReport {
         let durable = durable_name(&self.spec.stream, partition);
-        if let Err(err) = self
+        self.held.remove(&partition);
+        match self
             .supervisor
             .remove_consumer(&durable, false, drain)
             .await
         {
-            tracing::warn!(member = %self.spec.member, partition, error = %err, "could not drain a partition");
+            Ok(report) => report,
+            Err(err) => {
+                tracing::warn!(member = %self.spec.member, partition, error = %err, "could not drain a partition");
+                DrainReport::default()
+            }
         }
-        self.held.remove(&partition);
     }
 
-    async fn leave(&mut self, drain: Duration) {
+    async fn leave(&mut self, drain: Duration) -> DrainReport {
+        let mut report = DrainReport::default();
         if self.left {
-            return;
+            return report;
         }
         self.left = true;
         if let Some(task) = self.membership.take() {
@@ -523,9 +280,10 @@ impl GroupState {
         membership::leave(&self.store, &self.spec.member).await;
         let held: Vec<u32> = self.held.iter().copied().collect();
         for partition in held {
-            self.release(partition, drain).await;
+            report.merge(self.release(partition, drain).await);
         }
         self.publish();
+        report
     }
 
     fn publish(&self) {
@@ -569,8 +327,8 @@ impl GroupHandle {
 
     /// Leaves the group gracefully: the others see it go at once, and each
     /// partition is handed over after its decisions in flight (waiting up
-    /// to `drain` for each).
-    pub async fn leave(&self, drain: Duration) -> Result<(), Error> {
+    /// to `drain` for each). Returns what the drains did.
+    pub async fn leave(&self, drain: Duration) -> Result<DrainReport, Error> {
         self.ask("leave the group", |reply| GroupMsg::Leave { drain, reply })
             .await
     }

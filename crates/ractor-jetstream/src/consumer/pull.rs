@@ -253,9 +253,7 @@ impl Worker<'_> {
                     &ctx.connection,
                     &ctx.stream,
                     &ctx.durable,
-                    batch,
-                    expires,
-                    Duration::ZERO,
+                    (batch, expires, Duration::ZERO),
                     inbox,
                 )
                 .await

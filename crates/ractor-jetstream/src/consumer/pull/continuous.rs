@@ -48,6 +48,29 @@ const REQUEST_EXPIRES: Duration = Duration::from_secs(30);
 /// says often enough that the server is there.
 const MIN_EXPIRES_FOR_HEARTBEAT: Duration = Duration::from_secs(3);
 
+/// How long a drain reads what the server still sends for the child's
+/// open requests, to nak it. The requests of an unpinned child live on
+/// until they expire; what comes after this is taken back by the server
+/// after the ack wait.
+const DRAIN_REPLIES: Duration = Duration::from_millis(250);
+
+/// How often a takeover barrier asks the server whether the previous
+/// holder's deliveries are settled.
+const BARRIER_CHECK: Duration = Duration::from_millis(100);
+
+/// After a pin moved to this child, new messages wait until what the
+/// previous holder had in flight is settled: its redeliveries go to the
+/// target first, so order per key holds across the takeover.
+struct Barrier {
+    /// The stream sequence of the first new message under the new pin:
+    /// everything the previous holder had is below it.
+    first_new: Option<u64>,
+    next_check: Instant,
+    /// Lifted regardless at this point (the previous holder's deliveries
+    /// have long come back by then).
+    give_up: Instant,
+}
+
 /// One pull request the server may still be filling.
 struct Open {
     subject: String,
@@ -68,6 +91,7 @@ struct Stream {
     pause: Duration,
     next_check: Instant,
     connects: u64,
+    barrier: Option<Barrier>,
 }
 
 impl Stream {
@@ -119,6 +143,7 @@ impl Worker<'_> {
             pause: RETRY_FIRST,
             next_check: Instant::now() + RECONNECT_CHECK,
             connects: self.client.statistics().connects.load(Ordering::Relaxed),
+            barrier: None,
         };
         loop {
             while let Some(settlement) = self.in_flight.try_verdict() {
@@ -162,6 +187,9 @@ impl Worker<'_> {
             if let Some(at) = stream.last_sent {
                 earliest(at + stream.expires);
             }
+            if let Some(barrier) = &stream.barrier {
+                earliest(barrier.next_check);
+            }
             if let Some(at) = wake {
                 self.alarm.arm_if_earlier(at);
             }
@@ -170,14 +198,20 @@ impl Worker<'_> {
                 control = inbox.control.recv() => match control {
                     Some(WorkerCtl::SetTarget(target)) => inbox.target.set(target),
                     Some(WorkerCtl::Drain { timeout, reply }) => {
-                        let mut report = DrainReport::default();
-                        if let Some(mut replies) = self.replies.take() {
-                            report.naked += replies.drain_and_nak().await as u64;
-                        }
-                        let report = drain_in_flight(self.in_flight, timeout, report).await;
+                        // What arrives meanwhile waits in the subscription
+                        // and is nak'ed below, after what the target has.
+                        let started = Instant::now();
+                        let mut report = drain_in_flight(self.in_flight, timeout, DrainReport::default()).await;
                         // Settled first, then released: the next pinned
-                        // client starts after the last of this one's.
+                        // client starts after the last of this one's (and
+                        // the server ends this one's requests).
                         self.release_pin().await;
+                        if let Some(mut replies) = self.replies.take() {
+                            let left = timeout.saturating_sub(started.elapsed()).min(DRAIN_REPLIES);
+                            if let Ok(naked) = tokio::time::timeout(left, replies.drain_and_nak()).await {
+                                report.naked += naked as u64;
+                            }
+                        }
                         let _ = reply.send(report);
                         return Served::Drained;
                     }
@@ -206,6 +240,7 @@ impl Worker<'_> {
                     let now = Instant::now();
                     self.in_flight.expire_due(now, |_| {}).await;
                     self.on_stream_alarm(&mut stream, now);
+                    self.check_barrier(&mut stream, inbox, now).await;
                 }
             }
         }
@@ -219,10 +254,12 @@ impl Worker<'_> {
             return Ok(());
         }
         stream.pause_until = None;
-        if !inbox.target.get().is_some_and(|t| is_running(t)) {
+        if !inbox.target.get().is_some_and(is_running) {
             return Ok(());
         }
-        let busy = stream.outstanding() + self.in_flight.undecided();
+        // Kept deliveries (behind a takeover barrier) count: the window
+        // bounds what the child holds, not only what the target has.
+        let busy = stream.outstanding() + self.in_flight.live();
         let room = stream.window.saturating_sub(busy);
         let batch = if room >= stream.threshold {
             room
@@ -285,9 +322,7 @@ impl Worker<'_> {
                     &ctx.connection,
                     &ctx.stream,
                     &ctx.durable,
-                    batch,
-                    expires,
-                    heartbeat,
+                    (batch, expires, heartbeat),
                     subject,
                 )
                 .await
@@ -333,6 +368,26 @@ impl Worker<'_> {
                 {
                     ctx.counters.pin_acquired();
                     tracing::info!(durable = %ctx.durable, "pinned: this child now gets the messages");
+                    let now = Instant::now();
+                    stream.barrier = Some(Barrier {
+                        first_new: None,
+                        next_check: now,
+                        give_up: now + ctx.effective.ack_wait * 2 + Duration::from_secs(1),
+                    });
+                }
+                let meta = message
+                    .reply
+                    .as_ref()
+                    .and_then(|r| crate::delivery::AckMeta::parse(r.as_str()))
+                    .map(|meta| (meta.delivered, meta.stream_sequence));
+                if let (Some(barrier), Some((1, sequence))) = (stream.barrier.as_mut(), meta) {
+                    barrier.first_new.get_or_insert(sequence);
+                    // Behind the barrier: kept (and kept alive) until the
+                    // previous holder's deliveries are settled.
+                    if self.in_flight.hold_back(message).is_err() {
+                        tracing::warn!(durable = %ctx.durable, "ignored a message without JetStream metadata");
+                    }
+                    return Ok(());
                 }
                 let Some(target) = inbox.target.get().cloned() else {
                     // No target registered: kept or nak'ed, never lost.
@@ -384,6 +439,77 @@ impl Worker<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Lifts the takeover barrier once the server counts no delivery
+    /// pending beyond this child's own.
+    async fn check_barrier(&mut self, stream: &mut Stream, inbox: &mut WorkerInbox, now: Instant) {
+        let Some(barrier) = &mut stream.barrier else {
+            return;
+        };
+        if now < barrier.next_check {
+            return;
+        }
+        barrier.next_check = now + BARRIER_CHECK;
+        let first_new = barrier.first_new;
+        let settled_elsewhere = self.settled_below(first_new).await;
+        if !settled_elsewhere && now < barrier.give_up {
+            return;
+        }
+        if !settled_elsewhere {
+            tracing::warn!(durable = %self.ctx.durable, "the previous holder's deliveries are still pending; going on");
+        }
+        stream.barrier = None;
+        if let Some(target) = inbox.target.get().cloned() {
+            let released = self.in_flight.forward_kept(usize::MAX, &target);
+            tracing::debug!(durable = %self.ctx.durable, released, "takeover barrier lifted");
+        }
+    }
+
+    /// Whether every message of this consumer below `first_new` is
+    /// acknowledged: the ack floor is the highest sequence up to which all
+    /// are, so the first message after it (in the consumer's filter) must
+    /// be at `first_new` or later. With several filters (no single subject
+    /// to look up), whether the server counts nothing pending beyond what
+    /// this child holds.
+    async fn settled_below(&self, first_new: Option<u64>) -> bool {
+        let ctx = self.ctx;
+        let Ok(Some(info)) = consumer_info(&ctx.connection, &ctx.stream, &ctx.durable).await else {
+            return false;
+        };
+        let Some(first_new) = first_new else {
+            // No new message yet: nothing is behind the barrier.
+            return info.num_ack_pending == 0;
+        };
+        let floor = info.ack_floor.stream_sequence;
+        if floor + 1 >= first_new {
+            return true;
+        }
+        let filters = &info.config.filter_subjects;
+        let filter = match (info.config.filter_subject.as_str(), filters.as_slice()) {
+            ("", [one]) => one.clone(),
+            ("", []) => ">".to_string(),
+            ("", _) => return info.num_ack_pending <= self.in_flight.live(),
+            (one, _) => one.to_string(),
+        };
+        let Ok(stream) = ctx
+            .connection
+            .jetstream()
+            .get_stream(ctx.stream.as_ref())
+            .await
+        else {
+            return false;
+        };
+        match stream
+            .raw_message_builder()
+            .sequence(floor + 1)
+            .next_by_subject(filter)
+            .send()
+            .await
+        {
+            Ok(next) => next.sequence >= first_new,
+            Err(_) => false,
+        }
     }
 
     /// A message that no target can take: nak'ed at once.

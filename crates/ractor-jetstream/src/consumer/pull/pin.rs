@@ -113,16 +113,14 @@ impl Pin {
     }
 
     /// Sends one pull request for `batch` messages within `expires` (and
-    /// idle heartbeats every `heartbeat`, when not zero), replies to
-    /// `inbox`.
+    /// idle heartbeats every `heartbeat`, when not zero, given as one
+    /// tuple), replies to `inbox`.
     pub(crate) async fn request(
         &self,
         connection: &Connection,
         stream: &str,
         durable: &str,
-        batch: usize,
-        expires: Duration,
-        heartbeat: Duration,
+        (batch, expires, heartbeat): (usize, Duration, Duration),
         inbox: &str,
     ) -> Result<(), async_nats::PublishError> {
         let body = PullBody {
