@@ -1,8 +1,9 @@
 //! `cargo bench --bench throughput [-- --messages N]`: the same run as the
 //! `throughput` binary. See the crate docs for what it measures.
 //!
-//! `--cases` picks the cases (default all: `pull,push,restart,keyed`); the
-//! keyed workers alone, for example:
+//! `--cases` picks the cases (default `pull,push,restart,keyed,pipeline`;
+//! `metrics`, `continuous` and `failover` run only when named); the keyed
+//! workers alone, for example:
 //! `cargo bench -p ractor-jetstream-bench --bench throughput -- --cases keyed`.
 
 fn main() -> std::process::ExitCode {

@@ -28,6 +28,15 @@
 //! - metrics (`--cases metrics`, not in the default set): pull batch 100
 //!   and push with the library's metrics recorded by a Prometheus recorder,
 //!   against none; see the `metrics_cost` module.
+//! - continuous (`--cases continuous`, not in the default set): a
+//!   continuous pull child (`PullSpec::continuous().window(W)`) under a
+//!   supervisor, against async-nats' `consumer.stream()
+//!   .max_messages_per_batch(W).messages()` with `ack()` per message, `W`
+//!   being `--window`; see the `continuous` module.
+//! - failover (`--cases failover`, not in the default set): how long the
+//!   partitions of a member of `examples/partitioned.rs` (3 processes, 6
+//!   partitions) go unprocessed when it is killed, and when it leaves on
+//!   SIGTERM, over `--failovers` rounds of each; see the `failover` module.
 //!
 //! In the pull and push library cases the target is a trivial actor that
 //! acks at once.
@@ -50,6 +59,8 @@ use ractor_jetstream::{
 };
 use tokio::sync::oneshot;
 
+mod continuous;
+mod failover;
 mod keyed;
 mod metrics_cost;
 mod pipeline;
@@ -73,8 +84,10 @@ pub struct Options {
     /// The keyed case's messages per worker in its 1 ms rows (workers=16
     /// runs on 16 times as many as workers=1).
     pub keyed_messages: u64,
+    /// Rounds of each kind of stop in the failover case.
+    pub failovers: usize,
     /// Which cases: any of `pull`, `push`, `restart`, `keyed`,
-    /// `pipeline`, `metrics`.
+    /// `pipeline`, `metrics`, `continuous`, `failover`.
     pub cases: Vec<String>,
     /// Where the table and the plot go.
     pub out_dir: PathBuf,
@@ -85,7 +98,7 @@ pub const PAYLOAD: usize = 128;
 
 impl Options {
     /// Parses `--messages N --rounds R --batches 1,10,100,500 --window W
-    /// --crashes C --keyed-batch B --keyed-messages M
+    /// --crashes C --keyed-batch B --keyed-messages M --failovers K
     /// --cases pull,push,restart,keyed,pipeline --out DIR`. Unknown
     /// arguments (such as the `--bench` that `cargo bench` passes) are
     /// ignored.
@@ -98,6 +111,7 @@ impl Options {
             crashes: 20,
             keyed_batch: 500,
             keyed_messages: 1_000,
+            failovers: 5,
             cases: vec![
                 "pull".into(),
                 "push".into(),
@@ -123,6 +137,7 @@ impl Options {
                 "--crashes" => options.crashes = number(&flag, value(&flag)?)? as usize,
                 "--keyed-batch" => options.keyed_batch = number(&flag, value(&flag)?)? as usize,
                 "--keyed-messages" => options.keyed_messages = number(&flag, value(&flag)?)?,
+                "--failovers" => options.failovers = number(&flag, value(&flag)?)? as usize,
                 "--batches" => {
                     options.batches = value(&flag)?
                         .split(',')
@@ -263,6 +278,15 @@ pub async fn run(options: Options) -> Result<(), BoxError> {
     if options.cases.iter().any(|c| c == "pipeline") {
         pipeline_rows = pipeline::pipeline_case(&js, &options).await?;
         for row in &pipeline_rows {
+            println!("{}", row.line());
+        }
+    }
+    if options.cases.iter().any(|c| c == "continuous") {
+        let row = continuous::continuous_case(&js, &options).await?;
+        println!("{}", row.line());
+    }
+    if options.cases.iter().any(|c| c == "failover") {
+        for row in failover::failover_case(&options).await? {
             println!("{}", row.line());
         }
     }

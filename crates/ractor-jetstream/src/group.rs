@@ -28,8 +28,15 @@
 //! assigned its partitions start pulling and the server pins them. The
 //! partition durables use the priority timeout as their ack wait (the child
 //! keeps held deliveries alive), so what the dead member held comes back
-//! about when its partitions move; the server redelivers those before
-//! later messages, so order per key holds across a takeover.
+//! about when its partitions move. The server does not hold later
+//! messages back for them, so the new holder does: its takeover barrier
+//! (see `consumer/pull/continuous.rs`) keeps what arrives until every
+//! earlier message of the partition is acknowledged or in its hands, then
+//! hands them over in stream order. So the first processing of each
+//! message is in order per key across a takeover; what the dead member was
+//! working on is worked on again (a duplicate, never a gap). Each
+//! partition durable's `max_ack_pending` is four windows, which bounds what
+//! a barrier keeps.
 //!
 //! **When a member leaves** ([`GroupHandle::leave`]), it deletes its key
 //! first (the others start pulling its partitions, on standby), then drains

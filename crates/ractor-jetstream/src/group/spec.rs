@@ -194,8 +194,9 @@ impl GroupSpec {
 
     /// The durable spec of partition `partition`.
     pub fn partition_spec(&self, partition: u32) -> ConsumerSpec {
+        let window = self.window.unwrap_or(DEFAULT_GROUP_WINDOW);
         let pull = PullSpec::continuous()
-            .window(self.window.unwrap_or(DEFAULT_GROUP_WINDOW))
+            .window(window)
             .priority(PrioritySpec::pinned(PIN_GROUP, self.priority_timeout));
         let mut spec = ConsumerSpec::new(
             self.stream.clone(),
@@ -205,6 +206,8 @@ impl GroupSpec {
         );
         spec.server.filter_subjects = vec![partition::filter_subject(partition)];
         spec.server.ack_wait = Some(self.priority_timeout);
+        // Bounds what a new holder keeps behind its takeover barrier.
+        spec.server.max_ack_pending = Some(window * 4);
         spec.child = self.child.clone();
         spec
     }

@@ -38,6 +38,27 @@ impl InFlight {
         Ok(())
     }
 
+    /// The stream sequences of the kept deliveries.
+    pub fn kept_sequences(&self) -> std::collections::BTreeSet<u64> {
+        self.kept
+            .iter()
+            .filter_map(|token| self.current(*token))
+            .map(|entry| entry.stream_sequence)
+            .collect()
+    }
+
+    /// Puts the kept deliveries in stream order, so that
+    /// [`forward_kept`](Self::forward_kept) hands them over in that order.
+    pub fn sort_kept(&mut self) {
+        let mut kept: Vec<(u64, Token)> = self
+            .kept
+            .iter()
+            .filter_map(|token| self.current(*token).map(|e| (e.stream_sequence, *token)))
+            .collect();
+        kept.sort_unstable();
+        self.kept = kept.into_iter().map(|(_, token)| token).collect();
+    }
+
     /// Starts tracking a message: its entry, its keep-alive, its count.
     fn track(
         &mut self,

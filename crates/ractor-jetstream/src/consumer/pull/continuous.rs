@@ -24,6 +24,18 @@
 //! (the pin moved on) makes it forget the id and stand by again. To stay
 //! pinned while its window is full, it still renews a pull for one message
 //! within every half timeout.
+//!
+//! **Takeover barrier.** The server does not wait for the previous
+//! holder's deliveries before it pins this child: what that holder had
+//! unacknowledged (nak'ed at its drain, or coming back after the ack wait
+//! when it died) may arrive after newer messages. So when the child is
+//! pinned it keeps everything that arrives (kept alive meanwhile) until
+//! every message of its filter below the first new one is acknowledged or
+//! in its hands: it walks the consumer's subject from the ack floor with
+//! `next_by_subj` lookups, every 100 ms. Then it hands what it kept to the
+//! target in stream order. A barrier that cannot close within twice the
+//! ack wait plus a second (a message acknowledged out of order above the
+//! floor, say) opens anyway, with a warning.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -257,9 +269,10 @@ impl Worker<'_> {
         if !inbox.target.get().is_some_and(is_running) {
             return Ok(());
         }
-        // Kept deliveries (behind a takeover barrier) count: the window
-        // bounds what the child holds, not only what the target has.
-        let busy = stream.outstanding() + self.in_flight.live();
+        // Deliveries kept behind a takeover barrier do not count: the
+        // previous holder's come back only against further requests. The
+        // consumer's `max_ack_pending` bounds them.
+        let busy = stream.outstanding() + self.in_flight.undecided();
         let room = stream.window.saturating_sub(busy);
         let batch = if room >= stream.threshold {
             room
@@ -375,15 +388,17 @@ impl Worker<'_> {
                         give_up: now + ctx.effective.ack_wait * 2 + Duration::from_secs(1),
                     });
                 }
-                let meta = message
-                    .reply
-                    .as_ref()
-                    .and_then(|r| crate::delivery::AckMeta::parse(r.as_str()))
-                    .map(|meta| (meta.delivered, meta.stream_sequence));
-                if let (Some(barrier), Some((1, sequence))) = (stream.barrier.as_mut(), meta) {
-                    barrier.first_new.get_or_insert(sequence);
-                    // Behind the barrier: kept (and kept alive) until the
-                    // previous holder's deliveries are settled.
+                if let Some(barrier) = stream.barrier.as_mut() {
+                    let meta = message
+                        .reply
+                        .as_ref()
+                        .and_then(|r| crate::delivery::AckMeta::parse(r.as_str()))
+                        .map(|meta| (meta.delivered, meta.stream_sequence));
+                    if let Some((1, sequence)) = meta {
+                        barrier.first_new.get_or_insert(sequence);
+                    }
+                    // Behind the barrier: kept (and kept alive) until
+                    // everything before the first new message is in hand.
                     if self.in_flight.hold_back(message).is_err() {
                         tracing::warn!(durable = %ctx.durable, "ignored a message without JetStream metadata");
                     }
@@ -452,7 +467,7 @@ impl Worker<'_> {
         }
         barrier.next_check = now + BARRIER_CHECK;
         let first_new = barrier.first_new;
-        let settled_elsewhere = self.settled_below(first_new).await;
+        let settled_elsewhere = self.all_in_hand_below(first_new).await;
         if !settled_elsewhere && now < barrier.give_up {
             return;
         }
@@ -460,31 +475,26 @@ impl Worker<'_> {
             tracing::warn!(durable = %self.ctx.durable, "the previous holder's deliveries are still pending; going on");
         }
         stream.barrier = None;
+        self.in_flight.sort_kept();
         if let Some(target) = inbox.target.get().cloned() {
             let released = self.in_flight.forward_kept(usize::MAX, &target);
-            tracing::debug!(durable = %self.ctx.durable, released, "takeover barrier lifted");
+            tracing::debug!(durable = %self.ctx.durable, first_new, released, "takeover barrier lifted");
         }
     }
 
-    /// Whether every message of this consumer below `first_new` is
-    /// acknowledged: the ack floor is the highest sequence up to which all
-    /// are, so the first message after it (in the consumer's filter) must
-    /// be at `first_new` or later. With several filters (no single subject
-    /// to look up), whether the server counts nothing pending beyond what
-    /// this child holds.
-    async fn settled_below(&self, first_new: Option<u64>) -> bool {
+    /// Whether every message of this consumer below the barrier's bound
+    /// is acknowledged or kept here: walking the consumer's subject from
+    /// the ack floor (below which all are acknowledged), every message
+    /// before the bound must be one this child holds. The bound is the
+    /// first new message, or, before one came, the last the server
+    /// delivered. With several filters (no single subject to walk), whether
+    /// the server counts nothing pending beyond what this child holds.
+    async fn all_in_hand_below(&self, first_new: Option<u64>) -> bool {
         let ctx = self.ctx;
         let Ok(Some(info)) = consumer_info(&ctx.connection, &ctx.stream, &ctx.durable).await else {
             return false;
         };
-        let Some(first_new) = first_new else {
-            // No new message yet: nothing is behind the barrier.
-            return info.num_ack_pending == 0;
-        };
-        let floor = info.ack_floor.stream_sequence;
-        if floor + 1 >= first_new {
-            return true;
-        }
+        let bound = first_new.unwrap_or(info.delivered.stream_sequence + 1);
         let filters = &info.config.filter_subjects;
         let filter = match (info.config.filter_subject.as_str(), filters.as_slice()) {
             ("", [one]) => one.clone(),
@@ -500,16 +510,29 @@ impl Worker<'_> {
         else {
             return false;
         };
-        match stream
-            .raw_message_builder()
-            .sequence(floor + 1)
-            .next_by_subject(filter)
-            .send()
-            .await
-        {
-            Ok(next) => next.sequence >= first_new,
-            Err(_) => false,
+        let held = self.in_flight.kept_sequences();
+        let mut at = info.ack_floor.stream_sequence + 1;
+        while at < bound {
+            let next = stream
+                .raw_message_builder()
+                .sequence(at)
+                .next_by_subject(filter.clone())
+                .send()
+                .await;
+            match next {
+                Ok(next) if next.sequence >= bound => return true,
+                Ok(next) if held.contains(&next.sequence) => at = next.sequence + 1,
+                // Still out elsewhere (or acknowledged out of order).
+                Ok(_) => return false,
+                Err(err) => {
+                    return matches!(
+                        err.kind(),
+                        async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound
+                    );
+                }
+            }
         }
+        true
     }
 
     /// A message that no target can take: nak'ed at once.

@@ -1,0 +1,182 @@
+//! The continuous case: the library's continuous pull consume against the
+//! same work written with async-nats' own continuous pull.
+//!
+//! - raw: a pull durable with explicit acks,
+//!   `consumer.stream().max_messages_per_batch(W).messages()`, and
+//!   `message.ack().await` for each message (one plain ack, no reply
+//!   asked for) until every message is acked.
+//! - library: a supervisor ([`SupervisorHandle::spawn`]) with one consumer,
+//!   `ConsumerSpec::new(.., PullSpec::continuous().window(W))`, feeding the
+//!   bench's trivial target, which acks each delivery at once and counts
+//!   them; the run ends when it has counted every message.
+//!
+//! `W` is `--window` (default 256) on both sides: the raw side's batch
+//! (async-nats asks for the next batch once half of one is consumed) and
+//! the library's window (at most that many requested and unsettled, asked
+//! for again once half is free). Both sides have the server's default
+//! `max_ack_pending` (1000).
+//!
+//! Every run gets a fresh stream with `--messages` messages of 128 bytes
+//! and a fresh durable. Its clock starts before the durable is created
+//! (the supervisor creates its durable as it starts) and stops once every
+//! message is acked and the connection flushed; the server must then show
+//! every message acked. Each of `--rounds` rounds runs both sides, raw
+//! first in even rounds and the library first in odd ones, so that a drift
+//! of the machine favours neither. It prints:
+//!
+//! ```text
+//! RESULT mode=continuous msgs_per_s=R ratio=X paired_ratio=Y messages=N window=W
+//! ```
+//!
+//! `msgs_per_s` is the library's median rate, `ratio` that over the raw
+//! side's median, and `paired_ratio` the median of the per-round ratios.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt;
+use ractor_jetstream::{ConsumerSpec, PullSpec, SupervisorArgs, SupervisorHandle, Topology};
+
+use super::{BoxError, Options, check_all_acked, fill, median, spawn_target};
+
+/// The raw side's durable.
+const RAW: &str = "raw";
+
+/// The library side's durable.
+const LIBRARY: &str = "continuous";
+
+/// The name the target is registered under with the supervisor.
+const TARGET: &str = "t";
+
+/// The longest one run may take before the case gives up on it.
+const RUN_LIMIT: Duration = Duration::from_secs(300);
+
+/// The result of the case.
+#[derive(Debug, Clone)]
+pub struct ContinuousRow {
+    /// Messages per run.
+    pub messages: u64,
+    /// The raw batch and the library's window.
+    pub window: usize,
+    /// The raw side's median rate, messages per second.
+    pub raw: f64,
+    /// The library's median rate.
+    pub library: f64,
+    /// The median of the per-round ratios library / raw.
+    pub paired_ratio: f64,
+}
+
+impl ContinuousRow {
+    /// The `RESULT` line.
+    pub fn line(&self) -> String {
+        format!(
+            "RESULT mode=continuous msgs_per_s={:.0} ratio={:.3} paired_ratio={:.3} messages={} window={}",
+            self.library,
+            self.library / self.raw,
+            self.paired_ratio,
+            self.messages,
+            self.window
+        )
+    }
+}
+
+/// Runs the case; see the module docs.
+pub(crate) async fn continuous_case(
+    js: &jetstream::Context,
+    options: &Options,
+) -> Result<ContinuousRow, BoxError> {
+    let (n, window) = (options.messages, options.window);
+    let (mut raw, mut library, mut paired) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..options.rounds {
+        let (raw_rate, library_rate) = if round % 2 == 0 {
+            let raw_rate = raw_run(js, n, window).await?;
+            (raw_rate, library_run(js, n, window).await?)
+        } else {
+            let library_rate = library_run(js, n, window).await?;
+            (raw_run(js, n, window).await?, library_rate)
+        };
+        eprintln!("round: continuous window={window} raw={raw_rate:.0} library={library_rate:.0}");
+        raw.push(raw_rate);
+        library.push(library_rate);
+        paired.push(library_rate / raw_rate);
+    }
+    Ok(ContinuousRow {
+        messages: n,
+        window,
+        raw: median(&mut raw),
+        library: median(&mut library),
+        paired_ratio: median(&mut paired),
+    })
+}
+
+/// One raw run: async-nats' continuous pull with a plain ack per message.
+/// Returns its rate.
+async fn raw_run(js: &jetstream::Context, n: u64, batch: usize) -> Result<f64, BoxError> {
+    fill(js, n).await?;
+    let stream = js.get_stream("BENCH").await?;
+    let started = Instant::now();
+    let consumer: consumer::PullConsumer = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(RAW.into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(batch)
+        .messages()
+        .await?;
+    let consume = async {
+        let mut acked = 0;
+        while acked < n {
+            match messages.next().await {
+                Some(message) => {
+                    message?.ack().await?;
+                    acked += 1;
+                }
+                None => return Err(format!("the raw stream ended after {acked} of {n}").into()),
+            }
+        }
+        js.client().flush().await?;
+        Ok::<_, BoxError>(())
+    };
+    tokio::time::timeout(RUN_LIMIT, consume)
+        .await
+        .map_err(|_| format!("raw continuous: {n} messages not acked within {RUN_LIMIT:?}"))??;
+    let elapsed = started.elapsed();
+    drop(messages);
+    check_all_acked(js, RAW, n).await?;
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
+
+/// One library run: a supervisor with a continuous pull child and the
+/// bench's acking target. Returns its rate.
+async fn library_run(js: &jetstream::Context, n: u64, window: usize) -> Result<f64, BoxError> {
+    fill(js, n).await?;
+    let (target, mut probe) = spawn_target(n).await?;
+    let spec = ConsumerSpec::new(
+        "BENCH",
+        LIBRARY,
+        TARGET,
+        PullSpec::continuous().window(window as u64),
+    );
+    let args = SupervisorArgs::new(js.clone(), Topology::new().consumer(spec))
+        .target(TARGET, target.get_derived());
+    let started = Instant::now();
+    let (supervisor, _) = SupervisorHandle::spawn(None, args).await?;
+    // The target counts, and says when it has acked every message (within
+    // its own limit of 300 s).
+    probe.wait_all().await?;
+    js.client().flush().await?;
+    let elapsed = started.elapsed();
+    check_all_acked(js, LIBRARY, n).await?;
+    // Gone before the next run deletes the stream under it.
+    supervisor
+        .actor()
+        .stop_and_wait(None, Some(Duration::from_secs(10)))
+        .await
+        .map_err(|err| format!("stopping the supervisor: {err}"))?;
+    target.stop(None);
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
