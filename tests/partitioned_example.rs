@@ -525,3 +525,40 @@ async fn bad_arguments_are_refused_before_connecting() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_three_node_cluster_with_an_r3_stream_the_same_holds() {
+    common::init_tracing();
+    let cluster = nats_harness::NatsCluster::start(3).await.expect("cluster");
+    let client = async_nats::ConnectOptions::new()
+        .connect(cluster.client_urls())
+        .await
+        .expect("connect");
+    let js = jetstream::new(client);
+    // The members create the stream when it does not exist (with one
+    // replica); this one is made first, with the members' transform and
+    // three replicas. Right after forming, the cluster may refuse R3
+    // placement for a moment ("peer offline"): tried again.
+    let config = jetstream::stream::Config {
+        name: "PGR".into(),
+        subjects: vec!["orders.*".into()],
+        subject_transform: Some(jetstream::stream::SubjectTransform {
+            source: "orders.*".into(),
+            destination: "{{partition(6,1)}}.orders.{{wildcard(1)}}".into(),
+        }),
+        num_replicas: 3,
+        ..Default::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match js.create_stream(config.clone()).await {
+            Ok(_) => break,
+            Err(err) if Instant::now() < deadline => {
+                tracing::debug!(error = %err, "R3 placement refused for now");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(err) => panic!("R3 stream: {err}"),
+        }
+    }
+    run_scenario(cluster.client_urls().join(","), js, "PGR").await;
+}
