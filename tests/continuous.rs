@@ -554,3 +554,45 @@ async fn a_short_drain_of_a_long_pinned_child_still_hands_over_at_once() {
     );
     assert_eq!(standby.record.sequences(), second);
 }
+
+#[tokio::test]
+async fn a_continuous_child_killed_mid_stream_is_restarted_and_loses_nothing() {
+    let env = env().await;
+    create_stream(&env.js, "CKILL", &["ckill.>"]).await;
+    let published = publish_n(&env.js, "ckill.x", 2000).await;
+    // A target slow enough that the kill lands mid-stream.
+    let (_t, target, record) = spawn_target(|_| Action::AckAfter(Duration::from_millis(2))).await;
+    let mut spec = ConsumerSpec::new("CKILL", "ck", "t", PullSpec::continuous().window(32));
+    spec.server.ack_wait = Some(Duration::from_secs(2));
+    let topology = Topology::new()
+        .stream(StreamSpec::new("CKILL", ["ckill.>"]))
+        .consumer(spec);
+    let args = SupervisorArgs::new(env.js.clone(), topology).target("t", target);
+    let (supervisor, _) = SupervisorHandle::spawn(None, args)
+        .await
+        .expect("supervisor");
+    wait_until("a first part delivered", PATIENCE, || {
+        record.distinct().len() >= 300
+    })
+    .await;
+    let handle = supervisor.consumer("ck").await.expect("handle");
+    handle.child().expect("a running child").kill();
+
+    // Everything is processed in the end, by the restarted child; what was
+    // in flight at the kill may come twice, nothing is missing.
+    let info = wait_for_consumer(&env.js, "CKILL", "ck", "all 2000 acked", |i| {
+        i.ack_floor.stream_sequence == 2000 && i.num_ack_pending == 0
+    })
+    .await;
+    assert_eq!(info.num_pending, 0);
+    assert_eq!(
+        record.distinct(),
+        published.iter().copied().collect(),
+        "every sequence reached the target"
+    );
+    let status = supervisor.status().await.expect("status");
+    let child = status.child("ck").expect("the child's status");
+    assert!(child.restarts >= 1, "the child was restarted: {child:?}");
+    let twice = record.times_seen().values().filter(|&&n| n > 1).count();
+    assert!(twice <= 64, "{twice} seen twice: more than was in flight");
+}
