@@ -38,6 +38,7 @@
 //! # Ok(()) }
 //! ```
 
+mod barrier;
 mod continuous;
 mod pin;
 mod replies;
