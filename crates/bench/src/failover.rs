@@ -19,16 +19,20 @@
 //! members in turn: it notes the partitions the member holds (by its last
 //! `holds=[..]` line), the time, and stops it; a partition's failover time
 //! is from then to the start of the first message of that partition
-//! another member records. Then the member is started again (same name,
-//! same record file) and the group balanced again. The kill rounds come
-//! first, then the same rounds with SIGTERM (sent with `kill -s TERM`, the
-//! time taken before it starts), after which the member leaves the group:
-//! it deletes its membership key, drains its partitions and releases their
-//! pins.
+//! another member records. Once the two others are balanced among
+//! themselves, the member is started again (same name, same record file)
+//! and the group balanced again. The kill rounds come first, then the same
+//! rounds with SIGTERM (sent with `kill -s TERM`, the time taken before it
+//! starts), after which the member leaves the group: it deletes its
+//! membership key, drains its partitions and releases their pins.
 //!
-//! Each round prints a line on stderr with, per partition, the failover
-//! time and the time until a survivor's holds line named it (`assigned`);
-//! it prints:
+//! Each round prints a line on stderr: when the member exited, per
+//! partition it held the failover time and the time until a survivor's
+//! holds line named it (a member prints that line once it has started
+//! what it gained and drained what it lost), and per partition the longest
+//! time without a message of it starting, from the stop until the member
+//! was started again, and from then until the group was balanced again.
+//! The case prints:
 //!
 //! ```text
 //! RESULT mode=failover partitions=6 members=3 median_ms=T p99_ms=U samples=S
@@ -53,7 +57,7 @@ use super::{BoxError, Options, median};
 mod member;
 mod record;
 use member::{Member, Stop};
-use record::RecordTail;
+use record::{Record, RecordTail};
 
 /// The group's stream, and the subjects it stores.
 const STREAM: &str = "FO";
@@ -183,9 +187,43 @@ struct Group {
 
 /// What one round measured.
 struct Round {
-    /// Per partition: the failover time, and the time until a survivor's
-    /// holds line named it (if one did), ms.
-    partitions: BTreeMap<u32, (f64, Option<f64>)>,
+    /// Per partition of the stopped member: the failover time, and the
+    /// time until a survivor's holds line named it (if one did), ms.
+    taken_over: BTreeMap<u32, (f64, Option<f64>)>,
+    /// Per partition: the longest time without a message of it starting,
+    /// from the stop until the member was started again, ms.
+    gaps_without: BTreeMap<u32, f64>,
+    /// The same from its start until the group was balanced again.
+    gaps_rejoin: BTreeMap<u32, f64>,
+    /// From the stop to the process's exit, ms.
+    exited_ms: f64,
+}
+
+impl Round {
+    /// The round's line on stderr.
+    fn describe(&self, mode: &str, victim: &str) -> String {
+        let taken_over: Vec<String> = self
+            .taken_over
+            .iter()
+            .map(|(p, (ms, assigned))| match assigned {
+                Some(a) => format!("p{p}={ms:.1}ms (holds line {a:.1}ms)"),
+                None => format!("p{p}={ms:.1}ms (no holds line)"),
+            })
+            .collect();
+        let gaps = |gaps: &BTreeMap<u32, f64>| {
+            gaps.iter()
+                .map(|(p, ms)| format!("p{p}={ms:.0}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        format!(
+            "round: {mode} {victim} exited after {:.1} ms; taken over: {}; longest gaps (ms) until it restarted: {}, from then until balanced: {}",
+            self.exited_ms,
+            taken_over.join(" "),
+            gaps(&self.gaps_without),
+            gaps(&self.gaps_rejoin)
+        )
+    }
 }
 
 impl Group {
@@ -206,7 +244,7 @@ impl Group {
     async fn run(&mut self, options: &Options) -> Result<Vec<FailoverRow>, BoxError> {
         // m1 creates the stream; the others join once it has.
         self.members.push(self.start(0)?);
-        self.wait_until("m1 holds partitions", BALANCE_LIMIT, |g| {
+        self.wait_until("m1 holds partitions", BALANCE_LIMIT, None, |g| {
             g.members[0]
                 .holds()
                 .is_some_and(|h| !h.partitions.is_empty())
@@ -216,7 +254,7 @@ impl Group {
             self.members.push(self.start(i)?);
         }
         self.publisher = Some(Publisher::start(&self.url).await?);
-        self.wait_balanced().await?;
+        self.wait_balanced(None).await?;
 
         let mut rows = Vec::new();
         for (mode, stop) in [("failover", Stop::Kill), ("failover_graceful", Stop::Term)] {
@@ -224,20 +262,8 @@ impl Group {
             for round in 0..options.failovers {
                 let victim = round % MEMBERS;
                 let measured = self.round(victim, stop).await?;
-                eprintln!(
-                    "round: {mode} {} {}",
-                    name(victim),
-                    measured
-                        .partitions
-                        .iter()
-                        .map(|(p, (ms, assigned))| match assigned {
-                            Some(a) => format!("p{p}={ms:.1}ms(assigned {a:.1}ms)"),
-                            None => format!("p{p}={ms:.1}ms(assigned -)"),
-                        })
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                );
-                samples.extend(measured.partitions.values().map(|(ms, _)| *ms));
+                eprintln!("{}", measured.describe(mode, &name(victim)));
+                samples.extend(measured.taken_over.values().map(|(ms, _)| *ms));
             }
             rows.push(FailoverRow { mode, samples });
         }
@@ -262,39 +288,54 @@ impl Group {
         for tail in &mut self.tails {
             tail.read_new()?;
         }
+        let mut records = Vec::new();
         let (stopped_at, signalling) = self.members[victim].stop(stop).await?;
-        let first = self
-            .first_records_elsewhere(&victim_name, &held, stopped_at)
-            .await?;
-        let exited = self.members[victim].wait_exit(EXIT_LIMIT).await?;
+        // The records carry their own times: reading them later loses
+        // nothing.
+        let exited_at = self.members[victim].wait_exit(EXIT_LIMIT).await?;
         if stop == Stop::Term {
             eprintln!(
-                "failover: {victim_name} got SIGTERM ({:.1} ms to send) and exited {:.1} ms later; its last line: {}",
+                "failover: {victim_name}: SIGTERM took {:.1} ms to send; its last line: {}",
                 signalling.as_secs_f64() * 1e3,
-                exited.as_secs_f64() * 1e3,
                 self.members[victim].last_line().unwrap_or_default()
             );
         }
+        let first = self
+            .first_records_elsewhere(&victim_name, &held, stopped_at, &mut records)
+            .await?;
+        // The survivors settle among themselves before the member returns.
+        self.wait_balanced(Some(victim)).await?;
+
+        let restarted_at = unix_ns();
+        let restarted = self.start(victim)?;
+        std::mem::replace(&mut self.members[victim], restarted)
+            .kill()
+            .await;
+        self.wait_balanced(None).await?;
+        let balanced_at = unix_ns();
+        for tail in &mut self.tails {
+            records.extend(tail.read_new()?);
+        }
+
         let ms = |at: u128| at.saturating_sub(stopped_at) as f64 / 1e6;
-        let partitions = first
+        let taken_over = first
             .iter()
             .map(|(&p, &start)| {
                 let assigned = self
                     .members
                     .iter()
                     .filter(|m| m.name != victim_name)
-                    .filter_map(|m| m.took(p, stopped_at))
+                    .filter_map(|m| m.took(p, stopped_at, restarted_at))
                     .min();
                 (p, (ms(start), assigned.map(ms)))
             })
             .collect();
-
-        let restarted = self.start(victim)?;
-        std::mem::replace(&mut self.members[victim], restarted)
-            .kill()
-            .await;
-        self.wait_balanced().await?;
-        Ok(Round { partitions })
+        Ok(Round {
+            taken_over,
+            gaps_without: gaps(&records, stopped_at, restarted_at),
+            gaps_rejoin: gaps(&records, restarted_at, balanced_at),
+            exited_ms: ms(exited_at),
+        })
     }
 
     /// Reads the record files until another member than `victim` recorded
@@ -305,6 +346,7 @@ impl Group {
         victim: &str,
         held: &BTreeSet<u32>,
         after_unix_ns: u128,
+        records: &mut Vec<Record>,
     ) -> Result<BTreeMap<u32, u128>, BoxError> {
         let deadline = Instant::now() + FAILOVER_LIMIT;
         let mut first: BTreeMap<u32, u128> = BTreeMap::new();
@@ -318,6 +360,7 @@ impl Group {
                         let start = first.entry(record.partition).or_insert(u128::MAX);
                         *start = (*start).min(record.start_unix_ns);
                     }
+                    records.push(record);
                 }
             }
             if first.len() == held.len() {
@@ -336,11 +379,21 @@ impl Group {
         }
     }
 
-    /// Waits until every member holds partitions, together each once, and
-    /// no holds line changed for [`SETTLED`].
-    async fn wait_balanced(&self) -> Result<(), BoxError> {
-        self.wait_until("a balanced group", BALANCE_LIMIT, |g| {
-            let holds: Option<Vec<_>> = g.members.iter().map(Member::holds).collect();
+    /// Waits until every member but `except` holds partitions, together
+    /// each once, and no holds line of theirs changed for [`SETTLED`].
+    async fn wait_balanced(&self, except: Option<usize>) -> Result<(), BoxError> {
+        let what = match except {
+            Some(i) => format!("a group balanced without {}", name(i)),
+            None => "a balanced group".to_string(),
+        };
+        self.wait_until(&what, BALANCE_LIMIT, except, |g| {
+            let holds: Option<Vec<_>> = g
+                .members
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| Some(*i) != except)
+                .map(|(_, m)| m.holds())
+                .collect();
             let Some(holds) = holds else { return false };
             let settled = holds.iter().all(|h| h.at.elapsed() >= SETTLED);
             let each_some = holds.iter().all(|h| !h.partitions.is_empty());
@@ -352,16 +405,18 @@ impl Group {
     }
 
     /// Polls `done` until it holds; fails after `limit`, or when a member
-    /// or the publisher stopped.
+    /// (but `except`) or the publisher stopped.
     async fn wait_until(
         &self,
         what: &str,
         limit: Duration,
+        except: Option<usize>,
         done: impl Fn(&Self) -> bool,
     ) -> Result<(), BoxError> {
         let deadline = Instant::now() + limit;
         while !done(self) {
-            if let Some(gone) = self.members.iter().find(|m| m.ended()) {
+            let mut others = (self.members.iter().enumerate()).filter(|(i, _)| Some(*i) != except);
+            if let Some((_, gone)) = others.find(|(_, m)| m.ended()) {
                 return Err(format!(
                     "waiting for {what}: {} exited; {}",
                     gone.name,
@@ -426,6 +481,37 @@ impl Group {
             member.kill().await;
         }
     }
+}
+
+/// Per partition, the longest time (ms) without a message of it starting
+/// between `from_unix_ns` and `until_unix_ns` (whoever processed them).
+fn gaps(records: &[Record], from_unix_ns: u128, until_unix_ns: u128) -> BTreeMap<u32, f64> {
+    let mut starts: BTreeMap<u32, Vec<u128>> = BTreeMap::new();
+    for record in records {
+        if record.start_unix_ns > from_unix_ns && record.start_unix_ns <= until_unix_ns {
+            starts
+                .entry(record.partition)
+                .or_default()
+                .push(record.start_unix_ns);
+        }
+    }
+    starts
+        .into_iter()
+        .map(|(partition, mut starts)| {
+            starts.sort_unstable();
+            let longest = starts
+                .iter()
+                .chain(std::iter::once(&until_unix_ns))
+                .scan(from_unix_ns, |previous, &start| {
+                    let gap = start - *previous;
+                    *previous = start;
+                    Some(gap)
+                })
+                .max()
+                .unwrap_or(0);
+            (partition, longest as f64 / 1e6)
+        })
+        .collect()
 }
 
 /// The name of member `i` (from 0).

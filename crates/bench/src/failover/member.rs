@@ -122,12 +122,19 @@ impl Member {
         self.log().changes.last().cloned()
     }
 
-    /// When it first said it holds `partition` after `after_unix_ns`.
-    pub(super) fn took(&self, partition: u32, after_unix_ns: u128) -> Option<u128> {
+    /// When it first said it holds `partition` between `after_unix_ns`
+    /// and `before_unix_ns`.
+    pub(super) fn took(
+        &self,
+        partition: u32,
+        after_unix_ns: u128,
+        before_unix_ns: u128,
+    ) -> Option<u128> {
         self.log()
             .changes
             .iter()
-            .find(|c| c.at_unix_ns > after_unix_ns && c.partitions.contains(&partition))
+            .filter(|c| c.at_unix_ns > after_unix_ns && c.at_unix_ns < before_unix_ns)
+            .find(|c| c.partitions.contains(&partition))
             .map(|c| c.at_unix_ns)
     }
 
@@ -168,20 +175,19 @@ impl Member {
         Ok((at, started.elapsed()))
     }
 
-    /// Waits at most `limit` for the process to exit; returns how long
-    /// that took.
-    pub(super) async fn wait_exit(&mut self, limit: Duration) -> Result<Duration, BoxError> {
-        let started = Instant::now();
+    /// Waits at most `limit` for the process to exit; returns when it
+    /// did (unix ns, as the bench saw it).
+    pub(super) async fn wait_exit(&mut self, limit: Duration) -> Result<u128, BoxError> {
         let status = tokio::time::timeout(limit, self.child.wait())
             .await
             .map_err(|_| format!("{} did not exit within {limit:?}", self.name))??;
-        let waited = started.elapsed();
+        let exited = unix_ns();
         // Its last lines are read before anyone asks for them.
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.reader).await;
         if !status.success() && status.code().is_some() {
             return Err(format!("{} exited with {status}", self.name).into());
         }
-        Ok(waited)
+        Ok(exited)
     }
 
     /// Kills it (if it still runs) and reaps it.

@@ -77,10 +77,10 @@ pub(crate) async fn run(
     let mut last: Option<Vec<String>> = None;
     let mut watch = None;
     // The first view waits until this member's own key came back through
-    // the watch (so every older key was replayed before it) and one beat
-    // has passed (so every live member has put since): a member starting
-    // beside others does not first take every partition for itself.
-    let started = Instant::now();
+    // the watch: every older key was replayed before it, so a member
+    // joining a running group does not first take every partition for
+    // itself. (Two members starting at the same moment may; the next put
+    // of the other corrects it a beat later.)
     let mut caught_up = false;
     loop {
         if watch.is_none() {
@@ -119,7 +119,7 @@ pub(crate) async fn run(
             _ = checks.tick() => {}
         }
         let now = Instant::now();
-        if !caught_up || now.duration_since(started) < beat {
+        if !caught_up {
             continue;
         }
         seen.retain(|_, at| now.duration_since(*at) < timeout);
