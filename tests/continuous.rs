@@ -2,7 +2,8 @@
 //! a continuous child delivers without fetches and within its window; a
 //! pinned-client group gives every message to one member while another
 //! stands by, hands over at once when the pinned member drains, and lets a
-//! child that lost its pin stand by without restarting; a durable created
+//! child that lost its pin stand by without restarting; an overflow child
+//! is served only while the consumer is behind; a durable created
 //! without the group is refused, and every bad setting is named.
 
 mod common;
@@ -595,4 +596,45 @@ async fn a_continuous_child_killed_mid_stream_is_restarted_and_loses_nothing() {
     assert!(child.restarts >= 1, "the child was restarted: {child:?}");
     let twice = record.times_seen().values().filter(|&&n| n > 1).count();
     assert!(twice <= 64, "{twice} seen twice: more than was in flight");
+}
+
+#[tokio::test]
+async fn an_overflow_child_is_served_only_while_the_consumer_is_behind() {
+    let env = env().await;
+    let pull = PullSpec::continuous()
+        .window(16)
+        .priority(PrioritySpec::overflow("O").min_pending(100));
+    let topology = continuous_topology("OVER", "over.>", "o", pull);
+    let (_t, target, record) = acking_target().await;
+    let args = SupervisorArgs::new(env.js.clone(), topology).target("t", target);
+    let (_supervisor, _) = SupervisorHandle::spawn(None, args)
+        .await
+        .expect("supervisor");
+    publish_n(&env.js, "over.x", 50).await;
+    // The child's pull waits on the server, and is not served while fewer
+    // than 100 messages are pending.
+    let info = wait_for_consumer(&env.js, "OVER", "o", "the child's pull waiting", |i| {
+        i.num_waiting >= 1 && i.num_pending == 50
+    })
+    .await;
+    assert_eq!(info.num_ack_pending, 0, "{info:?}");
+    assert_eq!(record.count(), 0, "nothing delivered below min_pending");
+
+    // Behind by 150: served until fewer than 100 are pending.
+    publish_n(&env.js, "over.x", 100).await;
+    wait_until("some delivered", PATIENCE, || record.count() > 0).await;
+    let info = wait_for_consumer(&env.js, "OVER", "o", "served down to the threshold", |i| {
+        i.num_ack_pending == 0 && i.num_pending < 100
+    })
+    .await;
+    let delivered = record.count() as u64;
+    assert_eq!(
+        delivered + info.num_pending,
+        150,
+        "what was not delivered is still pending: {info:?}"
+    );
+    assert!(
+        info.num_pending >= 99 - 16,
+        "served only while behind (at most a window past the threshold): {info:?}"
+    );
 }
