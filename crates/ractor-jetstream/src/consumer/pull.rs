@@ -242,34 +242,62 @@ impl Worker<'_> {
         expires: Duration,
         inbox: &str,
     ) -> Result<(), Error> {
-        // Noted before it is sent: a worker killed right after sending it
-        // must still wait for what it delivers.
-        if let Some(replies) = self.replies.as_mut() {
-            replies.expect(inbox, batch, expires);
-        }
-        if let Some(pin) = &self.pin {
-            let ctx = self.ctx;
-            return pin
-                .request(
-                    &ctx.connection,
-                    &ctx.stream,
-                    &ctx.durable,
-                    (batch, expires, Duration::ZERO),
-                    inbox,
-                )
-                .await
-                .map_err(|err| Error::server_caused(self.op(), ServerErrorKind::Connection, err));
-        }
         let request = pull::BatchConfig {
             batch,
             expires: Some(expires),
             no_wait: true,
             ..Default::default()
         };
-        self.consumer
-            .request_batch(request, inbox.to_string().into())
-            .await
-            .map_err(|err| Error::server_caused(self.op(), ServerErrorKind::Connection, err))
+        self.send_pull(request, inbox).await
+    }
+
+    /// Sends one pull request (fetch-driven or continuous), with the group
+    /// and the pin when the consumer has a priority group.
+    async fn send_pull(&mut self, request: pull::BatchConfig, inbox: &str) -> Result<(), Error> {
+        // Noted before it is sent: a worker killed right after sending it
+        // must still wait for what it delivers.
+        if let Some(replies) = self.replies.as_mut()
+            && let Some(expires) = request.expires
+        {
+            replies.expect(inbox, request.batch, expires);
+        }
+        match &self.pin {
+            Some(pin) => {
+                let ctx = self.ctx;
+                pin.request(&ctx.connection, &ctx.stream, &ctx.durable, &request, inbox)
+                    .await
+                    .map_err(|err| {
+                        Error::server_caused(self.op(), ServerErrorKind::Connection, err)
+                    })
+            }
+            None => self
+                .consumer
+                .request_batch(request, inbox.to_string().into())
+                .await
+                .map_err(|err| Error::server_caused(self.op(), ServerErrorKind::Connection, err)),
+        }
+    }
+
+    /// Reads the pin off a delivered message; true when the server just
+    /// pinned this child.
+    fn observe_pin(&mut self, message: &async_nats::Message) -> bool {
+        let acquired = self
+            .pin
+            .as_mut()
+            .is_some_and(|pin| pin.observe(message) == pin::PinChange::Acquired);
+        if acquired {
+            self.ctx.counters.pin_acquired();
+            tracing::info!(durable = %self.ctx.durable, "pinned: this child now gets the messages");
+        }
+        acquired
+    }
+
+    /// A `423`: the pin moved on, and the child stands by.
+    fn pin_moved(&mut self) {
+        if self.pin.as_mut().is_some_and(pin::Pin::mismatch) {
+            self.ctx.counters.pin_gone(true);
+            tracing::info!(durable = %self.ctx.durable, "the pin moved on; standing by");
+        }
     }
 
     /// Releases the pin, when the child holds one (at a drain).

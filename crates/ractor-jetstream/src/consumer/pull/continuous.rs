@@ -41,11 +41,11 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::pull::BatchConfig;
 use async_nats::{Message, StatusCode};
 use tokio::time::Instant;
 
 use super::barrier::Barrier;
-use super::pin::PinChange;
 use super::replies::Replies;
 use super::{EXPIRY_GRACE, FORWARD_BURST, RECONNECT_CHECK, RETRY_FIRST, RETRY_MAX, Served, Worker};
 use super::{next_reply, refused_for_good};
@@ -281,7 +281,15 @@ impl Worker<'_> {
         };
         let subject = replies.next_subject();
         match self
-            .send_stream_request(batch, stream.expires, stream.heartbeat, &subject)
+            .send_pull(
+                BatchConfig {
+                    batch,
+                    expires: Some(stream.expires),
+                    idle_heartbeat: stream.heartbeat,
+                    ..Default::default()
+                },
+                &subject,
+            )
             .await
         {
             Ok(()) => {
@@ -298,48 +306,6 @@ impl Worker<'_> {
             }
         }
         Ok(())
-    }
-
-    /// Sends one request of the stream, with the pin when the consumer has
-    /// a priority group.
-    async fn send_stream_request(
-        &mut self,
-        batch: usize,
-        expires: Duration,
-        heartbeat: Duration,
-        subject: &str,
-    ) -> Result<(), Error> {
-        if let Some(replies) = self.replies.as_mut() {
-            replies.expect(subject, batch, expires);
-        }
-        match &self.pin {
-            Some(pin) => {
-                let ctx = self.ctx;
-                pin.request(
-                    &ctx.connection,
-                    &ctx.stream,
-                    &ctx.durable,
-                    (batch, expires, heartbeat),
-                    subject,
-                )
-                .await
-                .map_err(|err| Error::server_caused(self.op(), ServerErrorKind::Connection, err))
-            }
-            None => {
-                let request = async_nats::jetstream::consumer::pull::BatchConfig {
-                    batch,
-                    expires: Some(expires),
-                    idle_heartbeat: heartbeat,
-                    ..Default::default()
-                };
-                self.consumer
-                    .request_batch(request, subject.to_string().into())
-                    .await
-                    .map_err(|err| {
-                        Error::server_caused(self.op(), ServerErrorKind::Connection, err)
-                    })
-            }
-        }
     }
 
     fn pause(&self, stream: &mut Stream) {
@@ -360,11 +326,7 @@ impl Worker<'_> {
             None | Some(StatusCode::OK) => {
                 stream.filled_one();
                 stream.pause = RETRY_FIRST;
-                if let Some(pin) = self.pin.as_mut()
-                    && pin.observe(&message) == PinChange::Acquired
-                {
-                    ctx.counters.pin_acquired();
-                    tracing::info!(durable = %ctx.durable, "pinned: this child now gets the messages");
+                if self.observe_pin(&message) {
                     let now = Instant::now();
                     stream.barrier = Some(Barrier {
                         first_new: None,
@@ -404,12 +366,7 @@ impl Worker<'_> {
             Some(StatusCode::TIMEOUT | StatusCode::NOT_FOUND) => stream.end(&message.subject),
             Some(status) if status.as_u16() == 423 => {
                 stream.end(&message.subject);
-                if let Some(pin) = self.pin.as_mut()
-                    && pin.mismatch()
-                {
-                    ctx.counters.pin_gone(true);
-                    tracing::info!(durable = %ctx.durable, "the pin moved on; standing by");
-                }
+                self.pin_moved();
             }
             Some(status) => {
                 stream.end(&message.subject);

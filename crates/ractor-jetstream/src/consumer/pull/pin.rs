@@ -19,6 +19,7 @@
 use std::time::Duration;
 
 use async_nats::Message;
+use async_nats::jetstream::consumer::pull::BatchConfig;
 use serde::Serialize;
 
 use crate::connection::Connection;
@@ -112,21 +113,21 @@ impl Pin {
         self.id.take().is_some()
     }
 
-    /// Sends one pull request for `batch` messages within `expires` (and
-    /// idle heartbeats every `heartbeat`, when not zero, given as one
-    /// tuple), replies to `inbox`.
+    /// Sends one pull request, `request` with the group and the pin added,
+    /// replies to `inbox`. It always waits on the server (`no_wait` is not
+    /// sent): a standby's pull must stay until the pin comes to it.
     pub(crate) async fn request(
         &self,
         connection: &Connection,
         stream: &str,
         durable: &str,
-        (batch, expires, heartbeat): (usize, Duration, Duration),
+        request: &BatchConfig,
         inbox: &str,
     ) -> Result<(), async_nats::PublishError> {
         let body = PullBody {
-            batch,
-            expires: Some(nanos(expires)),
-            idle_heartbeat: nanos(heartbeat),
+            batch: request.batch,
+            expires: request.expires.map(nanos),
+            idle_heartbeat: nanos(request.idle_heartbeat),
             no_wait: false,
             group: &self.spec.group,
             id: self.id.as_deref(),

@@ -12,7 +12,6 @@ use async_nats::StatusCode;
 use ractor::DerivedActorRef;
 use tokio::time::Instant;
 
-use super::pin::PinChange;
 use super::{EXPIRY_GRACE, RECONNECT_CHECK, RETRY_FIRST, RETRY_MAX, Worker};
 use crate::consumer::inflight::ForwardError;
 use crate::consumer::{FetchEnd, FetchOutcome, WorkerInbox};
@@ -176,12 +175,7 @@ impl Worker<'_> {
         }
         match message.status {
             None | Some(StatusCode::OK) => {
-                if let Some(pin) = self.pin.as_mut()
-                    && pin.observe(&message) == PinChange::Acquired
-                {
-                    ctx.counters.pin_acquired();
-                    tracing::info!(durable = %ctx.durable, "pinned: this child now gets the messages");
-                }
+                self.observe_pin(&message);
                 match self.in_flight.forward(message, &fetch.target) {
                     Ok(_) => fetch.outcome.delivered += 1,
                     Err(ForwardError::TargetGone) => {
@@ -216,13 +210,9 @@ impl Worker<'_> {
     /// "no more messages".
     async fn on_refusal(&mut self, fetch: &mut Fetch, status: StatusCode, description: String) {
         let code = status.as_u16();
-        if code == 423
-            && let Some(pin) = self.pin.as_mut()
-            && pin.mismatch()
-        {
-            // The pin moved on: stand by (ask again without it, below).
-            self.ctx.counters.pin_gone(true);
-            tracing::info!(durable = %self.ctx.durable, "the pin moved on; standing by");
+        if code == 423 {
+            // Stand by: asked again without the pin, below.
+            self.pin_moved();
         }
         let lower = description.to_ascii_lowercase();
         let deleted = lower.contains("consumer deleted");
