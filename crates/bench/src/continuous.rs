@@ -37,6 +37,7 @@ use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
 use ractor_jetstream::{ConsumerSpec, PullSpec, SupervisorArgs, SupervisorHandle, Topology};
 
+use super::cpu::{CpuMark, CpuUse};
 use super::{BoxError, Options, check_all_acked, fill, median, spawn_target};
 
 /// The raw side's durable.
@@ -64,18 +65,26 @@ pub struct ContinuousRow {
     pub library: f64,
     /// The median of the per-round ratios library / raw.
     pub paired_ratio: f64,
+    /// Median client CPU per message, µs: raw, library.
+    pub client_us: (f64, f64),
+    /// Median server CPU per message, µs: raw, library.
+    pub server_us: (f64, f64),
 }
 
 impl ContinuousRow {
     /// The `RESULT` line.
     pub fn line(&self) -> String {
         format!(
-            "RESULT mode=continuous msgs_per_s={:.0} ratio={:.3} paired_ratio={:.3} messages={} window={}",
+            "RESULT mode=continuous msgs_per_s={:.0} ratio={:.3} paired_ratio={:.3} messages={} window={} client_us_raw={:.2} client_us_library={:.2} server_us_raw={:.2} server_us_library={:.2}",
             self.library,
             self.library / self.raw,
             self.paired_ratio,
             self.messages,
-            self.window
+            self.window,
+            self.client_us.0,
+            self.client_us.1,
+            self.server_us.0,
+            self.server_us.1,
         )
     }
 }
@@ -87,33 +96,55 @@ pub(crate) async fn continuous_case(
 ) -> Result<ContinuousRow, BoxError> {
     let (n, window) = (options.messages, options.window);
     let (mut raw, mut library, mut paired) = (Vec::new(), Vec::new(), Vec::new());
+    let mut cpu: [Vec<f64>; 4] = Default::default();
+    let pid = options.server_pid;
     for round in 0..options.rounds {
-        let (raw_rate, library_rate) = if round % 2 == 0 {
-            let raw_rate = raw_run(js, n, window).await?;
-            (raw_rate, library_run(js, n, window).await?)
+        let ((raw_rate, raw_cpu), (library_rate, library_cpu)) = if round % 2 == 0 {
+            let raw_run = raw_run(js, n, window, pid).await?;
+            (raw_run, library_run(js, n, window, pid).await?)
         } else {
-            let library_rate = library_run(js, n, window).await?;
-            (raw_run(js, n, window).await?, library_rate)
+            let library_run = library_run(js, n, window, pid).await?;
+            (raw_run(js, n, window, pid).await?, library_run)
         };
-        eprintln!("round: continuous window={window} raw={raw_rate:.0} library={library_rate:.0}");
+        eprintln!(
+            "round: continuous window={window} raw={raw_rate:.0} library={library_rate:.0} client_us raw={:.2} library={:.2} server_us raw={:.2} library={:.2}",
+            raw_cpu.client_us, library_cpu.client_us, raw_cpu.server_us, library_cpu.server_us
+        );
         raw.push(raw_rate);
         library.push(library_rate);
         paired.push(library_rate / raw_rate);
+        for (all, one) in cpu.iter_mut().zip([
+            raw_cpu.client_us,
+            library_cpu.client_us,
+            raw_cpu.server_us,
+            library_cpu.server_us,
+        ]) {
+            all.push(one);
+        }
     }
+    let [mut c_raw, mut c_lib, mut s_raw, mut s_lib] = cpu;
     Ok(ContinuousRow {
         messages: n,
         window,
         raw: median(&mut raw),
         library: median(&mut library),
         paired_ratio: median(&mut paired),
+        client_us: (median(&mut c_raw), median(&mut c_lib)),
+        server_us: (median(&mut s_raw), median(&mut s_lib)),
     })
 }
 
 /// One raw run: async-nats' continuous pull with a plain ack per message.
 /// Returns its rate.
-async fn raw_run(js: &jetstream::Context, n: u64, batch: usize) -> Result<f64, BoxError> {
+async fn raw_run(
+    js: &jetstream::Context,
+    n: u64,
+    batch: usize,
+    server: Option<u32>,
+) -> Result<(f64, CpuUse), BoxError> {
     fill(js, n).await?;
     let stream = js.get_stream("BENCH").await?;
+    let cpu = CpuMark::now(server);
     let started = Instant::now();
     let consumer: consumer::PullConsumer = stream
         .create_consumer(consumer::pull::Config {
@@ -145,14 +176,20 @@ async fn raw_run(js: &jetstream::Context, n: u64, batch: usize) -> Result<f64, B
         .await
         .map_err(|_| format!("raw continuous: {n} messages not acked within {RUN_LIMIT:?}"))??;
     let elapsed = started.elapsed();
+    let used = cpu.used(server, n);
     drop(messages);
     check_all_acked(js, RAW, n).await?;
-    Ok(n as f64 / elapsed.as_secs_f64())
+    Ok((n as f64 / elapsed.as_secs_f64(), used))
 }
 
 /// One library run: a supervisor with a continuous pull child and the
 /// bench's acking target. Returns its rate.
-async fn library_run(js: &jetstream::Context, n: u64, window: usize) -> Result<f64, BoxError> {
+async fn library_run(
+    js: &jetstream::Context,
+    n: u64,
+    window: usize,
+    server: Option<u32>,
+) -> Result<(f64, CpuUse), BoxError> {
     fill(js, n).await?;
     let (target, mut probe) = spawn_target(n).await?;
     let spec = ConsumerSpec::new(
@@ -163,6 +200,7 @@ async fn library_run(js: &jetstream::Context, n: u64, window: usize) -> Result<f
     );
     let args = SupervisorArgs::new(js.clone(), Topology::new().consumer(spec))
         .target(TARGET, target.get_derived());
+    let cpu = CpuMark::now(server);
     let started = Instant::now();
     let (supervisor, _) = SupervisorHandle::spawn(None, args).await?;
     // The target counts, and says when it has acked every message (within
@@ -170,6 +208,7 @@ async fn library_run(js: &jetstream::Context, n: u64, window: usize) -> Result<f
     probe.wait_all().await?;
     js.client().flush().await?;
     let elapsed = started.elapsed();
+    let used = cpu.used(server, n);
     check_all_acked(js, LIBRARY, n).await?;
     // Gone before the next run deletes the stream under it.
     supervisor
@@ -178,5 +217,5 @@ async fn library_run(js: &jetstream::Context, n: u64, window: usize) -> Result<f
         .await
         .map_err(|err| format!("stopping the supervisor: {err}"))?;
     target.stop(None);
-    Ok(n as f64 / elapsed.as_secs_f64())
+    Ok((n as f64 / elapsed.as_secs_f64(), used))
 }

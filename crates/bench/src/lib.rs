@@ -40,6 +40,15 @@
 //!
 //! In the pull and push library cases the target is a trivial actor that
 //! acks at once.
+//!
+//! Every pull, push and continuous row also says where the CPU went, per
+//! message, for each side: `client_us_*` (this process, user and system),
+//! `server_us_*` (the embedded nats-server) and, for pull and push,
+//! `switches_*` (this process's context switches). On 2 cores the server
+//! takes most of the CPU, so these tell a client that costs more CPU from
+//! one that leaves the server waiting. `--side raw` or `--side library`
+//! runs one side of the pull and push cases alone, for a profiler
+//! (`perf record ... throughput --side library --cases pull --batches 100`).
 //! Latency is measured from a message's arrival at the child to the target
 //! receiving it. Peak RSS is this process's (the server is another one),
 //! reset before each measured run.
@@ -60,6 +69,7 @@ use ractor_jetstream::{
 use tokio::sync::oneshot;
 
 mod continuous;
+pub mod cpu;
 mod failover;
 mod keyed;
 mod metrics_cost;
@@ -91,6 +101,33 @@ pub struct Options {
     pub cases: Vec<String>,
     /// Where the table and the plot go.
     pub out_dir: PathBuf,
+    /// Which side of the pull and push cases runs: `both` (the default),
+    /// or only `raw` or `library`, to profile one side alone (`--side`).
+    pub side: Side,
+    /// The embedded nats-server's pid (set by [`run`], not a flag), for
+    /// the CPU figures.
+    pub server_pid: Option<u32>,
+}
+
+/// Which side of a case runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Raw and library, interleaved.
+    Both,
+    /// Only the raw async-nats loop.
+    Raw,
+    /// Only the library.
+    Library,
+}
+
+impl Side {
+    fn raw(self) -> bool {
+        self != Side::Library
+    }
+
+    fn library(self) -> bool {
+        self != Side::Raw
+    }
 }
 
 /// The payload size of every message.
@@ -120,6 +157,8 @@ impl Options {
                 "pipeline".into(),
             ],
             out_dir: default_out_dir(),
+            server_pid: None,
+            side: Side::Both,
         };
         let mut args = args.peekable();
         while let Some(flag) = args.next() {
@@ -146,6 +185,18 @@ impl Options {
                 }
                 "--cases" => options.cases = value(&flag)?.split(',').map(str::to_string).collect(),
                 "--out" => options.out_dir = PathBuf::from(value(&flag)?),
+                "--side" => {
+                    options.side = match value(&flag)?.as_str() {
+                        "both" => Side::Both,
+                        "raw" => Side::Raw,
+                        "library" => Side::Library,
+                        other => {
+                            return Err(format!(
+                                "--side takes both, raw or library, got {other:?}"
+                            ));
+                        }
+                    }
+                }
                 _ => {}
             }
         }
@@ -199,6 +250,10 @@ pub struct CaseResult {
     /// Median of the per-round ratios (each round's library run against
     /// the raw run just before it, which share the machine's state).
     pub paired_ratio: f64,
+    /// Median CPU and context switches per message of the raw runs.
+    pub raw_cpu: cpu::CpuUse,
+    /// The same for the library runs.
+    pub actor_cpu: cpu::CpuUse,
 }
 
 impl CaseResult {
@@ -213,7 +268,7 @@ impl CaseResult {
             "window"
         };
         format!(
-            "RESULT mode={} {size}={} raw_msgs_per_s={:.0} actor_msgs_per_s={:.0} ratio={:.3} p50_us={:.1} p99_us={:.1} peak_rss_mib={:.1} max_in_flight={} messages={} paired_ratio={:.3}",
+            "RESULT mode={} {size}={} raw_msgs_per_s={:.0} actor_msgs_per_s={:.0} ratio={:.3} p50_us={:.1} p99_us={:.1} peak_rss_mib={:.1} max_in_flight={} messages={} paired_ratio={:.3} client_us_raw={:.2} client_us_actor={:.2} server_us_raw={:.2} server_us_actor={:.2} switches_raw={:.2} switches_actor={:.2}",
             self.mode,
             self.size,
             self.raw,
@@ -224,7 +279,13 @@ impl CaseResult {
             self.peak_rss_mib,
             self.max_in_flight,
             self.messages,
-            self.paired_ratio
+            self.paired_ratio,
+            self.raw_cpu.client_us,
+            self.actor_cpu.client_us,
+            self.raw_cpu.server_us,
+            self.actor_cpu.server_us,
+            self.raw_cpu.switches,
+            self.actor_cpu.switches,
         )
     }
 }
@@ -233,13 +294,14 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Runs every selected case, prints one `RESULT` line per case, and writes
 /// the table and the plot.
-pub async fn run(options: Options) -> Result<(), BoxError> {
+pub async fn run(mut options: Options) -> Result<(), BoxError> {
     // The server: NATS_URL, or an embedded one with file storage.
     let (_server, url) = match std::env::var("NATS_URL") {
         Ok(url) => (None, url),
         Err(_) => {
             let server = nats_harness::NatsServer::start().await?;
             let url = server.url();
+            options.server_pid = server.pid();
             (Some(server), url)
         }
     };
@@ -323,6 +385,8 @@ struct Rounds {
     latencies: Vec<u32>,
     peak: f64,
     max_in_flight: u64,
+    raw_cpu: Vec<cpu::CpuUse>,
+    actor_cpu: Vec<cpu::CpuUse>,
 }
 
 impl Rounds {
@@ -338,10 +402,20 @@ impl Rounds {
         run: ActorRun,
     ) -> Result<(), BoxError> {
         self.actor.push(n as f64 / elapsed.as_secs_f64());
+        let (raw, actor) = (
+            self.raw_cpu.last().copied().unwrap_or_default(),
+            self.actor_cpu.last().copied().unwrap_or_default(),
+        );
         eprintln!(
-            "round: {label} raw={:.0} actor={:.0}",
+            "round: {label} raw={:.0} actor={:.0} client_us raw={:.2} actor={:.2} server_us raw={:.2} actor={:.2} switches raw={:.2} actor={:.2}",
             self.raw.last().copied().unwrap_or_default(),
-            self.actor.last().copied().unwrap_or_default()
+            self.actor.last().copied().unwrap_or_default(),
+            raw.client_us,
+            actor.client_us,
+            raw.server_us,
+            actor.server_us,
+            raw.switches,
+            actor.switches,
         );
         self.peak = self.peak.max(peak_rss_mib());
         self.max_in_flight = self.max_in_flight.max(run.sampler.stop().await);
@@ -361,10 +435,22 @@ impl Rounds {
             .zip(&self.raw)
             .map(|(a, r)| a / r)
             .collect();
+        let cpu = |runs: &[cpu::CpuUse]| {
+            let mut client: Vec<f64> = runs.iter().map(|c| c.client_us).collect();
+            let mut server: Vec<f64> = runs.iter().map(|c| c.server_us).collect();
+            let mut switches: Vec<f64> = runs.iter().map(|c| c.switches).collect();
+            cpu::CpuUse {
+                client_us: median(&mut client),
+                server_us: median(&mut server),
+                switches: median(&mut switches),
+            }
+        };
         CaseResult {
             mode,
             size,
             messages,
+            raw_cpu: cpu(&self.raw_cpu),
+            actor_cpu: cpu(&self.actor_cpu),
             paired_ratio: median(&mut paired),
             raw: median(&mut self.raw),
             actor: median(&mut self.actor),
@@ -384,56 +470,63 @@ async fn pull_case(
     let n = options.messages_for(batch);
     let mut rounds = Rounds::default();
     for _ in 0..options.rounds {
-        fill(js, n).await?;
-        let stream = js.get_stream("BENCH").await?;
-        let consumer: consumer::PullConsumer = stream
-            .create_consumer(consumer::pull::Config {
-                durable_name: Some("raw".into()),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ..Default::default()
-            })
-            .await?;
-        reset_peak_rss();
-        let started = Instant::now();
-        let mut done = 0;
-        while done < n {
-            let mut messages = consumer
-                .fetch()
-                .max_messages(batch)
-                .expires(Duration::from_secs(1))
-                .messages()
+        if options.side.raw() {
+            fill(js, n).await?;
+            let stream = js.get_stream("BENCH").await?;
+            let consumer: consumer::PullConsumer = stream
+                .create_consumer(consumer::pull::Config {
+                    durable_name: Some("raw".into()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ..Default::default()
+                })
                 .await?;
-            while let Some(message) = messages.next().await {
-                message?.ack().await?;
-                done += 1;
+            reset_peak_rss();
+            let cpu = cpu::CpuMark::now(options.server_pid);
+            let started = Instant::now();
+            let mut done = 0;
+            while done < n {
+                let mut messages = consumer
+                    .fetch()
+                    .max_messages(batch)
+                    .expires(Duration::from_secs(1))
+                    .messages()
+                    .await?;
+                while let Some(message) = messages.next().await {
+                    message?.ack().await?;
+                    done += 1;
+                }
             }
+            js.client().flush().await?;
+            rounds.raw.push(n as f64 / started.elapsed().as_secs_f64());
+            rounds.raw_cpu.push(cpu.used(options.server_pid, n));
+            check_all_acked(js, "raw", n).await?;
         }
-        js.client().flush().await?;
-        rounds.raw.push(n as f64 / started.elapsed().as_secs_f64());
-        check_all_acked(js, "raw", n).await?;
-
-        fill(js, n).await?;
-        let (target, probe) = spawn_target(n).await?;
-        let spec = ConsumerSpec::pull("BENCH", "actor", "bench");
-        let child = spawn_pull_child(js, spec, target.get_derived().into()).await?;
-        reset_peak_rss();
-        let sampler = InFlightSampler::start(child.clone());
-        let elapsed = fetch_all(js, "actor", &child, n, batch).await?;
-        let label = format!("pull batch={batch}");
-        rounds
-            .finish_actor_run(
-                &label,
-                js,
-                n,
-                elapsed,
-                ActorRun {
-                    child,
-                    target,
-                    probe,
-                    sampler,
-                },
-            )
-            .await?;
+        if options.side.library() {
+            fill(js, n).await?;
+            let (target, probe) = spawn_target(n).await?;
+            let spec = ConsumerSpec::pull("BENCH", "actor", "bench");
+            let child = spawn_pull_child(js, spec, target.get_derived().into()).await?;
+            reset_peak_rss();
+            let sampler = InFlightSampler::start(child.clone());
+            let cpu = cpu::CpuMark::now(options.server_pid);
+            let elapsed = fetch_all(js, "actor", &child, n, batch).await?;
+            rounds.actor_cpu.push(cpu.used(options.server_pid, n));
+            let label = format!("pull batch={batch}");
+            rounds
+                .finish_actor_run(
+                    &label,
+                    js,
+                    n,
+                    elapsed,
+                    ActorRun {
+                        child,
+                        target,
+                        probe,
+                        sampler,
+                    },
+                )
+                .await?;
+        }
     }
     Ok(rounds.result("pull", batch, n))
 }
@@ -442,76 +535,83 @@ async fn push_case(js: &jetstream::Context, options: &Options) -> Result<CaseRes
     let n = options.messages;
     let mut rounds = Rounds::default();
     for _ in 0..options.rounds {
-        fill(js, n).await?;
-        let stream = js.get_stream("BENCH").await?;
-        let deliver = js.client().new_inbox();
-        let consumer: consumer::PushConsumer = stream
-            .create_consumer(consumer::push::Config {
-                durable_name: Some("raw".into()),
-                deliver_subject: deliver,
-                ack_policy: consumer::AckPolicy::Explicit,
-                flow_control: true,
-                idle_heartbeat: Duration::from_secs(5),
-                ..Default::default()
-            })
-            .await?;
-        reset_peak_rss();
-        let started = Instant::now();
-        let mut messages = consumer.messages().await?;
-        let mut done = 0;
-        while done < n {
-            match messages.next().await {
-                Some(message) => {
-                    message?.ack().await?;
-                    done += 1;
+        if options.side.raw() {
+            fill(js, n).await?;
+            let stream = js.get_stream("BENCH").await?;
+            let deliver = js.client().new_inbox();
+            let consumer: consumer::PushConsumer = stream
+                .create_consumer(consumer::push::Config {
+                    durable_name: Some("raw".into()),
+                    deliver_subject: deliver,
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    flow_control: true,
+                    idle_heartbeat: Duration::from_secs(5),
+                    ..Default::default()
+                })
+                .await?;
+            reset_peak_rss();
+            let cpu = cpu::CpuMark::now(options.server_pid);
+            let started = Instant::now();
+            let mut messages = consumer.messages().await?;
+            let mut done = 0;
+            while done < n {
+                match messages.next().await {
+                    Some(message) => {
+                        message?.ack().await?;
+                        done += 1;
+                    }
+                    None => return Err("push subscription ended".into()),
                 }
-                None => return Err("push subscription ended".into()),
             }
+            js.client().flush().await?;
+            rounds.raw.push(n as f64 / started.elapsed().as_secs_f64());
+            rounds.raw_cpu.push(cpu.used(options.server_pid, n));
+            drop(messages);
+            check_all_acked(js, "raw", n).await?;
         }
-        js.client().flush().await?;
-        rounds.raw.push(n as f64 / started.elapsed().as_secs_f64());
-        drop(messages);
-        check_all_acked(js, "raw", n).await?;
-
-        fill(js, n).await?;
-        let (target, mut probe) = spawn_target(n).await?;
-        let spec = ConsumerSpec::new(
-            "BENCH",
-            "actor",
-            "bench",
-            PushSpec::default().window(options.window as u64),
-        );
-        reset_peak_rss();
-        let started = Instant::now();
-        let (child, _) = Actor::spawn(
-            None,
-            PushConsumer,
-            ConsumerArgs {
-                connection: js.clone().into(),
-                spec,
-                target: target.get_derived().into(),
-            },
-        )
-        .await?;
-        let sampler = InFlightSampler::start(child.clone());
-        probe.wait_all().await?;
-        js.client().flush().await?;
-        let elapsed = started.elapsed();
-        let label = format!("push window={}", options.window);
-        rounds
-            .finish_actor_run(
-                &label,
-                js,
-                n,
-                elapsed,
-                ActorRun {
-                    child,
-                    target,
-                    probe,
-                    sampler,
+        if options.side.library() {
+            fill(js, n).await?;
+            let (target, mut probe) = spawn_target(n).await?;
+            let spec = ConsumerSpec::new(
+                "BENCH",
+                "actor",
+                "bench",
+                PushSpec::default().window(options.window as u64),
+            );
+            reset_peak_rss();
+            let cpu = cpu::CpuMark::now(options.server_pid);
+            let started = Instant::now();
+            let (child, _) = Actor::spawn(
+                None,
+                PushConsumer,
+                ConsumerArgs {
+                    connection: js.clone().into(),
+                    spec,
+                    target: target.get_derived().into(),
                 },
             )
             .await?;
+            let sampler = InFlightSampler::start(child.clone());
+            probe.wait_all().await?;
+            js.client().flush().await?;
+            let elapsed = started.elapsed();
+            rounds.actor_cpu.push(cpu.used(options.server_pid, n));
+            let label = format!("push window={}", options.window);
+            rounds
+                .finish_actor_run(
+                    &label,
+                    js,
+                    n,
+                    elapsed,
+                    ActorRun {
+                        child,
+                        target,
+                        probe,
+                        sampler,
+                    },
+                )
+                .await?;
+        }
     }
     Ok(rounds.result("push", options.window, n))
 }
@@ -832,7 +932,13 @@ async fn spawn_target(expected: u64) -> Result<(ActorRef<TargetMsg>, Probe), Box
     ))
 }
 
-/// Samples a child's unsettled deliveries every few milliseconds.
+/// How often the sampler asks a child for its stats. Each ask is a call
+/// to the child that the raw side does not pay for, so it is kept rare
+/// enough not to weigh on the library's figures (every 2 ms cost about 3 %
+/// of pull batch 100's rate), and frequent enough to see the window fill.
+const SAMPLE_EVERY: Duration = Duration::from_millis(10);
+
+/// Samples a child's unsettled deliveries every [`SAMPLE_EVERY`].
 struct InFlightSampler {
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<u64>,
@@ -852,7 +958,7 @@ impl InFlightSampler {
                 }
                 tokio::select! {
                     _ = &mut stopped => return max,
-                    _ = tokio::time::sleep(Duration::from_millis(2)) => {}
+                    _ = tokio::time::sleep(SAMPLE_EVERY) => {}
                 }
             }
         });
