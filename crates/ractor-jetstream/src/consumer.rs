@@ -24,6 +24,18 @@
 //! flight is nak'ed at once, so the server delivers it again right away
 //! instead of after `ack_wait`. A caller whose fetch was cut off gets
 //! [`Error::FetchInterrupted`].
+//!
+//! # Small futures
+//!
+//! An `async fn`'s future holds room for the largest future it awaits,
+//! and each call copies the callee's whole future into its caller's: on
+//! the per-message path (a message's `on_message`, a verdict's `apply`
+//! down to its publish) the rare branches made each message copy about
+//! 10 KiB (sizes from `cargo +nightly rustc -p ractor-jetstream --lib
+//! --release -- -Zprint-type-sizes`). So the rare and large awaits on
+//! that path (a refusal's consumer lookup, a drain, the alarms, a
+//! confirmed ack, a resubscribe) are boxed where they are called: the box
+//! is paid only when the branch is taken.
 
 mod alarm;
 mod child;

@@ -300,6 +300,19 @@ impl InFlight {
         if !is_ack || !(self.confirm_acks || waiter.is_some()) {
             return self.publish(reply, payload).await;
         }
+        // Boxed: rare and large (see "Small futures" in `consumer.rs`).
+        Box::pin(self.send_confirmed(reply, payload, stream_sequence, waiter)).await;
+    }
+
+    /// Sends an ack for the server to confirm, starting the confirmer on
+    /// first use.
+    async fn send_confirmed(
+        &mut self,
+        reply: Subject,
+        payload: Bytes,
+        stream_sequence: u64,
+        waiter: Option<Waiter>,
+    ) {
         if self.confirmer.is_none() {
             match Confirmer::start(
                 self.client.clone(),

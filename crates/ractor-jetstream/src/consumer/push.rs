@@ -196,7 +196,7 @@ impl Pump<'_> {
             while self.unread.len() < self.unread_cap {
                 match self.subscription.try_next() {
                     Some(Some(message)) => self.on_message(message, inbox.target.get()).await?,
-                    Some(None) => self.resubscribe().await?,
+                    Some(None) => Box::pin(self.resubscribe()).await?,
                     None => break,
                 }
             }
@@ -224,9 +224,9 @@ impl Pump<'_> {
                 control = inbox.control.recv() => match control {
                     Some(WorkerCtl::SetTarget(target)) => inbox.target.set(target),
                     Some(WorkerCtl::Drain { timeout, reply }) => {
-                        let naked = self.unread.nak_all() + self.subscription.drain_and_nak().await;
-                        let report = DrainReport { settled: 0, naked: naked as u64 };
-                        let report = drain_in_flight(&mut self.in_flight, timeout, report).await;
+                        // Boxed: rare and large (see "Small futures" in
+                        // `consumer.rs`).
+                        let report = Box::pin(self.drain(timeout)).await;
                         let _ = reply.send(report);
                         return Ok(());
                     }
@@ -237,22 +237,32 @@ impl Pump<'_> {
                 }
                 message = self.subscription.next(), if reading => match message {
                     Some(message) => self.on_message(message, inbox.target.get()).await?,
-                    None => self.resubscribe().await?,
+                    None => Box::pin(self.resubscribe()).await?,
                 },
                 () = silence_alarm.fired(), if silence_alarm.is_armed() => {
                     if !std::mem::take(&mut self.active) {
-                        self.check_consumer("no message or heartbeat came").await?;
+                        Box::pin(self.check_consumer("no message or heartbeat came")).await?;
                     }
                     silence_alarm.arm(Instant::now() + self.silence_grace());
                 }
                 () = decision_alarm.fired(), if decision_alarm.is_armed() => {
-                    self.in_flight.expire_due(Instant::now(), |_| {}).await;
+                    Box::pin(self.in_flight.expire_due(Instant::now(), |_| {})).await;
                 }
                 () = keep_alive_alarm.fired(), if keep_alive_alarm.is_armed() => {
-                    self.unread.keep_alive().await;
+                    Box::pin(self.unread.keep_alive()).await;
                 }
             }
         }
+    }
+
+    /// Drains: nak's what was not forwarded, then settles what is out.
+    async fn drain(&mut self, timeout: Duration) -> DrainReport {
+        let naked = self.unread.nak_all() + self.subscription.drain_and_nak().await;
+        let report = DrainReport {
+            settled: 0,
+            naked: naked as u64,
+        };
+        drain_in_flight(&mut self.in_flight, timeout, report).await
     }
 
     /// How long without a message or heartbeat counts as missed heartbeats.

@@ -194,20 +194,9 @@ impl Worker<'_> {
                 control = inbox.control.recv() => match control {
                     Some(WorkerCtl::SetTarget(target)) => inbox.target.set(target),
                     Some(WorkerCtl::Drain { timeout, reply }) => {
-                        // What arrives meanwhile waits in the subscription
-                        // and is nak'ed below, after what the target has.
-                        let started = Instant::now();
-                        let mut report = drain_in_flight(self.in_flight, timeout, DrainReport::default()).await;
-                        // Settled first, then released: the next pinned
-                        // client starts after the last of this one's (and
-                        // the server ends this one's requests).
-                        self.release_pin().await;
-                        if let Some(mut replies) = self.replies.take() {
-                            let left = timeout.saturating_sub(started.elapsed()).min(DRAIN_REPLIES);
-                            if let Ok(naked) = tokio::time::timeout(left, replies.drain_and_nak()).await {
-                                report.naked += naked as u64;
-                            }
-                        }
+                        // Boxed: rare and large (see "Small futures" in
+                        // `consumer.rs`).
+                        let report = Box::pin(self.drain_stream(timeout)).await;
                         let _ = reply.send(report);
                         return Served::Drained;
                     }
@@ -233,13 +222,33 @@ impl Worker<'_> {
                     }
                 },
                 () = self.alarm.fired(), if self.alarm.is_armed() => {
+                    // Boxed, like the drain above: not once per message.
                     let now = Instant::now();
-                    self.in_flight.expire_due(now, |_| {}).await;
+                    Box::pin(self.in_flight.expire_due(now, |_| {})).await;
                     self.on_stream_alarm(&mut stream, now);
-                    self.check_barrier(&mut stream.barrier, inbox, now).await;
+                    Box::pin(self.check_barrier(&mut stream.barrier, inbox, now)).await;
                 }
             }
         }
+    }
+
+    /// Ends the stream for a drain: settles what the target has, releases
+    /// the pin, then nak's what arrived meanwhile (it waited in the
+    /// subscription), for at most [`DRAIN_REPLIES`].
+    async fn drain_stream(&mut self, timeout: Duration) -> DrainReport {
+        let started = Instant::now();
+        let mut report = drain_in_flight(self.in_flight, timeout, DrainReport::default()).await;
+        // Settled first, then released: the next pinned client starts
+        // after the last of this one's (and the server ends this one's
+        // requests).
+        self.release_pin().await;
+        if let Some(mut replies) = self.replies.take() {
+            let left = timeout.saturating_sub(started.elapsed()).min(DRAIN_REPLIES);
+            if let Ok(naked) = tokio::time::timeout(left, replies.drain_and_nak()).await {
+                report.naked += naked as u64;
+            }
+        }
+        report
     }
 
     /// Sends the next request when half the window is free (or, pinned,
@@ -375,7 +384,7 @@ impl Worker<'_> {
                 let lower = description.to_ascii_lowercase();
                 if (lower.contains("consumer deleted") || status == StatusCode::NO_RESPONDERS)
                     && let Ok(None) =
-                        consumer_info(&ctx.connection, &ctx.stream, &ctx.durable).await
+                        Box::pin(consumer_info(&ctx.connection, &ctx.stream, &ctx.durable)).await
                 {
                     return Err(Error::server(
                         self.op(),

@@ -74,6 +74,7 @@ impl Fetch {
 }
 
 impl Worker<'_> {
+    /// The request's own deadlines: a retry due, a reconnect to make up
     /// for, an end-of-request status that never came.
     pub(super) async fn on_alarm(
         &mut self,
@@ -201,7 +202,9 @@ impl Worker<'_> {
             Some(status) => {
                 let description = message.description.unwrap_or_default();
                 tracing::debug!(durable = %ctx.durable, %status, %description, "pull request ended by the server");
-                self.on_refusal(fetch, status, description).await;
+                // Boxed: rare and large (see "Small futures" in
+                // `consumer.rs`).
+                Box::pin(self.on_refusal(fetch, status, description)).await;
             }
         }
     }

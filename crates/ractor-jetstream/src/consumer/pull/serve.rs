@@ -59,7 +59,7 @@ impl Worker<'_> {
         fetch.outcome.delivered += self.in_flight.forward_kept(fetch.batch, &fetch.target) as u64;
         let denials_since = self.denials.as_ref().map_or(0, |d| d.mark());
         if fetch.missing() > 0
-            && let Err(err) = self.open(&mut fetch, expires).await
+            && let Err(err) = Box::pin(self.open(&mut fetch, expires)).await
         {
             request.answer(Err(err));
             return Served::Done;
@@ -159,15 +159,9 @@ impl Worker<'_> {
                 control = inbox.control.recv() => match control {
                     Some(WorkerCtl::SetTarget(target)) => inbox.target.set(target),
                     Some(WorkerCtl::Drain { timeout, reply }) => {
-                        // Stop taking messages: whatever the server still
-                        // sends for this request is nak'ed, not forwarded.
-                        let mut report = DrainReport::default();
-                        if let Some(mut replies) = self.replies.take() {
-                            report.naked += replies.drain_and_nak().await as u64;
-                        }
-                        let outcome = &mut fetch.outcome;
-                        let report = drain_recording(self.in_flight, timeout, report, |s| outcome.record(s)).await;
-                        self.release_pin().await;
+                        // Boxed: rare and large (see "Small futures" in
+                        // `consumer.rs`).
+                        let report = Box::pin(self.drain_fetch(fetch, timeout)).await;
                         let _ = reply.send(report);
                         return Some(Served::Drained);
                     }
@@ -186,16 +180,34 @@ impl Worker<'_> {
                     }
                 },
                 () = self.alarm.fired(), if self.alarm.is_armed() => {
+                    // Boxed, like the drain above: not once per message.
                     let now = Instant::now();
                     let outcome = &mut fetch.outcome;
-                    self.in_flight.expire_due(now, |settled| outcome.record(settled)).await;
-                    self.on_alarm(fetch, now, &mut next_check, &mut connected).await;
+                    Box::pin(self.in_flight.expire_due(now, |settled| outcome.record(settled))).await;
+                    Box::pin(self.on_alarm(fetch, now, &mut next_check, &mut connected)).await;
                 }
             }
         }
     }
 
-    /// The request's own deadlines: a retry due, a reconnect to make up
+    /// Ends a fetch for a drain: stops taking messages (whatever the
+    /// server still sends for this request is nak'ed, not forwarded),
+    /// settles what is out, and releases the pin.
+    async fn drain_fetch(
+        &mut self,
+        fetch: &mut Fetch,
+        timeout: std::time::Duration,
+    ) -> DrainReport {
+        let mut report = DrainReport::default();
+        if let Some(mut replies) = self.replies.take() {
+            report.naked += replies.drain_and_nak().await as u64;
+        }
+        let outcome = &mut fetch.outcome;
+        let report = drain_recording(self.in_flight, timeout, report, |s| outcome.record(s)).await;
+        self.release_pin().await;
+        report
+    }
+
     /// Answers the fetch.
     fn finish(&mut self, fetch: Fetch, request: FetchRequest, denials_since: u64) -> Served {
         let ctx = self.ctx;
