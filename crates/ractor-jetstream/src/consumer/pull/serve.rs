@@ -59,7 +59,7 @@ impl Worker<'_> {
         fetch.outcome.delivered += self.in_flight.forward_kept(fetch.batch, &fetch.target) as u64;
         let denials_since = self.denials.as_ref().map_or(0, |d| d.mark());
         if fetch.missing() > 0
-            && let Err(err) = Box::pin(self.open(&mut fetch, expires)).await
+            && let Err(err) = self.open(&mut fetch, expires).await
         {
             request.answer(Err(err));
             return Served::Done;
