@@ -65,10 +65,10 @@ pub struct ContinuousRow {
     pub library: f64,
     /// The median of the per-round ratios library / raw.
     pub paired_ratio: f64,
-    /// Median client CPU per message, µs: raw, library.
-    pub client_us: (f64, f64),
-    /// Median server CPU per message, µs: raw, library.
-    pub server_us: (f64, f64),
+    /// Median CPU per message of the raw runs.
+    pub raw_cpu: CpuUse,
+    /// The same for the library runs.
+    pub library_cpu: CpuUse,
 }
 
 impl ContinuousRow {
@@ -81,10 +81,10 @@ impl ContinuousRow {
             self.paired_ratio,
             self.messages,
             self.window,
-            self.client_us.0,
-            self.client_us.1,
-            self.server_us.0,
-            self.server_us.1,
+            self.raw_cpu.client_us,
+            self.library_cpu.client_us,
+            self.raw_cpu.server_us,
+            self.library_cpu.server_us,
         )
     }
 }
@@ -96,7 +96,7 @@ pub(crate) async fn continuous_case(
 ) -> Result<ContinuousRow, BoxError> {
     let (n, window) = (options.messages, options.window);
     let (mut raw, mut library, mut paired) = (Vec::new(), Vec::new(), Vec::new());
-    let mut cpu: [Vec<f64>; 4] = Default::default();
+    let (mut raw_cpus, mut library_cpus) = (Vec::new(), Vec::new());
     let pid = options.server_pid;
     for round in 0..options.rounds {
         let ((raw_rate, raw_cpu), (library_rate, library_cpu)) = if round % 2 == 0 {
@@ -113,24 +113,17 @@ pub(crate) async fn continuous_case(
         raw.push(raw_rate);
         library.push(library_rate);
         paired.push(library_rate / raw_rate);
-        for (all, one) in cpu.iter_mut().zip([
-            raw_cpu.client_us,
-            library_cpu.client_us,
-            raw_cpu.server_us,
-            library_cpu.server_us,
-        ]) {
-            all.push(one);
-        }
+        raw_cpus.push(raw_cpu);
+        library_cpus.push(library_cpu);
     }
-    let [mut c_raw, mut c_lib, mut s_raw, mut s_lib] = cpu;
     Ok(ContinuousRow {
         messages: n,
         window,
         raw: median(&mut raw),
         library: median(&mut library),
         paired_ratio: median(&mut paired),
-        client_us: (median(&mut c_raw), median(&mut c_lib)),
-        server_us: (median(&mut s_raw), median(&mut s_lib)),
+        raw_cpu: CpuUse::median(&raw_cpus),
+        library_cpu: CpuUse::median(&library_cpus),
     })
 }
 

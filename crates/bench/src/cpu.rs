@@ -53,6 +53,21 @@ impl CpuMark {
     }
 }
 
+impl CpuUse {
+    /// The median of each figure over `runs`.
+    pub fn median(runs: &[CpuUse]) -> CpuUse {
+        let median = |figure: fn(&CpuUse) -> f64| {
+            let mut values: Vec<f64> = runs.iter().map(figure).collect();
+            crate::median(&mut values)
+        };
+        CpuUse {
+            client_us: median(|c| c.client_us),
+            server_us: median(|c| c.server_us),
+            switches: median(|c| c.switches),
+        }
+    }
+}
+
 /// utime + stime of a process (all its threads), in clock ticks.
 fn ticks(pid: &str) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

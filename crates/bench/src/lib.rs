@@ -375,6 +375,8 @@ struct ActorRun {
     target: ActorRef<TargetMsg>,
     probe: Probe,
     sampler: InFlightSampler,
+    /// What the run used, per message.
+    cpu: cpu::CpuUse,
 }
 
 /// What the rounds of one case measured.
@@ -390,6 +392,13 @@ struct Rounds {
 }
 
 impl Rounds {
+    /// Records a raw run that took `elapsed` for `n` messages and used
+    /// `cpu`.
+    fn raw_run(&mut self, n: u64, elapsed: Duration, cpu: cpu::CpuUse) {
+        self.raw.push(n as f64 / elapsed.as_secs_f64());
+        self.raw_cpu.push(cpu);
+    }
+
     /// Records a library run that took `elapsed` for `n` messages, collects
     /// its latencies, memory and window, checks the server saw every ack,
     /// and stops its actors.
@@ -402,6 +411,7 @@ impl Rounds {
         run: ActorRun,
     ) -> Result<(), BoxError> {
         self.actor.push(n as f64 / elapsed.as_secs_f64());
+        self.actor_cpu.push(run.cpu);
         let (raw, actor) = (
             self.raw_cpu.last().copied().unwrap_or_default(),
             self.actor_cpu.last().copied().unwrap_or_default(),
@@ -435,22 +445,12 @@ impl Rounds {
             .zip(&self.raw)
             .map(|(a, r)| a / r)
             .collect();
-        let cpu = |runs: &[cpu::CpuUse]| {
-            let mut client: Vec<f64> = runs.iter().map(|c| c.client_us).collect();
-            let mut server: Vec<f64> = runs.iter().map(|c| c.server_us).collect();
-            let mut switches: Vec<f64> = runs.iter().map(|c| c.switches).collect();
-            cpu::CpuUse {
-                client_us: median(&mut client),
-                server_us: median(&mut server),
-                switches: median(&mut switches),
-            }
-        };
         CaseResult {
             mode,
             size,
             messages,
-            raw_cpu: cpu(&self.raw_cpu),
-            actor_cpu: cpu(&self.actor_cpu),
+            raw_cpu: cpu::CpuUse::median(&self.raw_cpu),
+            actor_cpu: cpu::CpuUse::median(&self.actor_cpu),
             paired_ratio: median(&mut paired),
             raw: median(&mut self.raw),
             actor: median(&mut self.actor),
@@ -497,8 +497,7 @@ async fn pull_case(
                 }
             }
             js.client().flush().await?;
-            rounds.raw.push(n as f64 / started.elapsed().as_secs_f64());
-            rounds.raw_cpu.push(cpu.used(options.server_pid, n));
+            rounds.raw_run(n, started.elapsed(), cpu.used(options.server_pid, n));
             check_all_acked(js, "raw", n).await?;
         }
         if options.side.library() {
@@ -510,7 +509,7 @@ async fn pull_case(
             let sampler = InFlightSampler::start(child.clone());
             let cpu = cpu::CpuMark::now(options.server_pid);
             let elapsed = fetch_all(js, "actor", &child, n, batch).await?;
-            rounds.actor_cpu.push(cpu.used(options.server_pid, n));
+            let cpu = cpu.used(options.server_pid, n);
             let label = format!("pull batch={batch}");
             rounds
                 .finish_actor_run(
@@ -523,6 +522,7 @@ async fn pull_case(
                         target,
                         probe,
                         sampler,
+                        cpu,
                     },
                 )
                 .await?;
@@ -564,8 +564,7 @@ async fn push_case(js: &jetstream::Context, options: &Options) -> Result<CaseRes
                 }
             }
             js.client().flush().await?;
-            rounds.raw.push(n as f64 / started.elapsed().as_secs_f64());
-            rounds.raw_cpu.push(cpu.used(options.server_pid, n));
+            rounds.raw_run(n, started.elapsed(), cpu.used(options.server_pid, n));
             drop(messages);
             check_all_acked(js, "raw", n).await?;
         }
@@ -595,7 +594,7 @@ async fn push_case(js: &jetstream::Context, options: &Options) -> Result<CaseRes
             probe.wait_all().await?;
             js.client().flush().await?;
             let elapsed = started.elapsed();
-            rounds.actor_cpu.push(cpu.used(options.server_pid, n));
+            let cpu = cpu.used(options.server_pid, n);
             let label = format!("push window={}", options.window);
             rounds
                 .finish_actor_run(
@@ -608,6 +607,7 @@ async fn push_case(js: &jetstream::Context, options: &Options) -> Result<CaseRes
                         target,
                         probe,
                         sampler,
+                        cpu,
                     },
                 )
                 .await?;
