@@ -310,6 +310,26 @@ impl Worker<'_> {
         }
     }
 
+    /// For a status that may mean the durable is gone (`consumer
+    /// deleted`, no responders): the error that ends the child, once the
+    /// server confirms it is gone. The lookup is boxed, as this sits on
+    /// the per-message path (see "Small futures" in `consumer.rs`).
+    async fn deleted_consumer(&self, status: async_nats::StatusCode, lower: &str) -> Option<Error> {
+        if !(lower.contains("consumer deleted") || status == async_nats::StatusCode::NO_RESPONDERS)
+        {
+            return None;
+        }
+        let ctx = self.ctx;
+        match Box::pin(consumer_info(&ctx.connection, &ctx.stream, &ctx.durable)).await {
+            Ok(None) => Some(Error::server(
+                self.op(),
+                ServerErrorKind::ConsumerNotFound,
+                "the durable consumer was deleted on the server",
+            )),
+            _ => None,
+        }
+    }
+
     /// Reads the consumer's settings from the server again.
     async fn refresh_limits(&self) {
         if let Ok(Some(info)) =

@@ -51,7 +51,6 @@ use super::{EXPIRY_GRACE, FORWARD_BURST, RECONNECT_CHECK, RETRY_FIRST, RETRY_MAX
 use super::{next_reply, refused_for_good};
 use crate::consumer::inflight::{ForwardError, is_running};
 use crate::consumer::{DrainReport, WorkerCtl, WorkerInbox, drain_in_flight};
-use crate::ensure::consumer_info;
 use crate::error::{Error, ServerErrorKind};
 
 /// How long one request of an unpinned continuous child lives.
@@ -382,15 +381,8 @@ impl Worker<'_> {
                 let code = status.as_u16();
                 let description = message.description.unwrap_or_default();
                 let lower = description.to_ascii_lowercase();
-                if (lower.contains("consumer deleted") || status == StatusCode::NO_RESPONDERS)
-                    && let Ok(None) =
-                        Box::pin(consumer_info(&ctx.connection, &ctx.stream, &ctx.durable)).await
-                {
-                    return Err(Error::server(
-                        self.op(),
-                        ServerErrorKind::ConsumerNotFound,
-                        "the durable consumer was deleted on the server",
-                    ));
+                if let Some(gone) = self.deleted_consumer(status, &lower).await {
+                    return Err(gone);
                 }
                 if refused_for_good(code, &lower) {
                     return Err(Error::FetchRefused {

@@ -16,8 +16,7 @@ use super::{EXPIRY_GRACE, RECONNECT_CHECK, RETRY_FIRST, RETRY_MAX, Worker};
 use crate::consumer::inflight::ForwardError;
 use crate::consumer::{FetchEnd, FetchOutcome, WorkerInbox};
 use crate::delivery::Delivery;
-use crate::ensure::consumer_info;
-use crate::error::{Error, ServerErrorKind};
+use crate::error::Error;
 
 /// Where a fetch's pull request stands.
 pub(super) enum Request {
@@ -218,16 +217,8 @@ impl Worker<'_> {
             self.pin_moved();
         }
         let lower = description.to_ascii_lowercase();
-        let deleted = lower.contains("consumer deleted");
-        if (deleted || status == StatusCode::NO_RESPONDERS)
-            && let Ok(None) =
-                consumer_info(&self.ctx.connection, &self.ctx.stream, &self.ctx.durable).await
-        {
-            fetch.failure.get_or_insert(Error::server(
-                self.op(),
-                ServerErrorKind::ConsumerNotFound,
-                "the durable consumer was deleted on the server",
-            ));
+        if let Some(gone) = self.deleted_consumer(status, &lower).await {
+            fetch.failure.get_or_insert(gone);
             fetch.close(FetchEnd::Status { code, description });
             return;
         }
