@@ -1,8 +1,9 @@
 //! Keyed workers against a real nats-server: N workers behind one durable,
 //! in order per key, with naks, a worker that panics, a child killed
-//! mid-batch, a hot key, push and pull, and messages a dead process left
-//! unacknowledged. Each test asserts what the workers saw per key and what
-//! the server's consumer info says.
+//! mid-batch, a hot key, push and pull, messages a dead process left
+//! unacknowledged, and the partitions of a partitioned group. Each test
+//! asserts what the workers saw per key and what the server's consumer
+//! info says.
 
 mod common;
 
@@ -13,8 +14,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_jetstream::{
-    ConsumerSpec, Delivery, Error, ErrorKind, KeySpec, PushSpec, StreamSpec, SupervisorArgs,
-    SupervisorHandle, Topology, Workers,
+    ConsumerSpec, Delivery, Error, ErrorKind, GroupArgs, GroupHandle, GroupSpec, KeySpec, PushSpec,
+    StreamSpec, SupervisorArgs, SupervisorHandle, Topology, Workers,
 };
 
 /// What a worker does with one delivery.
@@ -833,4 +834,108 @@ async fn leftovers_are_waited_for_by_the_durables_own_ack_wait() {
     }
     book.assert_in_order();
     assert_all_acked(&env, total as u64).await;
+}
+
+/// Records what it processes, keyed by the published subject's second
+/// token (`kp.<key>`, stored by a partitioned group as `<p>.kp.<key>`).
+struct PartitionWorker;
+
+recording_worker!(PartitionWorker, |d| {
+    ractor_jetstream::group::split_stored_subject(d.subject())
+        .and_then(|(_, published)| published.split('.').nth(1))
+        .unwrap_or("")
+        .to_string()
+});
+
+/// One member of the group `KPG` (2 partitions over `kp.*`, members `a`
+/// and `b`) on a connection of its own, whose partitions feed 4 keyed
+/// workers. The spec sets `workers` and no key: the group's key is used.
+async fn keyed_member(
+    env: &Env,
+    name: &str,
+    book: &Book,
+) -> (async_nats::Client, SupervisorHandle, GroupHandle) {
+    let client = async_nats::connect(env.server.url())
+        .await
+        .expect("member connects");
+    let js = async_nats::jetstream::new(client.clone());
+    let mut spec = GroupSpec::new("KPG", "kp.*", 2, 2, name, "w")
+        .members(["a", "b"])
+        .priority_timeout(Duration::from_secs(1));
+    spec.child.workers = Some(4);
+    let book = book.clone();
+    let decide: Decide = Arc::new(|_| Plan::Ack(Duration::from_millis(3)));
+    let keyed = Workers::new(move |_| (PartitionWorker, (book.clone(), decide.clone())));
+    let args = SupervisorArgs::new(js.clone(), Topology::new()).target("w", keyed);
+    let (supervisor, _) = SupervisorHandle::spawn(None, args)
+        .await
+        .expect("member's supervisor");
+    let (group, _) = GroupHandle::spawn(GroupArgs {
+        spec,
+        supervisor: supervisor.clone(),
+        connection: js.into(),
+    })
+    .await
+    .expect("member joins");
+    (client, supervisor, group)
+}
+
+/// A partition of a partitioned group feeds keyed workers: the keys of
+/// one partition go in parallel, each key in stream order, and when one
+/// member leaves mid-run the other takes its partition over with each
+/// key's order kept and nothing lost.
+#[tokio::test]
+async fn partitions_feed_keyed_workers_in_order_per_key_through_a_handover() {
+    let env = env().await;
+    let book = Book::default();
+    let (_ca, _sa, a) = keyed_member(&env, "a", &book).await;
+    let (_cb, _sb, b) = keyed_member(&env, "b", &book).await;
+    for (name, member) in [("a", &a), ("b", &b)] {
+        let mut holds = member.holds();
+        let deadline = Instant::now() + PATIENCE;
+        while holds.borrow_and_update().is_empty() {
+            assert!(Instant::now() < deadline, "{name} holds no partition");
+            let _ = tokio::time::timeout(Duration::from_millis(100), holds.changed()).await;
+        }
+    }
+    let (keys, per_key) = (16, 30);
+    let seqs = publish(
+        &env.js,
+        (0..per_key).flat_map(|_| (0..keys).map(|k| format!("kp.k{k}"))),
+    )
+    .await;
+    let total = seqs.len();
+    wait_until("a third acked", || book.acked_count() >= total / 3).await;
+    b.leave(Duration::from_secs(10)).await.expect("b leaves");
+    let status = b.status().await.expect("b's status");
+    assert!(status.held.is_empty(), "b left: {status:?}");
+    wait_until("a holds both partitions", || a.holds().borrow().len() == 2).await;
+    wait_until("every message acked", || book.acked_count() == total).await;
+
+    book.assert_in_order();
+    book.with(|s| {
+        assert_eq!(s.acked.len(), keys, "every key: {:?}", s.acked.keys());
+        for (key, acked) in &s.acked {
+            let distinct: std::collections::BTreeSet<_> = acked.iter().collect();
+            assert_eq!(distinct.len(), per_key, "key {key}: {acked:?}");
+        }
+        assert!(
+            s.max_parallel > 2,
+            "keys of a partition went in parallel: {}",
+            s.max_parallel
+        );
+        assert!(s.max_parallel <= 8, "at most 4 workers per member");
+    });
+    assert!(a.status().await.expect("a's status").takeovers >= 1);
+    for partition in 0..2 {
+        let durable = ractor_jetstream::group::durable_name("KPG", partition);
+        let info = wait_for_consumer(&env.js, "KPG", &durable, "everything acked", |i| {
+            i.num_ack_pending == 0 && i.num_pending == 0
+        })
+        .await;
+        assert!(
+            info.ack_floor.stream_sequence > 0,
+            "{durable} acked: {info:?}"
+        );
+    }
 }

@@ -44,8 +44,10 @@
 //! was not forwarded) and releases the pin: a standby takes over at once.
 //! A member that joins is given its share the same way by the others.
 //!
-//! Inside a member, a partition can feed keyed workers: set `workers` and
-//! `key` in [`GroupSpec::child`].
+//! Inside a member, a partition can feed keyed workers: set `workers` in
+//! [`GroupSpec::child`], and the keys of one partition (the group's key
+//! token, unless `key` says otherwise) go in parallel, each in stream
+//! order, across a handover too.
 
 mod assign;
 mod membership;

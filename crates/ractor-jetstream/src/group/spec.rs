@@ -8,7 +8,7 @@ use async_nats::jetstream;
 
 use super::partition::{self, durable_name};
 use crate::error::{Error, ServerErrorKind, ValidationErrors};
-use crate::spec::{ChildSettings, ConsumerSpec, PrioritySpec, PullSpec};
+use crate::spec::{ChildSettings, ConsumerSpec, KeySpec, PrioritySpec, PullSpec};
 
 /// The priority group every partition durable names.
 const PIN_GROUP: &str = "partition";
@@ -55,7 +55,11 @@ pub struct GroupSpec {
     /// The stream's and the members' bucket's replicas (default 1).
     pub replicas: Option<u64>,
     /// The child's own settings for every partition (keyed workers, hold,
-    /// restart policy, ...).
+    /// restart policy, ...). With `workers` set and no `key`, the keyed
+    /// workers' key is the group's key token, so the keys of one partition
+    /// go in parallel, each in order. A `key = { subject_token = I }`
+    /// counts the tokens of the subject as stored, which begins with the
+    /// partition (`3.orders.acme`: `orders` is token 1).
     pub child: ChildSettings,
 }
 
@@ -209,6 +213,12 @@ impl GroupSpec {
         // Bounds what a new holder keeps behind its takeover barrier.
         spec.server.max_ack_pending = Some(window * 4);
         spec.child = self.child.clone();
+        if spec.child.workers.is_some() && spec.child.key.is_none() {
+            // Keyed workers without a key of their own take the group's:
+            // the published subject's `key_token` (1-based) is token
+            // `key_token` (0-based) of the stored one, behind the partition.
+            spec.child.key = Some(KeySpec::SubjectToken(self.key_token));
+        }
         spec
     }
 
