@@ -571,25 +571,10 @@ async fn push_case(js: &jetstream::Context, options: &Options) -> Result<CaseRes
         if options.side.library() {
             fill(js, n).await?;
             let (target, mut probe) = spawn_target(n).await?;
-            let spec = ConsumerSpec::new(
-                "BENCH",
-                "actor",
-                "bench",
-                PushSpec::default().window(options.window as u64),
-            );
             reset_peak_rss();
             let cpu = cpu::CpuMark::now(options.server_pid);
             let started = Instant::now();
-            let (child, _) = Actor::spawn(
-                None,
-                PushConsumer,
-                ConsumerArgs {
-                    connection: js.clone().into(),
-                    spec,
-                    target: target.get_derived().into(),
-                },
-            )
-            .await?;
+            let child = spawn_push_child(js, "actor", options.window, &target).await?;
             let sampler = InFlightSampler::start(child.clone());
             probe.wait_all().await?;
             js.client().flush().await?;
@@ -731,6 +716,33 @@ async fn spawn_pull_child(
             connection: js.clone().into(),
             spec,
             target,
+        },
+    )
+    .await?;
+    Ok(child)
+}
+
+/// Spawns a push child of its own (no supervisor) on the durable
+/// `durable` with `window`, feeding `target`: it starts consuming at once.
+async fn spawn_push_child(
+    js: &jetstream::Context,
+    durable: &str,
+    window: usize,
+    target: &ActorRef<TargetMsg>,
+) -> Result<ActorRef<ConsumerMsg>, BoxError> {
+    let spec = ConsumerSpec::new(
+        "BENCH",
+        durable,
+        "bench",
+        PushSpec::default().window(window as u64),
+    );
+    let (child, _) = Actor::spawn(
+        None,
+        PushConsumer,
+        ConsumerArgs {
+            connection: js.clone().into(),
+            spec,
+            target: target.get_derived().into(),
         },
     )
     .await?;

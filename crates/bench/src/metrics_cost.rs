@@ -26,11 +26,11 @@ use std::time::Instant;
 use async_nats::jetstream;
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
-use ractor::Actor;
-use ractor_jetstream::{ConsumerArgs, ConsumerSpec, PushConsumer, PushSpec};
+use ractor_jetstream::ConsumerSpec;
 
 use super::{
-    BoxError, Options, check_all_acked, fetch_all, fill, median, spawn_pull_child, spawn_target,
+    BoxError, Options, check_all_acked, fetch_all, fill, median, spawn_pull_child,
+    spawn_push_child, spawn_target,
 };
 
 /// The pull batch the case measures.
@@ -172,23 +172,8 @@ async fn pull_run(js: &jetstream::Context, n: u64) -> Result<f64, BoxError> {
 async fn push_run(js: &jetstream::Context, n: u64, window: usize) -> Result<f64, BoxError> {
     fill(js, n).await?;
     let (target, mut probe) = spawn_target(n).await?;
-    let spec = ConsumerSpec::new(
-        "BENCH",
-        "metered",
-        "bench",
-        PushSpec::default().window(window as u64),
-    );
     let started = Instant::now();
-    let (child, _) = Actor::spawn(
-        None,
-        PushConsumer,
-        ConsumerArgs {
-            connection: js.clone().into(),
-            spec,
-            target: target.get_derived().into(),
-        },
-    )
-    .await?;
+    let child = spawn_push_child(js, "metered", window, &target).await?;
     probe.wait_all().await?;
     js.client().flush().await?;
     let elapsed = started.elapsed();
