@@ -376,3 +376,58 @@ async fn bad_requests_get_their_error_and_nothing_moves() {
     assert_eq!(ok.delivered, 5);
     assert_eq!(record.distinct(), (1..=5).collect::<BTreeSet<_>>());
 }
+
+/// While a fetch runs, its decisions wait in the child's outbox (at most
+/// 1 ms) to leave together. A child killed with acks in it still sends
+/// them: nothing acked comes again, and what was not decided does.
+#[tokio::test]
+async fn acks_held_in_the_outbox_survive_a_kill_in_the_middle_of_a_fetch() {
+    let env = env().await;
+    create_stream(&env.js, "LINGER", &["linger.>"]).await;
+    let published = publish_n(&env.js, "linger.x", 10).await;
+    let (target, mut rx) = forwarding_target().await;
+    let spec = ConsumerSpec::pull("LINGER", "l", "t");
+    let child = spawn_pull(&env, spec.clone(), target.get_derived()).await;
+    let fetching = {
+        let child = child.clone();
+        tokio::spawn(async move { fetch(&child, 10, Duration::from_secs(5)).await })
+    };
+    let mut deliveries = Vec::new();
+    for _ in 0..10 {
+        deliveries.push(next(&mut rx).await);
+    }
+    // The first five acked; the child is killed at once, the fetch still
+    // open (five undecided).
+    let undecided = deliveries.split_off(5);
+    for delivery in deliveries {
+        delivery.ack();
+    }
+    child.kill();
+    let _ = fetching.await;
+    drop(undecided);
+    let info = wait_for_consumer(&env.js, "LINGER", "l", "the five acks", |i| {
+        i.ack_floor.stream_sequence == published[4]
+    })
+    .await;
+    assert!(info.num_ack_pending <= 5, "{info:?}");
+
+    // A new child gets the five undecided ones again, and only those.
+    let (_acking, derived, record) = acking_target().await;
+    let child = spawn_pull(&env, spec, derived).await;
+    let deadline = Instant::now() + PATIENCE;
+    while record.distinct().len() < 5 {
+        assert!(Instant::now() < deadline, "{:?}", record.sequences());
+        fetch(&child, 10, Duration::from_millis(300))
+            .await
+            .expect("fetch");
+    }
+    assert_eq!(
+        record.distinct().into_iter().collect::<Vec<_>>(),
+        published[5..].to_vec(),
+        "the undecided came again, the acked did not"
+    );
+    wait_for_consumer(&env.js, "LINGER", "l", "everything acked", |i| {
+        i.ack_floor.stream_sequence == published[9] && i.num_ack_pending == 0
+    })
+    .await;
+}

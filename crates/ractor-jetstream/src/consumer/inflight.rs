@@ -35,6 +35,7 @@
 
 mod forward;
 mod keepalive;
+mod outbox;
 mod stopping;
 mod verdict;
 
@@ -57,6 +58,7 @@ use super::settle;
 use crate::delivery::{Decision, Delivery, Settlement, Token};
 use crate::keyed::{Router, Routing};
 pub(crate) use crate::target::is_running;
+pub(crate) use outbox::ACK_LINGER;
 
 /// What became of one delivery, for the tally of a fetch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +153,8 @@ pub(crate) struct InFlight {
     confirm_acks: bool,
     /// Confirmed acks, from the first one on.
     confirmer: Option<Confirmer>,
+    /// Publishes held for the next pull request, when the child lingers.
+    outbox: outbox::Outbox,
 }
 
 fn token(index: u32, generation: u32) -> Token {
@@ -193,6 +197,7 @@ impl InFlight {
             router: None,
             confirm_acks: effective.confirm_acks,
             confirmer: None,
+            outbox: outbox::Outbox::default(),
         }
     }
 
@@ -278,14 +283,6 @@ impl InFlight {
         Some(entry)
     }
 
-    async fn publish(&self, subject: Subject, payload: Bytes) {
-        if let Err(err) = self.client.publish(subject, payload).await {
-            // The connection is closed: the server will redeliver after
-            // ack_wait. Nothing else can be done from here.
-            tracing::warn!(stream = %self.stream, durable = %self.consumer, error = %err, "could not send a decision");
-        }
-    }
-
     /// Sends a decision's payload to its delivery's reply subject: an ack
     /// for the server to confirm when the spec says so or a target waits
     /// for it (`waiter`), any other decision as it is.
@@ -313,6 +310,8 @@ impl InFlight {
         stream_sequence: u64,
         waiter: Option<Waiter>,
     ) {
+        // What was decided before this ack goes before it.
+        self.send_outbox().await;
         if self.confirmer.is_none() {
             match Confirmer::start(
                 self.client.clone(),
@@ -400,7 +399,8 @@ impl InFlight {
 
     /// Flushes the connection, so that the decisions applied so far have
     /// reached the server. Bounded by `timeout`.
-    pub async fn flush(&self, timeout: Duration) {
+    pub async fn flush(&mut self, timeout: Duration) {
+        self.send_outbox().await;
         if tokio::time::timeout(timeout, self.client.flush())
             .await
             .is_err()

@@ -19,14 +19,14 @@ use async_nats::jetstream::AckKind;
 
 impl InFlight {
     /// The next time something is due: a delivery kept alive on the
-    /// server, or one whose hold runs out.
+    /// server, one whose hold runs out, or the outbox.
     pub fn next_deadline(&mut self) -> Option<Instant> {
         let hold = self.next_hold();
         let renewal = self.next_renewal();
-        match (hold, renewal) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [hold, renewal, self.outbox_due()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// When the oldest hold runs out, if any delivery is at the target.
@@ -73,7 +73,7 @@ impl InFlight {
     /// Keeps alive every delivery whose keep-alive is due, and nak's every
     /// delivery whose hold has run out (or settles it as the policy says,
     /// when it was its last allowed delivery), reporting each of those to
-    /// `record`.
+    /// `record`; sends the outbox when it is due.
     pub async fn expire_due(&mut self, now: Instant, mut record: impl FnMut(Settled)) {
         while let Some(at) = self.next_renewal() {
             if at > now {
@@ -106,5 +106,6 @@ impl InFlight {
                 record(settled);
             }
         }
+        self.send_outbox_if_due(now).await;
     }
 }

@@ -82,6 +82,15 @@ impl Drop for InFlight {
         let mut letters = Vec::new();
         let mut decided: Vec<Option<(Decision, Settled)>> = vec![None; self.slots.len()];
         let mut tail = None;
+        // Decisions held for the next pull request go with the rest (a
+        // keep-alive no longer matters).
+        for (reply, payload) in self.outbox.take() {
+            if payload.as_ref() == b"+WPI" {
+                continue;
+            }
+            let sequence = AckMeta::parse(reply.as_str()).map_or(0, |m| m.stream_sequence);
+            publishes.push((sequence, reply, payload));
+        }
         while let Ok(settlement) = self.settle_rx.try_recv() {
             match settlement.verdict {
                 Verdict::Tail(held) => {

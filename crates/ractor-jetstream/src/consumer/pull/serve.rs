@@ -65,6 +65,9 @@ impl Worker<'_> {
             return Served::Done;
         }
         let served = self.run_fetch(&mut fetch, inbox).await;
+        // Every decision is on its way before the caller hears of it, so
+        // that what the caller asks next on the connection comes after.
+        self.in_flight.send_outbox().await;
         if let Some(report) = served {
             // A drain: what was delivered was settled or nak'ed, and the
             // caller learns how.
@@ -199,6 +202,8 @@ impl Worker<'_> {
         timeout: std::time::Duration,
     ) -> DrainReport {
         let mut report = DrainReport::default();
+        // Decided before the drain: sent before its naks.
+        self.in_flight.send_outbox().await;
         if let Some(mut replies) = self.replies.take() {
             report.naked += replies.drain_and_nak().await as u64;
         }
