@@ -123,6 +123,9 @@ async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox) -> Result<(), Error> {
     let consumer =
         consumer::Consumer::new(config, ctx.info.clone(), ctx.connection.jetstream().clone());
     let mut in_flight = ctx.in_flight();
+    // Decisions wait (briefly) to leave together, fetch-driven or
+    // continuous; see `inflight/outbox.rs`.
+    in_flight.linger(ACK_LINGER);
     let mut worker = Worker {
         ctx: &ctx,
         consumer: &consumer,
@@ -149,8 +152,6 @@ async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox) -> Result<(), Error> {
             Served::Failed(err) => Err(err),
         };
     }
-    // Decisions wait (briefly) to leave together; see `inflight/outbox.rs`.
-    worker.in_flight.linger(ACK_LINGER);
     loop {
         // Deliveries kept for a target to come are kept alive meanwhile.
         match worker.in_flight.next_deadline() {
@@ -162,7 +163,6 @@ async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox) -> Result<(), Error> {
             control = inbox.control.recv() => match control {
                 Some(WorkerCtl::SetTarget(target)) => inbox.target.set(target),
                 Some(WorkerCtl::Drain { timeout, reply }) => {
-                    worker.in_flight.send_outbox().await;
                     let report = drain_in_flight(worker.in_flight, timeout, DrainReport::default()).await;
                     worker.release_pin().await;
                     let _ = reply.send(report);

@@ -49,7 +49,7 @@ use super::barrier::Barrier;
 use super::replies::Replies;
 use super::{EXPIRY_GRACE, FORWARD_BURST, RECONNECT_CHECK, RETRY_FIRST, RETRY_MAX, Served, Worker};
 use super::{next_reply, refused_for_good};
-use crate::consumer::inflight::{ACK_LINGER, ForwardError, is_running};
+use crate::consumer::inflight::{ForwardError, is_running};
 use crate::consumer::{DrainReport, WorkerCtl, WorkerInbox, drain_in_flight};
 use crate::error::{Error, ServerErrorKind};
 
@@ -113,9 +113,6 @@ impl Worker<'_> {
     /// Consumes until drained, stopped or failed.
     pub(super) async fn consume(&mut self, inbox: &mut WorkerInbox) -> Served {
         let ctx = self.ctx;
-        // Decisions wait (briefly) to leave together, or with the next
-        // pull request; see `inflight/outbox.rs`.
-        self.in_flight.linger(ACK_LINGER);
         let window = ctx.spec.mode.as_pull().map_or(1, |p| {
             p.effective_window(ctx.spec.effective_max_ack_pending())
         });
@@ -239,7 +236,6 @@ impl Worker<'_> {
     /// subscription), for at most [`DRAIN_REPLIES`].
     async fn drain_stream(&mut self, timeout: Duration) -> DrainReport {
         let started = Instant::now();
-        self.in_flight.send_outbox().await;
         let mut report = drain_in_flight(self.in_flight, timeout, DrainReport::default()).await;
         // Settled first, then released: the next pinned client starts
         // after the last of this one's (and the server ends this one's
