@@ -431,3 +431,69 @@ async fn acks_held_in_the_outbox_survive_a_kill_in_the_middle_of_a_fetch() {
     })
     .await;
 }
+
+/// A decision made while a drain waits for the others is sent at once,
+/// not held in the outbox until the drain ends (which may be longer than
+/// the ack wait).
+#[tokio::test]
+async fn a_decision_made_during_a_drain_reaches_the_server_before_the_drain_ends() {
+    let env = env().await;
+    create_stream(&env.js, "DRAINACK", &["drainack.>"]).await;
+    let published = publish_n(&env.js, "drainack.x", 2).await;
+    let (target, mut rx) = forwarding_target().await;
+    let child = spawn_pull(
+        &env,
+        ConsumerSpec::pull("DRAINACK", "d", "t"),
+        target.get_derived(),
+    )
+    .await;
+    let fetching = {
+        let child = child.clone();
+        tokio::spawn(async move { fetch(&child, 2, Duration::from_secs(5)).await })
+    };
+    let (first, second) = (next(&mut rx).await, next(&mut rx).await);
+    // A handle whose port is fetched now, while the child still answers.
+    let pull = ractor_jetstream::PullHandle::from_child("d", child.clone());
+    assert!(pull.stats().await.is_ok());
+    let draining = {
+        let child = child.clone();
+        tokio::spawn(async move { drain(&child, Duration::from_secs(60)).await })
+    };
+    // The drain has begun once the child refuses new fetches (through the
+    // handle's port, which does not wait for the busy child).
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match pull.fetch(1, None).await {
+            Err(Error::Draining { .. }) => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "the drain never began: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    first.ack();
+    // Well before the drain's 60 s: the ack is on the server while the
+    // second delivery is still undecided.
+    let started = Instant::now();
+    loop {
+        let info = consumer_info(&env.js, "DRAINACK", "d").await;
+        if info.ack_floor.stream_sequence == published[0] {
+            assert_eq!(info.num_ack_pending, 1, "{info:?}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the ack waited for the drain: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    second.ack();
+    let report = draining.await.expect("drain task");
+    assert_eq!(report.settled, 2, "{report:?}");
+    let _ = fetching.await;
+    wait_for_consumer(&env.js, "DRAINACK", "d", "both acked", |i| {
+        i.ack_floor.stream_sequence == published[1] && i.num_ack_pending == 0
+    })
+    .await;
+}

@@ -25,6 +25,9 @@ pub(crate) async fn drain_recording(
     mut record: impl FnMut(Settled),
 ) -> DrainReport {
     let deadline = tokio::time::Instant::now() + timeout;
+    // A decision made meanwhile goes out at once: the wait below may be
+    // longer than the ack wait.
+    in_flight.stop_lingering().await;
     while in_flight.undecided() > 0 {
         tokio::select! {
             settlement = in_flight.next_verdict() => {

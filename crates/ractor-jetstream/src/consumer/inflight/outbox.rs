@@ -22,7 +22,9 @@
 //! Publishes keep their order: everything the registry publishes goes
 //! through the outbox while the child lingers, and the outbox is sent
 //! before anything that must follow it (a pull request, a confirmed ack, a
-//! drain's naks, the flush). A child that stops sends what is held with
+//! drain's naks, the flush). A drain stops the lingering: its wait for
+//! the last decisions does not watch the timer, and may outlast the ack
+//! wait. A child that stops sends what is held with
 //! the rest of its settlements (the drop guard in `stopping.rs`).
 
 use std::time::Duration;
@@ -64,6 +66,14 @@ impl InFlight {
     /// module docs).
     pub fn linger(&mut self, linger: Duration) {
         self.outbox.linger = Some(linger);
+    }
+
+    /// From now on nothing waits: sends what is held, and every later
+    /// publish goes at once. For a drain, whose waits do not watch the
+    /// outbox's timer.
+    pub async fn stop_lingering(&mut self) {
+        self.outbox.linger = None;
+        self.send_outbox().await;
     }
 
     /// When the outbox must be sent, if it holds anything.

@@ -203,7 +203,7 @@ impl Worker<'_> {
     ) -> DrainReport {
         let mut report = DrainReport::default();
         // Decided before the drain: sent before its naks.
-        self.in_flight.send_outbox().await;
+        self.in_flight.stop_lingering().await;
         if let Some(mut replies) = self.replies.take() {
             report.naked += replies.drain_and_nak().await as u64;
         }
