@@ -67,39 +67,69 @@ pub(crate) struct AckMeta<'a> {
 impl<'a> AckMeta<'a> {
     /// Parses `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`
     /// or `$JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>[.<token>…]`.
+    ///
+    /// One pass over the bytes, then the digits by hand: this runs once for
+    /// every message a child receives, and `str::split` with `str::parse`
+    /// cost about a tenth of a pull child's CPU (measured with `perf` on the
+    /// throughput bench, pull batch 100).
     pub fn parse(reply: &'a str) -> Option<Self> {
         let rest = reply.strip_prefix("$JS.ACK.")?;
-        let mut tokens: [&str; 9] = [""; 9];
+        // Where the first nine tokens end, and how many tokens there are.
+        let mut ends = [0usize; 9];
         let mut count = 0;
-        for token in rest.split('.') {
-            if count < tokens.len() {
-                tokens[count] = token;
+        for (at, byte) in rest.bytes().enumerate() {
+            if byte == b'.' {
+                if let Some(end) = ends.get_mut(count) {
+                    *end = at;
+                }
+                count += 1;
             }
-            count += 1;
         }
-        let fields: &[&str] = match count {
-            7 => &tokens[..7],
-            n if n >= 9 => &tokens[2..9],
+        if let Some(end) = ends.get_mut(count) {
+            *end = rest.len();
+        }
+        count += 1;
+        let first = match count {
+            7 => 0,
+            n if n >= 9 => 2,
             _ => return None,
         };
-        let number = |s: &str| -> Option<u64> {
-            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        // Token `i` (of the seven that matter) runs from after the dot that
+        // ends the one before it to its own end.
+        let token = |i: usize| -> Option<&'a str> {
+            let index = first + i;
+            let start = match index {
+                0 => 0,
+                _ => ends.get(index - 1)? + 1,
+            };
+            // Every bound is at a '.' or the end: a char boundary.
+            rest.get(start..*ends.get(index)?)
+        };
+        let number = |i: usize| -> Option<u64> {
+            let digits = token(i)?.as_bytes();
+            if digits.is_empty() {
                 return None;
             }
-            s.parse().ok()
+            digits.iter().try_fold(0u64, |n, &byte| {
+                let digit = byte.wrapping_sub(b'0');
+                if digit > 9 {
+                    return None;
+                }
+                n.checked_mul(10)?.checked_add(u64::from(digit))
+            })
         };
-        let (stream, consumer) = (fields[0], fields[1]);
+        let (stream, consumer) = (token(0)?, token(1)?);
         if stream.is_empty() || consumer.is_empty() {
             return None;
         }
         Some(Self {
             stream,
             consumer,
-            delivered: number(fields[2])?,
-            stream_sequence: number(fields[3])?,
-            consumer_sequence: number(fields[4])?,
-            published_nanos: number(fields[5])?,
-            pending: number(fields[6])?,
+            delivered: number(2)?,
+            stream_sequence: number(3)?,
+            consumer_sequence: number(4)?,
+            published_nanos: number(5)?,
+            pending: number(6)?,
         })
     }
 

@@ -18,19 +18,19 @@ impl InFlight {
         target: &DerivedActorRef<Delivery>,
     ) -> Result<u64, ForwardError> {
         self.use_target(target);
-        let (token, info) = self.track(&message)?;
+        let (token, info, now) = self.track(&message)?;
         if !self.target_running() {
             self.unseen(token, message);
             return Err(ForwardError::TargetGone);
         }
-        self.send_to_target(token, message, info, Instant::now())
+        self.send_to_target(token, message, info, now)
     }
 
     /// Tracks a message without handing it to the target yet: it is kept
     /// (and kept alive on the server) until [`forward_kept`](Self::forward_kept)
     /// hands the kept ones over, in the order they came.
     pub fn hold_back(&mut self, message: async_nats::Message) -> Result<(), ForwardError> {
-        let (token, _) = self.track(&message)?;
+        let (token, _, _) = self.track(&message)?;
         if let Some(entry) = self.current_mut(token) {
             entry.stage = Stage::Kept(Box::new(message));
         }
@@ -60,10 +60,11 @@ impl InFlight {
     }
 
     /// Starts tracking a message: its entry, its keep-alive, its count.
+    /// Returns its token, its metadata and the time it was taken in.
     fn track(
         &mut self,
         message: &async_nats::Message,
-    ) -> Result<(Token, crate::DeliveryInfo), ForwardError> {
+    ) -> Result<(Token, crate::DeliveryInfo, Instant), ForwardError> {
         let Some(reply) = message.reply.clone() else {
             return Err(ForwardError::NotJetStream);
         };
@@ -101,7 +102,7 @@ impl InFlight {
         self.live += 1;
         self.renewals.push_back((now + self.keep_alive, token));
         self.counters.forwarded(delivered);
-        Ok((token, info))
+        Ok((token, info, now))
     }
 
     /// A message came again while an earlier delivery of it is still out

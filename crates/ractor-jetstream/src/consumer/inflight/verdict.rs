@@ -92,12 +92,15 @@ impl InFlight {
                     self.late(stream_sequence, "ack", GAVE_UP, Some(waiter));
                     return None;
                 }
+                let now = Instant::now();
                 if let Some(entry) = self.current(token) {
-                    self.counters.metrics.decided_after(entry.arrived.elapsed());
+                    self.counters
+                        .metrics
+                        .decided_after(now.saturating_duration_since(entry.arrived));
                 }
                 let mut waiter = Some(waiter);
                 if let Some(superseded) =
-                    self.superseded(token, stream_sequence, &Decision::Ack, &mut waiter)
+                    self.superseded(token, stream_sequence, &Decision::Ack, &mut waiter, now)
                 {
                     return superseded;
                 }
@@ -122,11 +125,16 @@ impl InFlight {
         if !matches!(entry.stage, Stage::AtTarget) {
             return None;
         }
+        // One clock read serves both checks of a decision.
+        let now = Instant::now();
         if decided {
-            self.counters.metrics.decided_after(entry.arrived.elapsed());
+            self.counters
+                .metrics
+                .decided_after(now.saturating_duration_since(entry.arrived));
         }
         if decided
-            && let Some(superseded) = self.superseded(token, stream_sequence, &decision, &mut None)
+            && let Some(superseded) =
+                self.superseded(token, stream_sequence, &decision, &mut None, now)
         {
             return superseded;
         }
@@ -144,11 +152,12 @@ impl InFlight {
         stream_sequence: u64,
         decision: &Decision,
         waiter: &mut Option<Waiter>,
+        now: Instant,
     ) -> Option<Option<Settled>> {
         let entry = self.current(token)?;
         let what = name(decision);
         if !entry.superseded {
-            if entry.renewed.elapsed() > self.ack_wait {
+            if now.saturating_duration_since(entry.renewed) > self.ack_wait {
                 // The server may have delivered it again already; applied,
                 // as it may still count, but not taken for done unseen.
                 self.late(
