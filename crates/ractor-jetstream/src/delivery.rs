@@ -137,8 +137,10 @@ pub(crate) type SettleSender = mpsc::UnboundedSender<Settlement>;
 pub struct Delivery {
     // Boxed: a delivery is moved several times on its way to the target
     // (into the actor message, its box, the handler's future), and a
-    // pointer moves for less than the 300-odd bytes it points to
-    // (measured with `perf` on the throughput bench).
+    // pointer moves for less than the 328 bytes it points to, at the cost
+    // of one allocation. On the throughput bench the difference was within
+    // the noise, except a continuous child's client CPU per message (about
+    // 1.45 times raw's before, 1.25 after, in two runs of each).
     inner: Box<Inner>,
 }
 

@@ -69,9 +69,10 @@ impl<'a> AckMeta<'a> {
     /// or `$JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>[.<token>…]`.
     ///
     /// One pass over the bytes, then the digits by hand: this runs once for
-    /// every message a child receives, and `str::split` with `str::parse`
-    /// cost about a tenth of a pull child's CPU (measured with `perf` on the
-    /// throughput bench, pull batch 100).
+    /// every message a child receives. On this project's machine it takes
+    /// about 75 ns for a subject like `$JS.ACK.BENCH.actor.1.100000.100000.
+    /// 1795782691543856638.200000`, against about 120 ns with `str::split`
+    /// and `str::parse` (a micro-benchmark of both, side by side).
     pub fn parse(reply: &'a str) -> Option<Self> {
         let rest = reply.strip_prefix("$JS.ACK.")?;
         // Where the first nine tokens end, and how many tokens there are.
