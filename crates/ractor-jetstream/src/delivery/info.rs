@@ -144,3 +144,133 @@ impl<'a> AckMeta<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_both_ack_subject_forms() {
+        let v1 = AckMeta::parse("$JS.ACK.S.d.3.100.7.1700000000000000001.42").expect("v1");
+        assert_eq!((v1.stream, v1.consumer), ("S", "d"));
+        assert_eq!(
+            (
+                v1.delivered,
+                v1.stream_sequence,
+                v1.consumer_sequence,
+                v1.pending
+            ),
+            (3, 100, 7, 42)
+        );
+        let v2 = AckMeta::parse("$JS.ACK._.hash.S.d.1.2.3.1700000000000000001.0").expect("v2");
+        assert_eq!((v2.stream, v2.stream_sequence), ("S", 2));
+        let v2t = AckMeta::parse("$JS.ACK.dom.hash.S.d.1.2.3.1700000000000000001.0.tok.more")
+            .expect("v2 tokens");
+        assert_eq!(v2t.consumer, "d");
+    }
+
+    /// The parse as it was written first (`str::split`, `str::parse`),
+    /// kept as the reference for the hand-made one.
+    fn reference_parse(reply: &str) -> Option<(&str, &str, [u64; 5])> {
+        let rest = reply.strip_prefix("$JS.ACK.")?;
+        let tokens: Vec<&str> = rest.split('.').collect();
+        let fields = match tokens.len() {
+            7 => &tokens[..7],
+            n if n >= 9 => &tokens[2..9],
+            _ => return None,
+        };
+        let number = |s: &str| -> Option<u64> {
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            s.parse().ok()
+        };
+        if fields[0].is_empty() || fields[1].is_empty() {
+            return None;
+        }
+        let mut numbers = [0; 5];
+        for (slot, field) in numbers.iter_mut().zip(&fields[2..7]) {
+            *slot = number(field)?;
+        }
+        Some((fields[0], fields[1], numbers))
+    }
+
+    #[test]
+    fn the_parse_agrees_with_the_reference_on_generated_subjects() {
+        let pieces = [
+            "",
+            "S",
+            "d",
+            "0",
+            "1",
+            "42",
+            "007",
+            "18446744073709551615",
+            "18446744073709551616",
+            "x",
+            "-1",
+            "1a",
+            "é",
+            "+1",
+            " 1",
+        ];
+        let numbers = [
+            "0",
+            "1",
+            "42",
+            "1700000000000000001",
+            "18446744073709551615",
+        ];
+        let mut rng = fastrand::Rng::with_seed(11);
+        let mut parsed = 0;
+        for _ in 0..50_000 {
+            let count = rng.usize(0..13);
+            // Mostly numbers, so that many subjects parse.
+            let tokens: Vec<&str> = (0..count)
+                .map(|_| match rng.u8(..4) {
+                    0 => pieces[rng.usize(..pieces.len())],
+                    _ => numbers[rng.usize(..numbers.len())],
+                })
+                .collect();
+            let prefix = if rng.u8(..10) == 0 {
+                "$JS.AC."
+            } else {
+                "$JS.ACK."
+            };
+            let subject = format!("{prefix}{}", tokens.join("."));
+            let got = AckMeta::parse(&subject).map(|m| {
+                (
+                    m.stream,
+                    m.consumer,
+                    [
+                        m.delivered,
+                        m.stream_sequence,
+                        m.consumer_sequence,
+                        m.published_nanos,
+                        m.pending,
+                    ],
+                )
+            });
+            assert_eq!(got, reference_parse(&subject), "{subject:?}");
+            parsed += usize::from(got.is_some());
+        }
+        assert!(parsed > 1_000, "only {parsed} generated subjects parse");
+    }
+
+    #[test]
+    fn rejects_malformed_ack_subjects() {
+        for bad in [
+            "",
+            "$JS.ACK",
+            "$JS.ACK.S.d.3.100.7.170",
+            "$JS.ACK.S.d.x.100.7.1.2",
+            "$JS.ACK.S.d.-1.100.7.1.2",
+            "$JS.ACK..d.1.1.1.1.1",
+            "_INBOX.abc",
+            "$JS.ACK.S.d.1.1.1.1.99999999999999999999999",
+        ] {
+            assert!(AckMeta::parse(bad).is_none(), "{bad:?}");
+            assert!(DeliveryInfo::from_reply_subject(bad).is_err(), "{bad:?}");
+        }
+    }
+}
