@@ -13,7 +13,7 @@ use ractor_jetstream::{ConsumerMsg, ConsumerSpec, ConsumerStats, ErrorKind};
 
 use common::{
     CallResultExt, PATIENCE, acking_target, consumer_info, create_stream, env, fetch,
-    forwarding_target, next, publish_n, spawn_pull,
+    forwarding_target, next, publish_n, spawn_fetch, spawn_pull,
 };
 
 async fn stats(child: &ActorRef<ConsumerMsg>) -> ConsumerStats {
@@ -76,10 +76,7 @@ async fn ack_confirmed_returns_once_the_server_took_each_ack() {
         target.get_derived(),
     )
     .await;
-    let fetching = {
-        let child = child.clone();
-        tokio::spawn(async move { fetch(&child, 20, Duration::from_secs(2)).await })
-    };
+    let fetching = spawn_fetch(&child, 20, Duration::from_secs(2));
     let mut acks = Vec::new();
     for _ in 0..20 {
         let delivery = next(&mut rx).await;
@@ -119,10 +116,7 @@ async fn an_ack_for_a_consumer_deleted_meanwhile_is_reported_unconfirmed() {
     .await;
     // A batch of one: the pull request is filled, so the child has nothing
     // on the server to notice the deletion by.
-    let fetching = {
-        let child = child.clone();
-        tokio::spawn(async move { fetch(&child, 1, Duration::from_secs(2)).await })
-    };
+    let fetching = spawn_fetch(&child, 1, Duration::from_secs(2));
     let delivery = next(&mut rx).await;
     env.js
         .delete_consumer_from_stream("doomed", "IN")
@@ -171,8 +165,7 @@ async fn a_decision_after_the_child_gave_up_is_counted_late_and_not_taken_for_do
     // Both are held past the hold: the child nak's them, and the fetch
     // ends with them timed out.
     let outcome = {
-        let child = child.clone();
-        let fetching = tokio::spawn(async move { fetch(&child, 2, Duration::from_secs(1)).await });
+        let fetching = spawn_fetch(&child, 2, Duration::from_secs(1));
         let first = next(&mut rx).await;
         let second = next(&mut rx).await;
         let outcome = fetching.await.expect("fetch task").expect("fetch");
@@ -190,10 +183,7 @@ async fn a_decision_after_the_child_gave_up_is_counted_late_and_not_taken_for_do
 
     // The server delivers both again (delivery count 2), and this time
     // the acks are taken.
-    let fetching = {
-        let child = child.clone();
-        tokio::spawn(async move { fetch(&child, 2, Duration::from_secs(2)).await })
-    };
+    let fetching = spawn_fetch(&child, 2, Duration::from_secs(2));
     for _ in 0..2 {
         let delivery = next(&mut rx).await;
         assert_eq!(delivery.delivered(), 2);
@@ -291,10 +281,7 @@ async fn a_result_published_again_for_a_redelivered_input_is_stored_once() {
 
     // First delivery: the result is stored, then the input is nak'ed (as
     // if the process died before its ack).
-    let fetching = {
-        let child = child.clone();
-        tokio::spawn(async move { fetch(&child, 1, Duration::from_secs(2)).await })
-    };
+    let fetching = spawn_fetch(&child, 1, Duration::from_secs(2));
     let first = next(&mut rx).await;
     assert_eq!(Output::message_id(&first, 0), "IN:1:0");
     let stored = output
@@ -307,10 +294,7 @@ async fn a_result_published_again_for_a_redelivered_input_is_stored_once() {
 
     // Redelivered: the same result again is a duplicate, and the input is
     // acked (confirmed).
-    let fetching = {
-        let child = child.clone();
-        tokio::spawn(async move { fetch(&child, 1, Duration::from_secs(2)).await })
-    };
+    let fetching = spawn_fetch(&child, 1, Duration::from_secs(2));
     let again = next(&mut rx).await;
     assert_eq!(again.delivered(), 2);
     let repeated = output
@@ -378,10 +362,7 @@ async fn every_term_carries_its_reason_to_the_servers_advisory() {
     let (target, mut rx) = forwarding_target().await;
     let spec = ConsumerSpec::pull("IN", "terms", "t").max_deliver(1);
     let child = spawn_pull(&env, spec, target.get_derived()).await;
-    let fetching = {
-        let child = child.clone();
-        tokio::spawn(async move { fetch(&child, 2, Duration::from_secs(2)).await })
-    };
+    let fetching = spawn_fetch(&child, 2, Duration::from_secs(2));
     // The target's own term, and a nak on the last allowed delivery, which
     // the child turns into a term with its reason.
     let first = next(&mut rx).await;

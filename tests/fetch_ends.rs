@@ -204,10 +204,7 @@ async fn fetches_whose_callers_gave_up_are_not_served() {
     let (_t, target, record) =
         spawn_target(|_| Action::AckAfter(Duration::from_millis(1000))).await;
     let child = spawn_pull(&env, ConsumerSpec::pull("GONE", "g", "t"), target).await;
-    let busy = {
-        let child = child.clone();
-        tokio::spawn(async move { fetch(&child, 5, Duration::from_secs(1)).await })
-    };
+    let busy = spawn_fetch(&child, 5, Duration::from_secs(1));
     wait_until("the first fetch is served", PATIENCE, || {
         record.count() == 5
     })
@@ -383,10 +380,7 @@ async fn a_drain_in_the_middle_of_a_fetch_keeps_its_counts() {
     let spec =
         ConsumerSpec::pull("MIDDRAIN", "m", "t").restart(ractor_jetstream::RestartKind::Temporary);
     let child = spawn_pull(&env, spec, target).await;
-    let fetching = {
-        let child = child.clone();
-        tokio::spawn(async move { fetch(&child, 5, Duration::from_secs(1)).await })
-    };
+    let fetching = spawn_fetch(&child, 5, Duration::from_secs(1));
     wait_until("all five delivered", PATIENCE, || record.count() == 5).await;
     let report = drain(&child, Duration::from_millis(300)).await;
     assert_eq!(report.naked, 3, "{report:?}");

@@ -388,10 +388,7 @@ async fn acks_held_in_the_outbox_survive_a_kill_in_the_middle_of_a_fetch() {
     let (target, mut rx) = forwarding_target().await;
     let spec = ConsumerSpec::pull("LINGER", "l", "t");
     let child = spawn_pull(&env, spec.clone(), target.get_derived()).await;
-    let fetching = {
-        let child = child.clone();
-        tokio::spawn(async move { fetch(&child, 10, Duration::from_secs(5)).await })
-    };
+    let fetching = spawn_fetch(&child, 10, Duration::from_secs(5));
     let mut deliveries = Vec::new();
     for _ in 0..10 {
         deliveries.push(next(&mut rx).await);
@@ -447,10 +444,7 @@ async fn a_decision_made_during_a_drain_reaches_the_server_before_the_drain_ends
         target.get_derived(),
     )
     .await;
-    let fetching = {
-        let child = child.clone();
-        tokio::spawn(async move { fetch(&child, 2, Duration::from_secs(5)).await })
-    };
+    let fetching = spawn_fetch(&child, 2, Duration::from_secs(5));
     let (first, second) = (next(&mut rx).await, next(&mut rx).await);
     // A handle whose port is fetched now, while the child still answers.
     let pull = ractor_jetstream::PullHandle::from_child("d", child.clone());

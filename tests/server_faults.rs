@@ -577,10 +577,7 @@ async fn a_pull_request_lost_to_a_reconnect_is_sent_again() {
     .expect("pull child");
     // A fetch that waits (nothing is there yet) while the server dies and
     // comes back: its pull request is gone with the old server process.
-    let waiting = {
-        let child = child.clone();
-        tokio::spawn(async move { fetch(&child, 5, Duration::from_secs(8)).await })
-    };
+    let waiting = spawn_fetch(&child, 5, Duration::from_secs(8));
     wait_for_consumer(&env.js, "RESEND", "r", "the request is waiting", |i| {
         i.num_waiting == 1
     })

@@ -111,10 +111,7 @@ async fn a_term_decided_during_a_drain_reaches_the_dead_letter_subject() {
     .await;
     let spec = ConsumerSpec::pull("TDRAIN", "td", "t").dead_letter("dlq.tdrain");
     let child = spawn_pull(&env, spec, target).await;
-    let fetching = {
-        let child = child.clone();
-        tokio::spawn(async move { fetch(&child, 3, Duration::from_secs(1)).await })
-    };
+    let fetching = spawn_fetch(&child, 3, Duration::from_secs(1));
     wait_until("three delivered", PATIENCE, || record.count() == 3).await;
     let report = drain(&child, Duration::from_secs(2)).await;
     assert_eq!(report.naked, 0, "{report:?}");
@@ -144,10 +141,7 @@ async fn a_dead_letter_stream_that_does_not_answer_does_not_stall_other_deliveri
     let spec = ConsumerSpec::pull("STALL", "s", "t").dead_letter("silent.dlq");
     let child = spawn_pull(&env, spec, target).await;
     let started = Instant::now();
-    let fetching = {
-        let child = child.clone();
-        tokio::spawn(async move { fetch(&child, 20, Duration::from_secs(1)).await })
-    };
+    let fetching = spawn_fetch(&child, 20, Duration::from_secs(1));
     // All 20 are forwarded, and the other 19 acked on the server, while the
     // dead letter of the first one still waits for its confirmation (which
     // gives up after 5 s).

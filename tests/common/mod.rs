@@ -156,6 +156,17 @@ pub async fn fetch(
         .success_or_panic()
 }
 
+/// Starts a fetch through a child in a task of its own, for a test that
+/// acts on the deliveries while the fetch is open.
+pub fn spawn_fetch(
+    child: &ActorRef<ConsumerMsg>,
+    batch: u64,
+    expires: Duration,
+) -> tokio::task::JoinHandle<Result<FetchOutcome, ractor_jetstream::Error>> {
+    let child = child.clone();
+    tokio::spawn(async move { fetch(&child, batch, expires).await })
+}
+
 /// Fetches through the supervisor.
 pub async fn fetch_via(
     supervisor: &ActorRef<SupervisorMsg>,
