@@ -40,6 +40,72 @@ async fn fetch_when_up(
     }
 }
 
+/// The same panic, in a fetch served in its caller's task (a `PullHandle`
+/// from a task, the worker idle): the caller's task does not panic, it
+/// gets `FetchInterrupted`; the child fails and is restarted as if its own
+/// task had panicked; what it held comes back at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_a_fetch_served_in_its_callers_task_fails_the_child_not_the_caller() {
+    let scenario = fail::FailScenario::setup();
+    let env = env().await;
+    let (_t, target, record) = spawn_target(|d| match d.info().delivered {
+        1 => Action::Hold,
+        _ => Action::Ack,
+    })
+    .await;
+    let topology = Topology::new()
+        .stream(StreamSpec::new("PANICC", ["panicc.>"]))
+        .consumer(ConsumerSpec::pull("PANICC", "p", "t").ack_wait(Duration::from_secs(30)));
+    let (supervisor, _) = ractor_jetstream::SupervisorHandle::spawn(
+        None,
+        SupervisorArgs::new(env.js.clone(), topology).target("t", target),
+    )
+    .await
+    .expect("supervisor");
+    let published = publish_n(&env.js, "panicc.x", 6).await;
+    let pull = supervisor.pull("p").await.expect("pull handle");
+    let before = pull.consumer().child().expect("child");
+
+    // The child panics right after forwarding its third message.
+    fail::cfg("rj-pull-after-forward", "2*off->panic(injected)").expect("failpoint");
+    let caller = pull.clone();
+    let cut = tokio::spawn(async move { caller.fetch(6, Some(Duration::from_secs(1))).await })
+        .await
+        .expect("the caller's task does not panic");
+    let crashed_at = Instant::now();
+    match cut {
+        Err(Error::FetchInterrupted { durable, .. }) => assert_eq!(durable, "p"),
+        other => panic!("the caller gets a clear error, got {other:?}"),
+    }
+    fail::remove("rj-pull-after-forward");
+
+    // Restarted: the three it forwarded come back at once (not after the
+    // 30 s ack wait), and the other three, on the wire when it panicked,
+    // soon after.
+    while record.with(|r| r.seen.iter().filter(|s| s.delivered == 2).count()) < 3
+        || record.distinct().len() < 6
+    {
+        assert!(
+            crashed_at.elapsed() < Duration::from_secs(10),
+            "in-flight messages did not come back: {:?}",
+            record.with(|r| r.seen.clone())
+        );
+        let caller = pull.clone();
+        match tokio::spawn(async move { caller.fetch(6, Some(Duration::from_millis(300))).await })
+            .await
+            .expect("fetch task")
+        {
+            Ok(_) | Err(Error::Unavailable { .. } | Error::FetchInterrupted { .. }) => {}
+            Err(err) => panic!("fetch failed: {err}"),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(record.distinct().into_iter().collect::<Vec<_>>(), published);
+    let after = pull.consumer().child().expect("restarted child");
+    assert_ne!(after.get_id(), before.get_id(), "a new child");
+    scenario.teardown();
+}
+
 #[tokio::test]
 async fn a_pull_child_that_panics_mid_fetch_is_restarted_and_nothing_acked_returns() {
     let scenario = fail::FailScenario::setup();

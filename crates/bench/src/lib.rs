@@ -49,6 +49,11 @@
 //! one that leaves the server waiting. `--side raw` or `--side library`
 //! runs one side of the pull and push cases alone, for a profiler
 //! (`perf record ... throughput --side library --cases pull --batches 100`).
+//! `--caller task` runs every case in a spawned task instead of on the
+//! thread that calls `block_on` (`--caller main`, the default): the place
+//! an actor's fetch loop runs, where both sides' hand-offs to other tasks
+//! stay on the runtime's own threads (and where a pull handle serves an
+//! idle child's fetch in the calling task; see `consumer/pull/desk.rs`).
 //! Latency is measured from a message's arrival at the child to the target
 //! receiving it. Peak RSS is this process's (the server is another one),
 //! reset before each measured run.
@@ -104,9 +109,21 @@ pub struct Options {
     /// Which side of the pull and push cases runs: `both` (the default),
     /// or only `raw` or `library`, to profile one side alone (`--side`).
     pub side: Side,
+    /// Where the cases run: on the `block_on` thread (`main`, the
+    /// default) or in a spawned task (`task`); `--caller`.
+    pub caller: Caller,
     /// The embedded nats-server's pid (set by [`run`], not a flag), for
     /// the CPU figures.
     pub server_pid: Option<u32>,
+}
+
+/// Where the cases run (see the crate docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// On the thread that calls `block_on`, outside any task.
+    Main,
+    /// In a task spawned on the runtime, as an actor's handler would be.
+    Task,
 }
 
 /// Which side of a case runs.
@@ -136,7 +153,8 @@ pub const PAYLOAD: usize = 128;
 impl Options {
     /// Parses `--messages N --rounds R --batches 1,10,100,500 --window W
     /// --crashes C --keyed-batch B --keyed-messages M --failovers K
-    /// --cases pull,push,restart,keyed,pipeline --out DIR`. Unknown
+    /// --cases pull,push,restart,keyed,pipeline --out DIR --side both
+    /// --caller main`. Unknown
     /// arguments (such as the `--bench` that `cargo bench` passes) are
     /// ignored.
     pub fn parse(args: impl Iterator<Item = String>) -> Result<Self, String> {
@@ -159,6 +177,7 @@ impl Options {
             out_dir: default_out_dir(),
             server_pid: None,
             side: Side::Both,
+            caller: Caller::Main,
         };
         let mut args = args.peekable();
         while let Some(flag) = args.next() {
@@ -185,6 +204,15 @@ impl Options {
                 }
                 "--cases" => options.cases = value(&flag)?.split(',').map(str::to_string).collect(),
                 "--out" => options.out_dir = PathBuf::from(value(&flag)?),
+                "--caller" => {
+                    options.caller = match value(&flag)?.as_str() {
+                        "main" => Caller::Main,
+                        "task" => Caller::Task,
+                        other => {
+                            return Err(format!("--caller takes main or task, got {other:?}"));
+                        }
+                    }
+                }
                 "--side" => {
                     options.side = match value(&flag)?.as_str() {
                         "both" => Side::Both,
@@ -294,7 +322,14 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Runs every selected case, prints one `RESULT` line per case, and writes
 /// the table and the plot.
-pub async fn run(mut options: Options) -> Result<(), BoxError> {
+pub async fn run(options: Options) -> Result<(), BoxError> {
+    match options.caller {
+        Caller::Main => run_cases(options).await,
+        Caller::Task => tokio::spawn(run_cases(options)).await?,
+    }
+}
+
+async fn run_cases(mut options: Options) -> Result<(), BoxError> {
     // The server: NATS_URL, or an embedded one with file storage.
     let (_server, url) = match std::env::var("NATS_URL") {
         Ok(url) => (None, url),

@@ -186,6 +186,13 @@ pub struct ConsumerState {
 }
 
 impl ConsumerState {
+    /// A pull child's state, with the worker's desk, where its port may
+    /// serve a fetch in the caller's task (see `pull/desk.rs`).
+    pub(crate) fn with_desk(mut self, desk: Arc<super::pull::Desk>) -> Self {
+        self.port.lend_desk(desk);
+        self
+    }
+
     /// Whether the child ended by itself, its work done.
     pub(crate) fn finished(&self) -> bool {
         self.finished

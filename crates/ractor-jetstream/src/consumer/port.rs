@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use super::effective::SharedEffective;
 use super::fetch::{FetchOutcome, FetchRequest, MAX_QUEUED_FETCHES, validate_fetch};
+use super::pull::{Desk, ServeHere};
 use crate::error::Error;
 use crate::mode::ConsumerMode;
 
@@ -32,6 +33,9 @@ pub struct FetchPort {
     draining: Arc<AtomicBool>,
     durable: Arc<str>,
     mode: ConsumerMode,
+    /// A pull child's desk, where a fetch may be served in the caller's
+    /// task (see `pull/desk.rs`).
+    desk: Option<Arc<Desk>>,
 }
 
 impl FetchPort {
@@ -47,7 +51,12 @@ impl FetchPort {
             draining: Arc::new(AtomicBool::new(false)),
             durable,
             mode,
+            desk: None,
         }
+    }
+
+    pub(crate) fn lend_desk(&mut self, desk: Arc<Desk>) {
+        self.desk = Some(desk);
     }
 
     /// From now on, fetches are refused with [`Error::Draining`].
@@ -69,6 +78,45 @@ impl FetchPort {
         expires: Option<Duration>,
         reply: FetchReply,
     ) -> Result<(), FetchReply> {
+        match self.check(batch, expires, reply) {
+            Some(request) => self.queue(request),
+            None => Ok(()),
+        }
+    }
+
+    /// [`submit`](Self::submit), but when the worker is idle the fetch is
+    /// served in the caller's task: by the returned future, which the
+    /// caller awaits before the answer (see `pull/desk.rs`).
+    pub(crate) fn submit_or_serve(
+        &self,
+        batch: u64,
+        expires: Option<Duration>,
+        reply: FetchReply,
+    ) -> Result<Option<ServeHere>, FetchReply> {
+        let Some(request) = self.check(batch, expires, reply) else {
+            return Ok(None);
+        };
+        let request = match &self.desk {
+            // Not from `block_on` (outside any task): there, every hand-off
+            // from the fetch (to the target, to the connection) would cross
+            // threads, and cost more than the two it saves.
+            Some(desk) if tokio::task::try_id().is_some() => match desk.serve_here(request) {
+                Ok(here) => return Ok(Some(here)),
+                Err(request) => request,
+            },
+            _ => request,
+        };
+        self.queue(request).map(|()| None)
+    }
+
+    /// The request for a fetch that passes the checks; one that fails is
+    /// answered here.
+    fn check(
+        &self,
+        batch: u64,
+        expires: Option<Duration>,
+        reply: FetchReply,
+    ) -> Option<FetchRequest> {
         let refused = if self.mode != ConsumerMode::Pull {
             Some(Error::WrongMode {
                 durable: self.durable.to_string(),
@@ -84,16 +132,23 @@ impl FetchPort {
         };
         if let Some(err) = refused {
             let _ = reply.send(Err(err));
-            return Ok(());
+            return None;
         }
-        let expires = match validate_fetch(batch, expires, &self.limits.get()) {
-            Ok(expires) => expires,
+        match validate_fetch(batch, expires, &self.limits.get()) {
+            Ok(expires) => Some(FetchRequest::new(
+                batch,
+                expires,
+                reply,
+                self.durable.clone(),
+            )),
             Err(err) => {
                 let _ = reply.send(Err(err));
-                return Ok(());
+                None
             }
-        };
-        let request = FetchRequest::new(batch, expires, reply, self.durable.clone());
+        }
+    }
+
+    fn queue(&self, request: FetchRequest) -> Result<(), FetchReply> {
         match self.fetches.try_send(request) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(request)) => {

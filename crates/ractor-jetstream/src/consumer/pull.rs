@@ -44,26 +44,28 @@
 
 mod barrier;
 mod continuous;
+mod desk;
 mod pin;
 mod replies;
 mod request;
 mod serve;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{self, FromConsumer, pull};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::time::Instant;
 
 use super::effective::Effective;
 use super::inflight::{ACK_LINGER, InFlight};
 use super::{
-    Alarm, ConsumerArgs, ConsumerMsg, ConsumerState, DrainReport, WorkerCtl, WorkerCtx,
-    WorkerInbox, drain_in_flight, handle_child_msg, start_child,
+    Alarm, ConsumerArgs, ConsumerMsg, ConsumerState, WorkerCtx, WorkerInbox, handle_child_msg,
+    start_child,
 };
 use crate::ensure::consumer_info;
 use crate::error::{Error, ServerErrorKind, UnavailableReason};
 use crate::spec::{Consume, ConsumerMode};
+pub(crate) use desk::{Desk, ServeHere};
 
 /// The pull consumer child. Its messages are [`ConsumerMsg`]; see the
 /// [module docs](self).
@@ -80,7 +82,15 @@ impl Actor for PullConsumer {
         myself: ActorRef<Self::Msg>,
         args: ConsumerArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        start_child(myself, args, ConsumerMode::Pull, run).await
+        // The desk is shared by the worker and the child's fetch port, so
+        // that a caller can serve its fetch there when the worker is idle.
+        let desk = Arc::new(Desk::default());
+        let worker_desk = Arc::clone(&desk);
+        let state = start_child(myself, args, ConsumerMode::Pull, move |ctx, inbox| {
+            run(ctx, inbox, worker_desk)
+        })
+        .await?;
+        Ok(state.with_desk(desk))
     }
 
     async fn handle(
@@ -110,8 +120,9 @@ const RECONNECT_CHECK: Duration = Duration::from_millis(200);
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 
-/// The pull worker: serves fetches until drained or aborted.
-async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox) -> Result<(), Error> {
+/// The pull worker: serves fetches until drained or aborted, at its
+/// desk (see `pull/desk.rs`), or consumes continuously.
+async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox, desk: Arc<Desk>) -> Result<(), Error> {
     let config =
         pull::Config::try_from_consumer_config(ctx.info.config.clone()).map_err(|err| {
             Error::server(
@@ -126,79 +137,33 @@ async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox) -> Result<(), Error> {
     // Decisions wait (briefly) to leave together, fetch-driven or
     // continuous; see `inflight/outbox.rs`.
     in_flight.linger(ACK_LINGER);
+    let continuous = ctx
+        .spec
+        .mode
+        .as_pull()
+        .is_some_and(|p| p.consume == Consume::Continuous);
     let mut worker = Worker {
-        ctx: &ctx,
-        consumer: &consumer,
-        in_flight: &mut in_flight,
-        alarm: Alarm::new(),
         client: ctx.connection.client(),
         denials: ctx.connection.denials().cloned(),
-        replies: None,
         pin: ctx
             .spec
             .mode
             .as_pull()
             .and_then(|p| p.priority.clone())
             .map(pin::Pin::new),
+        ctx: Arc::new(ctx),
+        consumer,
+        in_flight,
+        alarm: Alarm::new(),
+        replies: None,
     };
-    if ctx
-        .spec
-        .mode
-        .as_pull()
-        .is_some_and(|p| p.consume == Consume::Continuous)
-    {
+    if continuous {
         return match worker.consume(&mut inbox).await {
             Served::Done | Served::Drained => Ok(()),
             Served::Failed(err) => Err(err),
         };
     }
-    loop {
-        // Deliveries kept for a target to come are kept alive meanwhile.
-        match worker.in_flight.next_deadline() {
-            Some(at) => worker.alarm.arm_if_earlier(at),
-            None => worker.alarm.disarm(),
-        }
-        tokio::select! {
-            biased;
-            control = inbox.control.recv() => match control {
-                Some(WorkerCtl::SetTarget(target)) => inbox.target.set(target),
-                Some(WorkerCtl::Drain { timeout, reply }) => {
-                    let report = drain_in_flight(worker.in_flight, timeout, DrainReport::default()).await;
-                    worker.release_pin().await;
-                    let _ = reply.send(report);
-                    return Ok(());
-                }
-                None => return Ok(()),
-            },
-            request = inbox.fetches.recv() => match request {
-                Some(request) => match worker.serve(request, &mut inbox).await {
-                    Served::Done => {}
-                    Served::Drained => return Ok(()),
-                    Served::Failed(err) => return Err(err),
-                },
-                None => return Ok(()),
-            },
-            // Verdicts that arrive between fetches are stale (their
-            // deliveries timed out), or from deliveries kept for the
-            // next target.
-            settlement = worker.in_flight.next_verdict() => {
-                worker.in_flight.apply(settlement).await;
-            }
-            () = worker.alarm.fired(), if worker.alarm.is_armed() => {
-                worker.in_flight.expire_due(Instant::now(), |_| {}).await;
-            }
-            // Between fetches, whatever comes is for a fetch already
-            // answered: nak'ed now rather than left to `ack_wait`.
-            message = next_reply(&mut worker.replies) => match message {
-                Some(message) => {
-                    if let Some(replies) = &worker.replies {
-                        replies.stray(&message);
-                    }
-                }
-                None => worker.replies = None,
-            },
-        }
-    }
+    desk.run(worker, inbox).await
 }
 
 /// How serving one fetch ended for the worker.
@@ -212,10 +177,15 @@ enum Served {
 }
 
 /// The pull worker's state while it serves fetches.
-struct Worker<'a> {
-    ctx: &'a WorkerCtx,
-    consumer: &'a consumer::Consumer<pull::Config>,
-    in_flight: &'a mut InFlight,
+struct Worker {
+    /// The reply subscription every fetch shares, once the first fetch
+    /// opened it (again after it closed). Declared (so dropped) before
+    /// `in_flight`: what it still receives for a request, once dropped,
+    /// is nak'ed through `in_flight`'s drop guard.
+    replies: Option<replies::Replies>,
+    in_flight: InFlight,
+    ctx: Arc<WorkerCtx>,
+    consumer: consumer::Consumer<pull::Config>,
     /// One timer for every deadline (expiry, retries, reconnect checks,
     /// keep-alives and holds), reused from fetch to fetch.
     alarm: Alarm,
@@ -223,14 +193,11 @@ struct Worker<'a> {
     /// The connection's permission reports, when it was made by
     /// `connect`.
     denials: Option<std::sync::Arc<crate::connection::Denials>>,
-    /// The reply subscription every fetch shares, once the first fetch
-    /// opened it (again after it closed).
-    replies: Option<replies::Replies>,
     /// The child's place in the consumer's priority group, when it has one.
     pin: Option<pin::Pin>,
 }
 
-impl Worker<'_> {
+impl Worker {
     fn op(&self) -> String {
         format!("fetch from {}/{}", self.ctx.stream, self.ctx.durable)
     }
@@ -272,7 +239,7 @@ impl Worker<'_> {
         }
         match &self.pin {
             Some(pin) => {
-                let ctx = self.ctx;
+                let ctx = &self.ctx;
                 pin.request(&ctx.connection, &ctx.stream, &ctx.durable, &request, inbox)
                     .await
                     .map_err(|err| {
@@ -312,7 +279,7 @@ impl Worker<'_> {
     /// Releases the pin, when the child holds one (at a drain).
     async fn release_pin(&mut self) {
         if let Some(pin) = self.pin.as_mut() {
-            let ctx = self.ctx;
+            let ctx = &self.ctx;
             pin.release(&ctx.connection, &ctx.stream, &ctx.durable)
                 .await;
             ctx.counters.pin_gone(false);
@@ -328,7 +295,7 @@ impl Worker<'_> {
         {
             return None;
         }
-        let ctx = self.ctx;
+        let ctx = &self.ctx;
         match Box::pin(consumer_info(&ctx.connection, &ctx.stream, &ctx.durable)).await {
             Ok(None) => Some(Error::server(
                 self.op(),

@@ -36,6 +36,10 @@ pub struct ConsumerStats {
     pub fetches: u64,
     /// Fetches that ended by expiry with nothing delivered (pull).
     pub empty_fetches: u64,
+    /// Of the fetches, those served in the caller's own task, because the
+    /// child's worker was idle when they came (pull; see
+    /// [`PullHandle::fetch`](crate::PullHandle::fetch)).
+    pub fetches_in_caller: u64,
     /// Push subscriptions made anew because the old one closed.
     pub resubscribes: u64,
     /// Terminated messages first published to the dead-letter subject.
@@ -95,6 +99,7 @@ pub(crate) struct Counters {
     pub timed_out: AtomicU64,
     pub fetches: AtomicU64,
     pub empty_fetches: AtomicU64,
+    pub fetches_in_caller: AtomicU64,
     pub resubscribes: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub kept_alive: AtomicU64,
@@ -222,6 +227,7 @@ impl Counters {
             in_flight: self.in_flight(),
             fetches: get(&self.fetches),
             empty_fetches: get(&self.empty_fetches),
+            fetches_in_caller: get(&self.fetches_in_caller),
             resubscribes: get(&self.resubscribes),
             dead_lettered: get(&self.dead_lettered),
             kept_alive: get(&self.kept_alive),

@@ -1,6 +1,7 @@
 //! The takeover barrier of a pinned continuous child; see
 //! `continuous.rs`, whose module docs say why and how.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -26,7 +27,7 @@ pub(super) struct Barrier {
     pub(super) give_up: Instant,
 }
 
-impl Worker<'_> {
+impl Worker {
     /// Lifts the takeover barrier once the server counts no delivery
     /// pending beyond this child's own.
     pub(super) async fn check_barrier(
@@ -66,7 +67,7 @@ impl Worker<'_> {
     /// delivered. With several filters (no single subject to walk), whether
     /// the server counts nothing pending beyond what this child holds.
     async fn all_in_hand_below(&self, first_new: Option<u64>) -> bool {
-        let ctx = self.ctx;
+        let ctx = Arc::clone(&self.ctx);
         let Ok(Some(info)) = consumer_info(&ctx.connection, &ctx.stream, &ctx.durable).await else {
             return false;
         };

@@ -38,6 +38,7 @@
 //! floor, say) opens anyway, with a warning.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -109,10 +110,10 @@ impl Stream {
     }
 }
 
-impl Worker<'_> {
+impl Worker {
     /// Consumes until drained, stopped or failed.
     pub(super) async fn consume(&mut self, inbox: &mut WorkerInbox) -> Served {
-        let ctx = self.ctx;
+        let ctx = Arc::clone(&self.ctx);
         let window = ctx.spec.mode.as_pull().map_or(1, |p| {
             p.effective_window(ctx.spec.effective_max_ack_pending())
         });
@@ -236,7 +237,8 @@ impl Worker<'_> {
     /// subscription), for at most [`DRAIN_REPLIES`].
     async fn drain_stream(&mut self, timeout: Duration) -> DrainReport {
         let started = Instant::now();
-        let mut report = drain_in_flight(self.in_flight, timeout, DrainReport::default()).await;
+        let mut report =
+            drain_in_flight(&mut self.in_flight, timeout, DrainReport::default()).await;
         // Settled first, then released: the next pinned client starts
         // after the last of this one's (and the server ends this one's
         // requests).
@@ -279,7 +281,7 @@ impl Worker<'_> {
             return Ok(());
         };
         if self.replies.is_none() {
-            let replies = Replies::open(&self.client, self.in_flight)
+            let replies = Replies::open(&self.client, &self.in_flight)
                 .await
                 .map_err(|err| Error::server_caused(self.op(), ServerErrorKind::Connection, err))?;
             self.replies = Some(replies);
@@ -329,7 +331,6 @@ impl Worker<'_> {
         stream: &mut Stream,
         inbox: &mut WorkerInbox,
     ) -> Result<(), Error> {
-        let ctx = self.ctx;
         match message.status {
             None | Some(StatusCode::OK) => {
                 stream.filled_one();
@@ -339,7 +340,7 @@ impl Worker<'_> {
                     stream.barrier = Some(Barrier {
                         first_new: None,
                         next_check: now,
-                        give_up: now + ctx.effective.ack_wait * 2 + Duration::from_secs(1),
+                        give_up: now + self.ctx.effective.ack_wait * 2 + Duration::from_secs(1),
                     });
                 }
                 if let Some(barrier) = stream.barrier.as_mut() {
@@ -354,7 +355,7 @@ impl Worker<'_> {
                     // Behind the barrier: kept (and kept alive) until
                     // everything before the first new message is in hand.
                     if self.in_flight.hold_back(message).is_err() {
-                        tracing::warn!(durable = %ctx.durable, "ignored a message without JetStream metadata");
+                        tracing::warn!(durable = %self.ctx.durable, "ignored a message without JetStream metadata");
                     }
                     return Ok(());
                 }
@@ -366,7 +367,7 @@ impl Worker<'_> {
                 match self.in_flight.forward(message, &target) {
                     Ok(_) | Err(ForwardError::TargetGone) => {}
                     Err(ForwardError::NotJetStream) => {
-                        tracing::warn!(durable = %ctx.durable, "ignored a message without JetStream metadata");
+                        tracing::warn!(durable = %self.ctx.durable, "ignored a message without JetStream metadata");
                     }
                 }
             }
@@ -386,12 +387,12 @@ impl Worker<'_> {
                 }
                 if refused_for_good(code, &lower) {
                     return Err(Error::FetchRefused {
-                        durable: ctx.durable.to_string(),
+                        durable: self.ctx.durable.to_string(),
                         code,
                         description,
                     });
                 }
-                tracing::debug!(durable = %ctx.durable, code, %description, "pull request ended by the server; asking again after a pause");
+                tracing::debug!(durable = %self.ctx.durable, code, %description, "pull request ended by the server; asking again after a pause");
                 self.pause(stream);
             }
         }

@@ -72,7 +72,7 @@ impl Fetch {
     }
 }
 
-impl Worker<'_> {
+impl Worker {
     /// The request's own deadlines: a retry due, a reconnect to make up
     /// for, an end-of-request status that never came.
     pub(super) async fn on_alarm(
@@ -162,7 +162,6 @@ impl Worker<'_> {
         fetch: &mut Fetch,
         _inbox: &WorkerInbox,
     ) {
-        let ctx = self.ctx;
         // A status names the request it ends by its subject (a JetStream
         // message carries its own subject): one for an earlier fetch's
         // request (given up on, or sent again after a reconnect) must not
@@ -170,7 +169,7 @@ impl Worker<'_> {
         if message.status.is_some_and(|s| s != StatusCode::OK)
             && message.subject.as_str() != fetch.reply_to
         {
-            tracing::debug!(durable = %ctx.durable, subject = %message.subject, "a status for an earlier fetch's request; ignored");
+            tracing::debug!(durable = %self.ctx.durable, subject = %message.subject, "a status for an earlier fetch's request; ignored");
             return;
         }
         match message.status {
@@ -183,11 +182,11 @@ impl Worker<'_> {
                         // last delivery) as it comes, never forwarded.
                         if !fetch.target_gone {
                             fetch.target_gone = true;
-                            tracing::warn!(durable = %ctx.durable, "the target stopped during a fetch");
+                            tracing::warn!(durable = %self.ctx.durable, "the target stopped during a fetch");
                         }
                     }
                     Err(ForwardError::NotJetStream) => {
-                        tracing::warn!(durable = %ctx.durable, "ignored a message without JetStream metadata");
+                        tracing::warn!(durable = %self.ctx.durable, "ignored a message without JetStream metadata");
                     }
                 }
                 crate::fault_point!("rj-pull-after-forward");
@@ -200,7 +199,7 @@ impl Worker<'_> {
             Some(StatusCode::IDLE_HEARTBEAT) => {}
             Some(status) => {
                 let description = message.description.unwrap_or_default();
-                tracing::debug!(durable = %ctx.durable, %status, %description, "pull request ended by the server");
+                tracing::debug!(durable = %self.ctx.durable, %status, %description, "pull request ended by the server");
                 // Boxed: rare and large (see "Small futures" in
                 // `consumer.rs`).
                 Box::pin(self.on_refusal(fetch, status, description)).await;

@@ -2,6 +2,7 @@
 //! what comes and apply the target's decisions until the request is closed
 //! and every delivery is settled, then answer the caller.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use crate::consumer::{
 };
 use crate::error::{Error, ServerErrorKind};
 
-impl Worker<'_> {
+impl Worker {
     pub(super) async fn serve(&mut self, request: FetchRequest, inbox: &mut WorkerInbox) -> Served {
         if request.abandoned() {
             tracing::debug!(durable = %self.ctx.durable, "skipped a fetch whose caller gave up");
@@ -40,7 +41,7 @@ impl Worker<'_> {
             request.answer(Err(self.unavailable()));
             return Served::Done;
         };
-        let ctx = self.ctx;
+        let ctx = Arc::clone(&self.ctx);
         ctx.counters.fetches.fetch_add(1, Ordering::Relaxed);
         let mut fetch = Fetch {
             batch: request.batch,
@@ -84,12 +85,13 @@ impl Worker<'_> {
         let replies =
             match &mut self.replies {
                 Some(replies) => replies,
-                None => {
-                    self.replies
-                        .insert(Replies::open(&self.client, self.in_flight).await.map_err(
-                            |err| Error::server_caused(self.op(), ServerErrorKind::Connection, err),
-                        )?)
-                }
+                None => self.replies.insert(
+                    Replies::open(&self.client, &self.in_flight)
+                        .await
+                        .map_err(|err| {
+                            Error::server_caused(self.op(), ServerErrorKind::Connection, err)
+                        })?,
+                ),
             };
         fetch.reply_to = replies.next_subject();
         self.send_request(fetch.missing(), expires, &fetch.reply_to)
@@ -208,14 +210,15 @@ impl Worker<'_> {
             report.naked += replies.drain_and_nak().await as u64;
         }
         let outcome = &mut fetch.outcome;
-        let report = drain_recording(self.in_flight, timeout, report, |s| outcome.record(s)).await;
+        let report =
+            drain_recording(&mut self.in_flight, timeout, report, |s| outcome.record(s)).await;
         self.release_pin().await;
         report
     }
 
     /// Answers the fetch.
     fn finish(&mut self, fetch: Fetch, request: FetchRequest, denials_since: u64) -> Served {
-        let ctx = self.ctx;
+        let ctx = Arc::clone(&self.ctx);
         let Fetch {
             mut outcome,
             end,
