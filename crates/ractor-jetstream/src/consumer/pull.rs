@@ -50,6 +50,8 @@ mod replies;
 mod request;
 mod serve;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -120,17 +122,25 @@ const RECONNECT_CHECK: Duration = Duration::from_millis(200);
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 
-/// The pull worker: serves fetches until drained or aborted, at its
-/// desk (see `pull/desk.rs`), or consumes continuously.
-async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox, desk: Arc<Desk>) -> Result<(), Error> {
-    let config =
-        pull::Config::try_from_consumer_config(ctx.info.config.clone()).map_err(|err| {
-            Error::server(
-                format!("bind consumer {}/{}", ctx.stream, ctx.durable),
+/// The pull worker's future: serves fetches until drained or aborted, at
+/// its desk (see `pull/desk.rs`), or consumes continuously. Set up at
+/// once, so that the desk is open by the time the child has started.
+fn run(
+    ctx: WorkerCtx,
+    mut inbox: WorkerInbox,
+    desk: Arc<Desk>,
+) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send>> {
+    let config = match pull::Config::try_from_consumer_config(ctx.info.config.clone()) {
+        Ok(config) => config,
+        Err(err) => {
+            let op = format!("bind consumer {}/{}", ctx.stream, ctx.durable);
+            return Box::pin(std::future::ready(Err(Error::server(
+                op,
                 ServerErrorKind::Other,
                 err,
-            )
-        })?;
+            ))));
+        }
+    };
     let consumer =
         consumer::Consumer::new(config, ctx.info.clone(), ctx.connection.jetstream().clone());
     let mut in_flight = ctx.in_flight();
@@ -158,12 +168,14 @@ async fn run(ctx: WorkerCtx, mut inbox: WorkerInbox, desk: Arc<Desk>) -> Result<
         replies: None,
     };
     if continuous {
-        return match worker.consume(&mut inbox).await {
-            Served::Done | Served::Drained => Ok(()),
-            Served::Failed(err) => Err(err),
-        };
+        return Box::pin(async move {
+            match worker.consume(&mut inbox).await {
+                Served::Done | Served::Drained | Served::Stopped => Ok(()),
+                Served::Failed(err) => Err(err),
+            }
+        });
     }
-    desk.run(worker, inbox).await
+    Box::pin(desk.open(worker, inbox))
 }
 
 /// How serving one fetch ended for the worker.
@@ -172,6 +184,10 @@ enum Served {
     Done,
     /// A drain arrived during the fetch; the worker ends.
     Drained,
+    /// The child stopped during the fetch (its controls closed); the
+    /// worker ends, and the fetch's caller is told
+    /// [`Error::FetchInterrupted`].
+    Stopped,
     /// A failure that ends the child (it is restarted and binds again).
     Failed(Error),
 }

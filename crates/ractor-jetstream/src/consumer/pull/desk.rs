@@ -104,7 +104,7 @@ impl Served {
     fn ends(self) -> Option<Result<(), Error>> {
         match self {
             Served::Done => None,
-            Served::Drained => Some(Ok(())),
+            Served::Drained | Served::Stopped => Some(Ok(())),
             Served::Failed(err) => Some(Err(err)),
         }
     }
@@ -185,15 +185,36 @@ impl Station {
 }
 
 impl Desk {
-    /// The worker's task: looks after the desk until the worker ends.
-    pub(super) async fn run(&self, worker: Worker, inbox: WorkerInbox) -> Result<(), Error> {
-        *self.station.lock().await = Some(Station {
+    /// Opens the desk with `worker` at it (at once, unless a caller is
+    /// looking at the desk this very moment: then as the returned future
+    /// starts), and returns the worker task's future, which looks after
+    /// the desk until the worker ends.
+    pub(super) fn open(
+        self: Arc<Self>,
+        worker: Worker,
+        inbox: WorkerInbox,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+        let leaving = Leaving(Arc::clone(&self));
+        let mut station = Some(Station {
             worker,
             inbox,
             stashed: None,
             ended: None,
         });
-        let _leaving = Leaving(self);
+        if let Ok(mut open) = self.station.try_lock() {
+            *open = station.take();
+        }
+        async move {
+            let _leaving = leaving;
+            if let Some(station) = station {
+                *self.station.lock().await = Some(station);
+            }
+            self.look_after().await
+        }
+    }
+
+    /// The worker task's loop: handles what comes between fetches.
+    async fn look_after(&self) -> Result<(), Error> {
         loop {
             let (station, event) = self.next_event().await;
             let mut held = Held {
@@ -383,11 +404,11 @@ impl Drop for Held<'_> {
 /// The worker's task ending (returned, or dropped with its child): the
 /// desk is cleared now, or by the caller at it when it leaves, and a
 /// fetch at the desk stops.
-struct Leaving<'a>(&'a Desk);
+struct Leaving(Arc<Desk>);
 
-impl Drop for Leaving<'_> {
+impl Drop for Leaving {
     fn drop(&mut self) {
-        let desk = self.0;
+        let desk = &self.0;
         desk.closed.store(true, Ordering::SeqCst);
         desk.closing.notify_waiters();
         if let Ok(mut station) = desk.station.try_lock() {

@@ -70,6 +70,13 @@ impl Worker {
         // that what the caller asks next on the connection comes after.
         self.in_flight.send_outbox().await;
         if let Some(report) = served {
+            if matches!(report, Served::Stopped) {
+                // Dropped unanswered, the request tells its caller
+                // `FetchInterrupted`, as it would had the worker's task
+                // been aborted with the child.
+                drop(request);
+                return report;
+            }
             // A drain: what was delivered was settled or nak'ed, and the
             // caller learns how.
             fetch.outcome.end = FetchEnd::Drained;
@@ -170,7 +177,7 @@ impl Worker {
                         let _ = reply.send(report);
                         return Some(Served::Drained);
                     }
-                    None => return Some(Served::Drained),
+                    None => return Some(Served::Stopped),
                 },
                 settlement = self.in_flight.next_verdict() => {
                     if let Some(settled) = self.in_flight.apply(settlement).await {
