@@ -180,8 +180,7 @@ async fn a_caller_that_gives_up_halfway_leaves_the_fetch_to_finish_and_nothing_i
 
     // And the desk was left as it should be: the next fetch is served.
     let second = publish_n(&env.js, "giveup.x", 3).await;
-    let caller = pull.clone();
-    let outcome = tokio::spawn(async move { caller.fetch(3, Some(Duration::from_secs(2))).await })
+    let outcome = spawn_handle_fetch(&pull, 3, Duration::from_secs(2))
         .await
         .expect("fetch task")
         .expect("fetch");
@@ -215,8 +214,7 @@ async fn a_child_killed_while_a_caller_serves_its_fetch_gives_back_what_it_held_
     let published = publish_n(&env.js, "killd.x", 4).await;
     let old = pull.consumer().child().expect("a running child");
 
-    let caller = pull.clone();
-    let fetching = tokio::spawn(async move { caller.fetch(4, Some(Duration::from_secs(5))).await });
+    let fetching = spawn_handle_fetch(&pull, 4, Duration::from_secs(5));
     wait_until("all four delivered once", PATIENCE, || {
         record.sequences().len() == 4
     })
@@ -240,14 +238,7 @@ async fn a_child_killed_while_a_caller_serves_its_fetch_gives_back_what_it_held_
             killed_at.elapsed() < Duration::from_secs(10),
             "what the killed child held did not come back"
         );
-        let caller = pull.clone();
-        match tokio::spawn(async move { caller.fetch(4, Some(Duration::from_millis(300))).await })
-            .await
-            .expect("fetch task")
-        {
-            Ok(_) | Err(Error::Unavailable { .. } | Error::FetchInterrupted { .. }) => {}
-            Err(err) => panic!("fetch failed: {err}"),
-        }
+        handle_fetch_while_restarting(&pull, 4, Duration::from_millis(300)).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let again: Vec<u64> = record.with(|r| {
@@ -280,8 +271,7 @@ async fn between_fetches_served_by_callers_the_worker_still_hears_late_decisions
 
     // Both are held past the hold: the fetch, served in its caller's task,
     // ends with them timed out.
-    let caller = pull.clone();
-    let fetching = tokio::spawn(async move { caller.fetch(2, Some(Duration::from_secs(1))).await });
+    let fetching = spawn_handle_fetch(&pull, 2, Duration::from_secs(1));
     let first = next(&mut rx).await;
     let second = next(&mut rx).await;
     let outcome = fetching.await.expect("fetch task").expect("fetch");

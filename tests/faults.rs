@@ -68,8 +68,7 @@ async fn a_panic_in_a_fetch_served_in_its_callers_task_fails_the_child_not_the_c
 
     // The child panics right after forwarding its third message.
     fail::cfg("rj-pull-after-forward", "2*off->panic(injected)").expect("failpoint");
-    let caller = pull.clone();
-    let cut = tokio::spawn(async move { caller.fetch(6, Some(Duration::from_secs(1))).await })
+    let cut = spawn_handle_fetch(&pull, 6, Duration::from_secs(1))
         .await
         .expect("the caller's task does not panic");
     let crashed_at = Instant::now();
@@ -90,14 +89,7 @@ async fn a_panic_in_a_fetch_served_in_its_callers_task_fails_the_child_not_the_c
             "in-flight messages did not come back: {:?}",
             record.with(|r| r.seen.clone())
         );
-        let caller = pull.clone();
-        match tokio::spawn(async move { caller.fetch(6, Some(Duration::from_millis(300))).await })
-            .await
-            .expect("fetch task")
-        {
-            Ok(_) | Err(Error::Unavailable { .. } | Error::FetchInterrupted { .. }) => {}
-            Err(err) => panic!("fetch failed: {err}"),
-        }
+        handle_fetch_while_restarting(&pull, 6, Duration::from_millis(300)).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(record.distinct().into_iter().collect::<Vec<_>>(), published);

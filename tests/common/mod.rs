@@ -167,6 +167,38 @@ pub fn spawn_fetch(
     tokio::spawn(async move { fetch(&child, batch, expires).await })
 }
 
+/// Starts a fetch through a pull handle in a task of its own: from a task,
+/// a fetch that finds the child idle is served in that task.
+pub fn spawn_handle_fetch(
+    pull: &ractor_jetstream::PullHandle,
+    batch: u64,
+    expires: Duration,
+) -> tokio::task::JoinHandle<Result<FetchOutcome, ractor_jetstream::Error>> {
+    let pull = pull.clone();
+    tokio::spawn(async move { pull.fetch(batch, Some(expires)).await })
+}
+
+/// One fetch through a pull handle, in a task of its own, while its child
+/// may be restarting: an answer that the child is not up (`Unavailable`,
+/// `FetchInterrupted`) is fine; any other error fails the test.
+pub async fn handle_fetch_while_restarting(
+    pull: &ractor_jetstream::PullHandle,
+    batch: u64,
+    expires: Duration,
+) {
+    match spawn_handle_fetch(pull, batch, expires)
+        .await
+        .expect("fetch task")
+    {
+        Ok(_)
+        | Err(
+            ractor_jetstream::Error::Unavailable { .. }
+            | ractor_jetstream::Error::FetchInterrupted { .. },
+        ) => {}
+        Err(err) => panic!("fetch failed: {err}"),
+    }
+}
+
 /// Fetches through the supervisor.
 pub async fn fetch_via(
     supervisor: &ActorRef<SupervisorMsg>,

@@ -168,12 +168,7 @@ fn run(
         replies: None,
     };
     if continuous {
-        return Box::pin(async move {
-            match worker.consume(&mut inbox).await {
-                Served::Done | Served::Drained | Served::Stopped => Ok(()),
-                Served::Failed(err) => Err(err),
-            }
-        });
+        return Box::pin(async move { worker.consume(&mut inbox).await.ends().unwrap_or(Ok(())) });
     }
     Box::pin(desk.open(worker, inbox))
 }
@@ -190,6 +185,17 @@ enum Served {
     Stopped,
     /// A failure that ends the child (it is restarted and binds again).
     Failed(Error),
+}
+
+impl Served {
+    /// How the worker ends after this, if it does.
+    fn ends(self) -> Option<Result<(), Error>> {
+        match self {
+            Served::Done => None,
+            Served::Drained | Served::Stopped => Some(Ok(())),
+            Served::Failed(err) => Some(Err(err)),
+        }
+    }
 }
 
 /// The pull worker's state while it serves fetches.

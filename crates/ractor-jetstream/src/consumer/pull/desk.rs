@@ -46,7 +46,7 @@ use futures::FutureExt;
 use tokio::sync::{Notify, OwnedMutexGuard};
 use tokio::time::Instant;
 
-use super::{Served, Worker, next_reply};
+use super::{Worker, next_reply};
 use crate::consumer::{DrainReport, FetchRequest, WorkerCtl, WorkerInbox, drain_in_flight};
 use crate::delivery::Settlement;
 use crate::error::Error;
@@ -103,17 +103,6 @@ enum Event {
     Alarm,
     Reply(Option<async_nats::Message>),
     Ended(Ended),
-}
-
-impl Served {
-    /// How the worker ends after this fetch, if it does.
-    fn ends(self) -> Option<Result<(), Error>> {
-        match self {
-            Served::Done => None,
-            Served::Drained | Served::Stopped => Some(Ok(())),
-            Served::Failed(err) => Some(Err(err)),
-        }
-    }
 }
 
 impl Station {
@@ -268,13 +257,16 @@ impl Desk {
         }
     }
 
-    fn wake_worker(&self) {
-        let waker = self
-            .worker
+    /// The worker task's waker, once it has looked at the desk.
+    fn worker_waker(&self) -> Option<Waker> {
+        self.worker
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        if let Some(waker) = waker {
+            .clone()
+    }
+
+    fn wake_worker(&self) {
+        if let Some(waker) = self.worker_waker() {
             waker.wake();
         }
     }
@@ -335,19 +327,12 @@ impl Desk {
     /// worker's task again, which is woken now if there is something for
     /// it.
     fn hand_back(&self, station: &mut Station) {
-        let waker = self
-            .worker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
         // Without one, the worker's task has not looked yet: it will.
-        let Some(waker) = waker else {
+        let Some(waker) = self.worker_waker() else {
             return;
         };
-        if station.ended.is_some() || station.stashed.is_some() {
-            waker.wake();
-            return;
-        }
+        // What is ready (the end this fetch made, something that came) is
+        // stashed for the worker's task.
         if let Poll::Ready(event) = station.poll_event(&mut Context::from_waker(&waker)) {
             station.stashed = Some(event);
             waker.wake();
