@@ -31,6 +31,7 @@
 //! `msgs_per_s` is the library's median rate, `ratio` that over the raw
 //! side's median, and `paired_ratio` the median of the per-round ratios.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer};
@@ -38,7 +39,7 @@ use futures::StreamExt;
 use ractor_jetstream::{ConsumerSpec, PullSpec, SupervisorArgs, SupervisorHandle, Topology};
 
 use super::cpu::{CpuMark, CpuUse};
-use super::{BoxError, Options, check_all_acked, fill, median, spawn_target};
+use super::{BoxError, Options, Side, check_all_acked, fill, median, spawn_target};
 
 /// The raw side's durable.
 const RAW: &str = "raw";
@@ -48,6 +49,9 @@ const LIBRARY: &str = "continuous";
 
 /// The name the target is registered under with the supervisor.
 const TARGET: &str = "t";
+
+/// A side that `--side` left out: no rate, no CPU.
+const SKIPPED: (f64, CpuUse) = (f64::NAN, CpuUse::ZERO);
 
 /// The longest one run may take before the case gives up on it.
 const RUN_LIMIT: Duration = Duration::from_secs(300);
@@ -99,16 +103,28 @@ pub(crate) async fn continuous_case(
     let (mut raw_cpus, mut library_cpus) = (Vec::new(), Vec::new());
     let pid = options.server_pid;
     for round in 0..options.rounds {
-        let ((raw_rate, raw_cpu), (library_rate, library_cpu)) = if round % 2 == 0 {
-            let raw_run = raw_run(js, n, window, pid).await?;
-            (raw_run, library_run(js, n, window, pid).await?)
-        } else {
-            let library_run = library_run(js, n, window, pid).await?;
-            (raw_run(js, n, window, pid).await?, library_run)
+        let ((raw_rate, raw_cpu), (library_rate, library_cpu)) = match options.side {
+            Side::Raw => (raw_run(js, n, window, pid).await?, SKIPPED),
+            Side::Library => (SKIPPED, library_run(js, n, window, pid).await?),
+            Side::Both if round % 2 == 0 => {
+                let raw_run = raw_run(js, n, window, pid).await?;
+                (raw_run, library_run(js, n, window, pid).await?)
+            }
+            Side::Both => {
+                let library_run = library_run(js, n, window, pid).await?;
+                (raw_run(js, n, window, pid).await?, library_run)
+            }
         };
         eprintln!(
-            "round: continuous window={window} raw={raw_rate:.0} library={library_rate:.0} client_us raw={:.2} library={:.2} server_us raw={:.2} library={:.2}",
-            raw_cpu.client_us, library_cpu.client_us, raw_cpu.server_us, library_cpu.server_us
+            "round: continuous window={window} raw={raw_rate:.0} library={library_rate:.0} client_us raw={:.2} library={:.2} server_us raw={:.2} library={:.2} switches raw={:.2} library={:.2} writes raw={:.3} library={:.3}",
+            raw_cpu.client_us,
+            library_cpu.client_us,
+            raw_cpu.server_us,
+            library_cpu.server_us,
+            raw_cpu.switches,
+            library_cpu.switches,
+            raw_cpu.writes,
+            library_cpu.writes,
         );
         raw.push(raw_rate);
         library.push(library_rate);
@@ -127,6 +143,38 @@ pub(crate) async fn continuous_case(
     })
 }
 
+/// What the client had sent the server at one moment, from async-nats'
+/// own statistics: messages (acks and pull requests; one per message
+/// consumed is the acks alone) and bytes. async-nats counts a publish's
+/// subject and payload when it is queued and every byte again when it is
+/// written, so `bytes_per_message` is a figure to compare the two sides
+/// by, not what went over the wire.
+struct Sent {
+    messages: u64,
+    bytes: u64,
+}
+
+impl Sent {
+    fn now(js: &jetstream::Context) -> Self {
+        let statistics = js.client().statistics();
+        Self {
+            messages: statistics.out_messages.load(Ordering::Relaxed),
+            bytes: statistics.out_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Prints what was sent since, per message consumed.
+    fn report(&self, js: &jetstream::Context, side: &str, n: u64) {
+        let now = Self::now(js);
+        let n = n.max(1) as f64;
+        eprintln!(
+            "run: continuous side={side} sent_per_message={:.3} bytes_per_message={:.1}",
+            now.messages.saturating_sub(self.messages) as f64 / n,
+            now.bytes.saturating_sub(self.bytes) as f64 / n,
+        );
+    }
+}
+
 /// One raw run: async-nats' continuous pull with a plain ack per message.
 /// Returns its rate.
 async fn raw_run(
@@ -138,6 +186,7 @@ async fn raw_run(
     fill(js, n).await?;
     let stream = js.get_stream("BENCH").await?;
     let cpu = CpuMark::now(server);
+    let sent = Sent::now(js);
     let started = Instant::now();
     let consumer: consumer::PullConsumer = stream
         .create_consumer(consumer::pull::Config {
@@ -170,6 +219,7 @@ async fn raw_run(
         .map_err(|_| format!("raw continuous: {n} messages not acked within {RUN_LIMIT:?}"))??;
     let elapsed = started.elapsed();
     let used = cpu.used(server, n);
+    sent.report(js, "raw", n);
     drop(messages);
     check_all_acked(js, RAW, n).await?;
     Ok((n as f64 / elapsed.as_secs_f64(), used))
@@ -194,6 +244,7 @@ async fn library_run(
     let args = SupervisorArgs::new(js.clone(), Topology::new().consumer(spec))
         .target(TARGET, target.get_derived());
     let cpu = CpuMark::now(server);
+    let sent = Sent::now(js);
     let started = Instant::now();
     let (supervisor, _) = SupervisorHandle::spawn(None, args).await?;
     // The target counts, and says when it has acked every message (within
@@ -202,6 +253,7 @@ async fn library_run(
     js.client().flush().await?;
     let elapsed = started.elapsed();
     let used = cpu.used(server, n);
+    sent.report(js, "library", n);
     check_all_acked(js, LIBRARY, n).await?;
     // Gone before the next run deletes the stream under it.
     supervisor

@@ -17,6 +17,7 @@ pub struct CpuMark {
     client_ticks: u64,
     server_ticks: u64,
     switches: u64,
+    writes: u64,
 }
 
 /// What one run used, per message.
@@ -28,6 +29,10 @@ pub struct CpuUse {
     pub server_us: f64,
     /// Context switches of this process's threads, per message.
     pub switches: f64,
+    /// Write syscalls of this process (`syscw`), per message: its socket
+    /// writes and the runtime's wake-ups of parked threads (an eventfd
+    /// write each).
+    pub writes: f64,
 }
 
 impl CpuMark {
@@ -37,6 +42,7 @@ impl CpuMark {
             client_ticks: ticks("self").unwrap_or(0),
             server_ticks: server.and_then(|pid| ticks(&pid.to_string())).unwrap_or(0),
             switches: switches(),
+            writes: writes(),
         }
     }
 
@@ -49,11 +55,20 @@ impl CpuMark {
             client_us: us(now.client_ticks.saturating_sub(self.client_ticks)),
             server_us: us(now.server_ticks.saturating_sub(self.server_ticks)),
             switches: now.switches.saturating_sub(self.switches) as f64 / n,
+            writes: now.writes.saturating_sub(self.writes) as f64 / n,
         }
     }
 }
 
 impl CpuUse {
+    /// Nothing measured (a side left out).
+    pub const ZERO: Self = Self {
+        client_us: 0.0,
+        server_us: 0.0,
+        switches: 0.0,
+        writes: 0.0,
+    };
+
     /// The median of each figure over `runs`.
     pub fn median(runs: &[CpuUse]) -> CpuUse {
         let median = |figure: fn(&CpuUse) -> f64| {
@@ -64,6 +79,7 @@ impl CpuUse {
             client_us: median(|c| c.client_us),
             server_us: median(|c| c.server_us),
             switches: median(|c| c.switches),
+            writes: median(|c| c.writes),
         }
     }
 }
@@ -80,6 +96,18 @@ fn ticks(pid: &str) -> Option<u64> {
 }
 
 /// Voluntary and involuntary context switches of this process's threads.
+/// Write syscalls of this process so far (`syscw` of `/proc/self/io`).
+fn writes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("syscw:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 fn switches() -> u64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return 0;

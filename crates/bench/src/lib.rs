@@ -47,7 +47,7 @@
 //! `switches_*` (this process's context switches). On 2 cores the server
 //! takes most of the CPU, so these tell a client that costs more CPU from
 //! one that leaves the server waiting. `--side raw` or `--side library`
-//! runs one side of the pull and push cases alone, for a profiler
+//! runs one side of the pull, push and continuous cases alone, for a profiler
 //! (`perf record ... throughput --side library --cases pull --batches 100`).
 //! `--caller task` runs every case in a spawned task instead of on the
 //! thread that calls `block_on` (`--caller main`, the default): the place
@@ -106,7 +106,7 @@ pub struct Options {
     pub cases: Vec<String>,
     /// Where the table and the plot go.
     pub out_dir: PathBuf,
-    /// Which side of the pull and push cases runs: `both` (the default),
+    /// Which side of the pull, push and continuous cases runs: `both` (the default),
     /// or only `raw` or `library`, to profile one side alone (`--side`).
     pub side: Side,
     /// Where the cases run: on the `block_on` thread (`main`, the

@@ -294,8 +294,14 @@ impl InFlight {
         waiter: Option<Waiter>,
     ) {
         let is_ack = payload.as_ref() == b"+ACK";
-        if !is_ack || !(self.confirm_acks || waiter.is_some()) {
+        if !is_ack {
             return self.publish(reply, payload).await;
+        }
+        if !(self.confirm_acks || waiter.is_some()) {
+            // An empty payload is an ack to the server, and what
+            // async-nats' own `ack()` sends: five bytes less for the
+            // server to read, on the most common publish there is.
+            return self.publish(reply, Bytes::new()).await;
         }
         // Boxed: rare and large (see "Small futures" in `consumer.rs`).
         Box::pin(self.send_confirmed(reply, payload, stream_sequence, waiter)).await;

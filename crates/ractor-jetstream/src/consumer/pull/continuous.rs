@@ -2,9 +2,10 @@
 //! messages itself instead of waiting for fetches.
 //!
 //! It keeps at most `window` messages requested and unsettled. Whenever at
-//! least half the window is free it sends the next pull request for what
-//! is free, so the next messages are on their way before the target runs
-//! out (as async-nats' `messages()` does with its threshold). Each request
+//! least a quarter of the window is free it sends the next pull request
+//! for what is free, so the next messages are on their way before the
+//! target runs out (as async-nats' `messages()` does with its threshold;
+//! see [`REFILL_PARTS`] for why a quarter). Each request
 //! lives `expires` (30 s, or half the pin's timeout for a pinned group, so
 //! that the pin is renewed in time) with idle heartbeats when that is long
 //! enough for them; the server ends it with a status, and the child asks
@@ -53,6 +54,20 @@ use super::{next_reply, refused_for_good};
 use crate::consumer::inflight::{ForwardError, is_running};
 use crate::consumer::{DrainReport, WorkerCtl, WorkerInbox, drain_in_flight};
 use crate::error::{Error, ServerErrorKind};
+
+/// The child asks again once `window / REFILL_PARTS` of its window is
+/// free. async-nats' `messages()` asks for a whole batch when half of one
+/// is left, so it keeps between a half and one and a half batches
+/// requested; this window bounds what is requested and unsettled
+/// together, so asking at half free kept only a half to a whole window
+/// on its way, and the server waited for the next request more often.
+/// Asking at a quarter free keeps three quarters to a whole window on its
+/// way, for twice as many (smaller) requests. Measured with the
+/// throughput bench's continuous case (window 256, 200,000 messages, five
+/// rounds, two runs each way, interleaved): paired ratio 0.91 and 0.89
+/// against async-nats at a quarter, 0.84 and 0.87 at a half; at an eighth
+/// it fell back to 0.86 and 0.87.
+const REFILL_PARTS: usize = 4;
 
 /// How long one request of an unpinned continuous child lives.
 const REQUEST_EXPIRES: Duration = Duration::from_secs(30);
@@ -130,7 +145,7 @@ impl Worker {
         };
         let mut stream = Stream {
             window,
-            threshold: (window / 2).max(1),
+            threshold: (window / REFILL_PARTS).max(1),
             expires,
             heartbeat,
             open: VecDeque::new(),
@@ -252,8 +267,8 @@ impl Worker {
         report
     }
 
-    /// Sends the next request when half the window is free (or, pinned,
-    /// when the pin needs renewing).
+    /// Sends the next request when a quarter of the window is free (or,
+    /// pinned, when the pin needs renewing).
     async fn top_up(&mut self, stream: &mut Stream, inbox: &mut WorkerInbox) -> Result<(), Error> {
         let now = Instant::now();
         if stream.pause_until.is_some_and(|at| now < at) {
