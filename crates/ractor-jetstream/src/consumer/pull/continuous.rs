@@ -63,10 +63,11 @@ use crate::error::{Error, ServerErrorKind};
 /// on its way, and the server waited for the next request more often.
 /// Asking at a quarter free keeps three quarters to a whole window on its
 /// way, for twice as many (smaller) requests. Measured with the
-/// throughput bench's continuous case (window 256, 200,000 messages, five
-/// rounds, two runs each way, interleaved): paired ratio 0.91 and 0.89
-/// against async-nats at a quarter, 0.84 and 0.87 at a half; at an eighth
-/// it fell back to 0.86 and 0.87.
+/// throughput bench's continuous case (window 256, 200,000 messages, two
+/// runs each way, interleaved): paired ratio 0.91 and 0.89 against
+/// async-nats at a quarter, 0.84 and 0.87 at a half (five rounds a run);
+/// at an eighth it fell back to 0.86 and 0.87 (three rounds a run). The
+/// README's benchmarks have the A/B of the change itself.
 const REFILL_PARTS: usize = 4;
 
 /// How long one request of an unpinned continuous child lives.
