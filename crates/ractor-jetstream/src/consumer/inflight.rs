@@ -284,27 +284,23 @@ impl InFlight {
     }
 
     /// Sends a decision's payload to its delivery's reply subject: an ack
-    /// for the server to confirm when the spec says so or a target waits
-    /// for it (`waiter`), any other decision as it is.
+    /// (`settled` is [`Settled::Acked`]) as `+ACK`, for the server to
+    /// confirm, when the spec says so or a target waits for it (`waiter`);
+    /// anything else as it is.
     async fn send_decision(
         &mut self,
         reply: Subject,
         payload: Bytes,
+        settled: Settled,
         stream_sequence: u64,
         waiter: Option<Waiter>,
     ) {
-        let is_ack = payload.as_ref() == b"+ACK";
-        if !is_ack {
+        if settled != Settled::Acked || !(self.confirm_acks || waiter.is_some()) {
             return self.publish(reply, payload).await;
         }
-        if !(self.confirm_acks || waiter.is_some()) {
-            // An empty payload is an ack to the server, and what
-            // async-nats' own `ack()` sends: five bytes less for the
-            // server to read, on the most common publish there is.
-            return self.publish(reply, Bytes::new()).await;
-        }
+        let ack = Bytes::from(async_nats::jetstream::AckKind::Ack);
         // Boxed: rare and large (see "Small futures" in `consumer.rs`).
-        Box::pin(self.send_confirmed(reply, payload, stream_sequence, waiter)).await;
+        Box::pin(self.send_confirmed(reply, ack, stream_sequence, waiter)).await;
     }
 
     /// Sends an ack for the server to confirm, starting the confirmer on

@@ -31,12 +31,16 @@ use super::dead_letter::DeadLetters;
 use super::inflight::Settled;
 use crate::delivery::{AckMeta, Decision};
 
-// The payloads are async-nats' own (`AckKind`); only `+TERM <reason>`,
-// which `AckKind::Term` cannot carry, is written here.
-/// The payload that applies a decision on the server.
+// The payloads are async-nats' own (`AckKind`), and an ack's is empty as
+// async-nats' `ack()` sends it; only `+TERM <reason>`, which
+// `AckKind::Term` cannot carry, is written here.
+/// The payload that applies a decision on the server. An ack's is empty:
+/// the server takes that for an ack, and it is five bytes less for it to
+/// read on the most common publish there is (an ack the server confirms
+/// sends `+ACK`; see `InFlight::send_decision`).
 pub(crate) fn decision_payload(decision: &Decision) -> Bytes {
     match decision {
-        Decision::Ack => AckKind::Ack.into(),
+        Decision::Ack => Bytes::new(),
         Decision::Nak(delay) => AckKind::Nak(*delay).into(),
         Decision::Term(Some(reason)) if !reason.is_empty() => {
             format!("+TERM {}", reason.replace(['\r', '\n'], " ")).into()

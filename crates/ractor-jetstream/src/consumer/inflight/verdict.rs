@@ -232,7 +232,7 @@ impl InFlight {
             Plan::Publish(payload, settled) => {
                 let entry = self.release(split(token).0)?;
                 tracing::trace!(stream_sequence = entry.stream_sequence, ?settled, "settled");
-                self.send_decision(entry.reply, payload, entry.stream_sequence, waiter)
+                self.send_decision(entry.reply, payload, settled, entry.stream_sequence, waiter)
                     .await;
                 self.counters.record(settled);
                 Some(settled)
