@@ -265,6 +265,14 @@ impl Desk {
             .clone()
     }
 
+    /// Clears the desk of the ended worker, unless someone sits at it
+    /// (who then clears it on leaving).
+    fn clear_if_free(&self) {
+        if let Ok(mut station) = self.station.try_lock() {
+            station.take();
+        }
+    }
+
     fn wake_worker(&self) {
         if let Some(waker) = self.worker_waker() {
             waker.wake();
@@ -361,10 +369,8 @@ impl Drop for Seat {
         if self.desk.waiting.swap(false, Ordering::SeqCst) || !self.handed_back {
             self.desk.wake_worker();
         }
-        if self.desk.closed.load(Ordering::SeqCst)
-            && let Ok(mut station) = self.desk.station.try_lock()
-        {
-            station.take();
+        if self.desk.closed.load(Ordering::SeqCst) {
+            self.desk.clear_if_free();
         }
     }
 }
@@ -395,9 +401,7 @@ impl Drop for Leaving {
         let desk = &self.0;
         desk.closed.store(true, Ordering::SeqCst);
         desk.closing.notify_waiters();
-        if let Ok(mut station) = desk.station.try_lock() {
-            station.take();
-        }
+        desk.clear_if_free();
     }
 }
 
