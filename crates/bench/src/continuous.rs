@@ -227,7 +227,7 @@ async fn raw_run(
 
 /// One library run: a supervisor with a continuous pull child and the
 /// bench's acking target. Returns its rate.
-async fn library_run(
+pub(crate) async fn library_run(
     js: &jetstream::Context,
     n: u64,
     window: usize,

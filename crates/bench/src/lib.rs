@@ -76,6 +76,7 @@ use tokio::sync::oneshot;
 mod continuous;
 pub mod cpu;
 mod failover;
+mod handwritten;
 mod keyed;
 mod metrics_cost;
 mod pipeline;
@@ -382,6 +383,9 @@ async fn run_cases(mut options: Options) -> Result<(), BoxError> {
         let row = continuous::continuous_case(&js, &options).await?;
         println!("{}", row.line());
     }
+    if options.cases.iter().any(|c| c == "handwritten") {
+        handwritten::handwritten_case(&js, &options).await?;
+    }
     if options.cases.iter().any(|c| c == "failover") {
         for row in failover::failover_case(&options).await? {
             println!("{}", row.line());
@@ -412,6 +416,23 @@ struct ActorRun {
     sampler: InFlightSampler,
     /// What the run used, per message.
     cpu: cpu::CpuUse,
+}
+
+impl ActorRun {
+    /// Ends a run measured for another case: checks the server saw every
+    /// ack, stops the actors; returns the rate and CPU.
+    async fn finish(
+        self,
+        js: &jetstream::Context,
+        n: u64,
+        elapsed: Duration,
+    ) -> Result<(f64, cpu::CpuUse), BoxError> {
+        self.sampler.stop().await;
+        check_all_acked(js, "actor", n).await?;
+        self.child.stop(None);
+        self.target.stop(None);
+        Ok((n as f64 / elapsed.as_secs_f64(), self.cpu))
+    }
 }
 
 /// What the rounds of one case measured.
@@ -536,34 +557,61 @@ async fn pull_case(
             check_all_acked(js, "raw", n).await?;
         }
         if options.side.library() {
-            fill(js, n).await?;
-            let (target, probe) = spawn_target(n).await?;
-            let spec = ConsumerSpec::pull("BENCH", "actor", "bench");
-            let child = spawn_pull_child(js, spec, target.get_derived().into()).await?;
-            reset_peak_rss();
-            let sampler = InFlightSampler::start(child.clone());
-            let cpu = cpu::CpuMark::now(options.server_pid);
-            let elapsed = fetch_all(js, "actor", &child, n, batch).await?;
-            let cpu = cpu.used(options.server_pid, n);
+            let (elapsed, run) = pull_library(js, options, n, batch).await?;
             let label = format!("pull batch={batch}");
-            rounds
-                .finish_actor_run(
-                    &label,
-                    js,
-                    n,
-                    elapsed,
-                    ActorRun {
-                        child,
-                        target,
-                        probe,
-                        sampler,
-                        cpu,
-                    },
-                )
-                .await?;
+            rounds.finish_actor_run(&label, js, n, elapsed, run).await?;
         }
     }
     Ok(rounds.result("pull", batch, n))
+}
+
+/// One library run of the pull case: a pull child fetched from `batch` at
+/// a time until `n` messages were delivered.
+async fn pull_library(
+    js: &jetstream::Context,
+    options: &Options,
+    n: u64,
+    batch: usize,
+) -> Result<(Duration, ActorRun), BoxError> {
+    fill(js, n).await?;
+    let (target, probe) = spawn_target(n).await?;
+    let spec = ConsumerSpec::pull("BENCH", "actor", "bench");
+    let child = spawn_pull_child(js, spec, target.get_derived().into()).await?;
+    reset_peak_rss();
+    let sampler = InFlightSampler::start(child.clone());
+    let cpu = cpu::CpuMark::now(options.server_pid);
+    let elapsed = fetch_all(js, "actor", &child, n, batch).await?;
+    let cpu = cpu.used(options.server_pid, n);
+    let run = ActorRun {
+        child,
+        target,
+        probe,
+        sampler,
+        cpu,
+    };
+    Ok((elapsed, run))
+}
+
+/// One library run of the pull case, for another case: its rate and CPU.
+async fn pull_library_run(
+    js: &jetstream::Context,
+    options: &Options,
+    n: u64,
+    batch: usize,
+) -> Result<(f64, cpu::CpuUse), BoxError> {
+    let (elapsed, run) = pull_library(js, options, n, batch).await?;
+    run.finish(js, n, elapsed).await
+}
+
+/// One library run of the push case, for another case: its rate and CPU.
+async fn push_library_run(
+    js: &jetstream::Context,
+    options: &Options,
+    n: u64,
+    window: usize,
+) -> Result<(f64, cpu::CpuUse), BoxError> {
+    let (elapsed, run) = push_library(js, options, n, window).await?;
+    run.finish(js, n, elapsed).await
 }
 
 async fn push_case(js: &jetstream::Context, options: &Options) -> Result<CaseResult, BoxError> {
@@ -604,36 +652,41 @@ async fn push_case(js: &jetstream::Context, options: &Options) -> Result<CaseRes
             check_all_acked(js, "raw", n).await?;
         }
         if options.side.library() {
-            fill(js, n).await?;
-            let (target, mut probe) = spawn_target(n).await?;
-            reset_peak_rss();
-            let cpu = cpu::CpuMark::now(options.server_pid);
-            let started = Instant::now();
-            let child = spawn_push_child(js, "actor", options.window, &target).await?;
-            let sampler = InFlightSampler::start(child.clone());
-            probe.wait_all().await?;
-            js.client().flush().await?;
-            let elapsed = started.elapsed();
-            let cpu = cpu.used(options.server_pid, n);
+            let (elapsed, run) = push_library(js, options, n, options.window).await?;
             let label = format!("push window={}", options.window);
-            rounds
-                .finish_actor_run(
-                    &label,
-                    js,
-                    n,
-                    elapsed,
-                    ActorRun {
-                        child,
-                        target,
-                        probe,
-                        sampler,
-                        cpu,
-                    },
-                )
-                .await?;
+            rounds.finish_actor_run(&label, js, n, elapsed, run).await?;
         }
     }
     Ok(rounds.result("push", options.window, n))
+}
+
+/// One library run of the push case: a push child with `window` until its
+/// target has acked `n` messages.
+async fn push_library(
+    js: &jetstream::Context,
+    options: &Options,
+    n: u64,
+    window: usize,
+) -> Result<(Duration, ActorRun), BoxError> {
+    fill(js, n).await?;
+    let (target, mut probe) = spawn_target(n).await?;
+    reset_peak_rss();
+    let cpu = cpu::CpuMark::now(options.server_pid);
+    let started = Instant::now();
+    let child = spawn_push_child(js, "actor", window, &target).await?;
+    let sampler = InFlightSampler::start(child.clone());
+    probe.wait_all().await?;
+    js.client().flush().await?;
+    let elapsed = started.elapsed();
+    let cpu = cpu.used(options.server_pid, n);
+    let run = ActorRun {
+        child,
+        target,
+        probe,
+        sampler,
+        cpu,
+    };
+    Ok((elapsed, run))
 }
 
 /// The time from killing a pull child to the next delivery, median over

@@ -1,0 +1,337 @@
+//! The handwritten case: how much of the library's distance from a raw
+//! async-nats loop is the hop to an actor that every ractor application
+//! pays, and how much is the library's own.
+//!
+//! The pull, push and continuous cases compare the library, which hands
+//! each message to a target actor and waits for its decision, with a loop
+//! that acks each message where it reads it. A ractor application that
+//! does not use the library still hands its messages to an actor. This
+//! case runs, for each mode, three sides in one round, in an order that
+//! rotates from round to round:
+//!
+//! - raw: the loop of the pull, push or continuous case, acking in place;
+//! - handwritten: the same loop, but each message is sent to a plain
+//!   ractor actor whose handler acks it (`message.ack().await`) and counts
+//!   it. The pull loop waits until the actor has acked a fetch's messages
+//!   before the next fetch (as a library fetch answers once its deliveries
+//!   are settled); the push and continuous loops never wait;
+//! - library: the pull, push or continuous case's library side (the same
+//!   child, the same trivial target).
+//!
+//! It prints, for each mode (`kind=pull batch=B`, `kind=push`,
+//! `kind=continuous`; the push window and the continuous batch are
+//! `--window`):
+//!
+//! ```text
+//! RESULT mode=handwritten kind=K size=S raw=R handwritten=H library=L library_vs_raw=X library_vs_handwritten=Y handwritten_vs_raw=Z client_us_raw=.. client_us_handwritten=.. client_us_library=..
+//! ```
+//!
+//! Rates are medians over `--rounds` (messages per second); the ratios are
+//! medians of the per-round ratios, and the CPU figures per message, as in
+//! the other cases. Run it with `--cases handwritten`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer};
+use futures::{Stream, StreamExt};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::Notify;
+
+use super::cpu::{CpuMark, CpuUse};
+use super::{BoxError, Options, check_all_acked, fill, median};
+
+/// The longest one run may take.
+const RUN_LIMIT: Duration = Duration::from_secs(300);
+
+/// Which loop a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Raw,
+    Handwritten,
+    Library,
+}
+
+const SIDES: [Side; 3] = [Side::Raw, Side::Handwritten, Side::Library];
+
+/// Which mode a row measures.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Pull(usize),
+    Push(usize),
+    Continuous(usize),
+}
+
+impl Kind {
+    fn label(self) -> String {
+        match self {
+            Kind::Pull(batch) => format!("kind=pull size={batch}"),
+            Kind::Push(window) => format!("kind=push size={window}"),
+            Kind::Continuous(window) => format!("kind=continuous size={window}"),
+        }
+    }
+}
+
+/// One row of the case.
+#[derive(Debug, Clone)]
+pub struct HandwrittenRow {
+    kind: Kind,
+    messages: u64,
+    rates: [f64; 3],
+    paired: [f64; 3],
+    cpu: [CpuUse; 3],
+}
+
+impl HandwrittenRow {
+    /// The `RESULT` line.
+    pub fn line(&self) -> String {
+        let [raw, handwritten, library] = self.rates;
+        let [library_vs_raw, library_vs_handwritten, handwritten_vs_raw] = self.paired;
+        let [c_raw, c_hand, c_lib] = self.cpu;
+        format!(
+            "RESULT mode=handwritten {} messages={} raw={raw:.0} handwritten={handwritten:.0} library={library:.0} library_vs_raw={library_vs_raw:.3} library_vs_handwritten={library_vs_handwritten:.3} handwritten_vs_raw={handwritten_vs_raw:.3} client_us_raw={:.2} client_us_handwritten={:.2} client_us_library={:.2} server_us_raw={:.2} server_us_handwritten={:.2} server_us_library={:.2}",
+            self.kind.label(),
+            self.messages,
+            c_raw.client_us,
+            c_hand.client_us,
+            c_lib.client_us,
+            c_raw.server_us,
+            c_hand.server_us,
+            c_lib.server_us,
+        )
+    }
+}
+
+/// Runs the case: a row per `--batches` size, then push, then continuous.
+pub(crate) async fn handwritten_case(
+    js: &jetstream::Context,
+    options: &Options,
+) -> Result<Vec<HandwrittenRow>, BoxError> {
+    let mut kinds: Vec<Kind> = options.batches.iter().map(|b| Kind::Pull(*b)).collect();
+    kinds.push(Kind::Push(options.window));
+    kinds.push(Kind::Continuous(options.window));
+    let mut rows = Vec::new();
+    for kind in kinds {
+        let row = row(js, options, kind).await?;
+        println!("{}", row.line());
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+async fn row(
+    js: &jetstream::Context,
+    options: &Options,
+    kind: Kind,
+) -> Result<HandwrittenRow, BoxError> {
+    let n = match kind {
+        Kind::Pull(batch) => options.messages_for(batch),
+        _ => options.messages,
+    };
+    let mut rates: [Vec<f64>; 3] = Default::default();
+    let mut cpus: [Vec<CpuUse>; 3] = Default::default();
+    let mut paired: [Vec<f64>; 3] = Default::default();
+    for round in 0..options.rounds {
+        let mut this = [0.0; 3];
+        for i in 0..3 {
+            let side = SIDES[(round + i) % 3];
+            let (rate, cpu) = tokio::time::timeout(RUN_LIMIT, run(js, options, kind, side, n))
+                .await
+                .map_err(|_| format!("{kind:?} {side:?}: not done within {RUN_LIMIT:?}"))??;
+            let at = SIDES.iter().position(|s| *s == side).unwrap_or(0);
+            this[at] = rate;
+            rates[at].push(rate);
+            cpus[at].push(cpu);
+        }
+        eprintln!(
+            "round: handwritten {} raw={:.0} handwritten={:.0} library={:.0}",
+            kind.label(),
+            this[0],
+            this[1],
+            this[2]
+        );
+        paired[0].push(this[2] / this[0]);
+        paired[1].push(this[2] / this[1]);
+        paired[2].push(this[1] / this[0]);
+    }
+    Ok(HandwrittenRow {
+        kind,
+        messages: n,
+        rates: rates.map(|mut r| median(&mut r)),
+        paired: paired.map(|mut r| median(&mut r)),
+        cpu: cpus.map(|c| CpuUse::median(&c)),
+    })
+}
+
+/// One run of one side; returns its rate and CPU per message.
+async fn run(
+    js: &jetstream::Context,
+    options: &Options,
+    kind: Kind,
+    side: Side,
+    n: u64,
+) -> Result<(f64, CpuUse), BoxError> {
+    let server = options.server_pid;
+    if side == Side::Library {
+        return match kind {
+            Kind::Pull(batch) => super::pull_library_run(js, options, n, batch).await,
+            Kind::Push(window) => super::push_library_run(js, options, n, window).await,
+            Kind::Continuous(window) => super::continuous::library_run(js, n, window, server).await,
+        };
+    }
+    fill(js, n).await?;
+    let stream = js.get_stream("BENCH").await?;
+    let durable = if side == Side::Raw { "raw" } else { "hand" };
+    let mut sink = match side {
+        Side::Raw => Sink::Inline,
+        _ => Sink::actor().await?,
+    };
+    let cpu = CpuMark::now(server);
+    let started = Instant::now();
+    match kind {
+        Kind::Pull(batch) => {
+            let consumer: consumer::PullConsumer = stream
+                .create_consumer(consumer::pull::Config {
+                    durable_name: Some(durable.into()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ..Default::default()
+                })
+                .await?;
+            let mut done = 0;
+            while done < n {
+                let messages = consumer
+                    .fetch()
+                    .max_messages(batch)
+                    .expires(Duration::from_secs(1))
+                    .messages()
+                    .await?;
+                done += sink.take(messages, n - done).await?;
+                sink.settled(done).await;
+            }
+        }
+        Kind::Push(_) => {
+            let consumer: consumer::PushConsumer = stream
+                .create_consumer(consumer::push::Config {
+                    durable_name: Some(durable.into()),
+                    deliver_subject: js.client().new_inbox(),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    flow_control: true,
+                    idle_heartbeat: Duration::from_secs(5),
+                    ..Default::default()
+                })
+                .await?;
+            sink.take(consumer.messages().await?, n).await?;
+            sink.settled(n).await;
+        }
+        Kind::Continuous(window) => {
+            let consumer: consumer::PullConsumer = stream
+                .create_consumer(consumer::pull::Config {
+                    durable_name: Some(durable.into()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ..Default::default()
+                })
+                .await?;
+            let messages = consumer
+                .stream()
+                .max_messages_per_batch(window)
+                .messages()
+                .await?;
+            sink.take(messages, n).await?;
+            sink.settled(n).await;
+        }
+    }
+    js.client().flush().await?;
+    let elapsed = started.elapsed();
+    let used = cpu.used(server, n);
+    if let Sink::Actor { actor, .. } = &sink {
+        actor.stop(None);
+    }
+    check_all_acked(js, durable, n).await?;
+    Ok((n as f64 / elapsed.as_secs_f64(), used))
+}
+
+/// Where a loop's messages go: acked in place, or to an actor that acks.
+enum Sink {
+    Inline,
+    Actor {
+        actor: ActorRef<jetstream::Message>,
+        acked: Arc<AtomicU64>,
+        notify: Arc<Notify>,
+    },
+}
+
+impl Sink {
+    async fn actor() -> Result<Self, BoxError> {
+        let acked = Arc::new(AtomicU64::new(0));
+        let notify = Arc::new(Notify::new());
+        let (actor, _) = Actor::spawn(None, Acker, (acked.clone(), notify.clone())).await?;
+        Ok(Sink::Actor {
+            actor,
+            acked,
+            notify,
+        })
+    }
+
+    /// Takes up to `max` messages from `messages` (all it yields, for a
+    /// fetch); returns how many.
+    async fn take<S, E>(&mut self, mut messages: S, max: u64) -> Result<u64, BoxError>
+    where
+        S: Stream<Item = Result<jetstream::Message, E>> + Unpin,
+        E: Into<BoxError>,
+    {
+        let mut taken = 0;
+        while taken < max {
+            let Some(message) = messages.next().await else {
+                break;
+            };
+            let message = message.map_err(Into::into)?;
+            match self {
+                Sink::Inline => message.ack().await?,
+                Sink::Actor { actor, .. } => actor
+                    .send_message(message)
+                    .map_err(|err| format!("the acking actor: {err}"))?,
+            }
+            taken += 1;
+        }
+        Ok(taken)
+    }
+
+    /// Waits until the actor has acked `count` messages in all.
+    async fn settled(&self, count: u64) {
+        if let Sink::Actor { acked, notify, .. } = self {
+            while acked.load(Ordering::Acquire) < count {
+                notify.notified().await;
+            }
+        }
+    }
+}
+
+/// The handwritten side's actor: acks each message and counts it.
+struct Acker;
+
+impl Actor for Acker {
+    type Msg = jetstream::Message;
+    type State = (Arc<AtomicU64>, Arc<Notify>);
+    type Arguments = (Arc<AtomicU64>, Arc<Notify>);
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<Self::Msg>,
+        state: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<Self::Msg>,
+        message: jetstream::Message,
+        (acked, notify): &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        message.ack().await?;
+        acked.fetch_add(1, Ordering::Release);
+        notify.notify_one();
+        Ok(())
+    }
+}
