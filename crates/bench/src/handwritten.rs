@@ -15,15 +15,20 @@
 //!   it. The pull loop waits until the actor has acked a fetch's messages
 //!   before the next fetch (as a library fetch answers once its deliveries
 //!   are settled); the push and continuous loops never wait;
+//! - batched: the handwritten loop, but the messages that are ready
+//!   together (a fetch's, or what the stream has at hand, up to the
+//!   batch or window) go to the actor in one ractor message, which acks
+//!   them in turn: what one actor message per several deliveries would be
+//!   worth;
 //! - library: the pull, push or continuous case's library side (the same
 //!   child, the same trivial target).
 //!
-//! It prints, for each mode (`kind=pull batch=B`, `kind=push`,
+//! It prints, for each mode (`kind=pull size=B`, `kind=push`,
 //! `kind=continuous`; the push window and the continuous batch are
 //! `--window`):
 //!
 //! ```text
-//! RESULT mode=handwritten kind=K size=S raw=R handwritten=H library=L library_vs_raw=X library_vs_handwritten=Y handwritten_vs_raw=Z client_us_raw=.. client_us_handwritten=.. client_us_library=..
+//! RESULT mode=handwritten kind=K size=S messages=N raw=R handwritten=H batched=B library=L library_vs_raw=.. library_vs_handwritten=.. handwritten_vs_raw=.. batched_vs_raw=.. client_us_raw=.. client_us_handwritten=.. client_us_batched=.. client_us_library=.. server_us_..
 //! ```
 //!
 //! Rates are medians over `--rounds` (messages per second); the ratios are
@@ -35,7 +40,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer};
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::Notify;
 
@@ -50,10 +55,12 @@ const RUN_LIMIT: Duration = Duration::from_secs(300);
 enum Side {
     Raw,
     Handwritten,
+    Batched,
     Library,
 }
 
-const SIDES: [Side; 3] = [Side::Raw, Side::Handwritten, Side::Library];
+/// The sides, in the order of the figures.
+const SIDES: [Side; 4] = [Side::Raw, Side::Handwritten, Side::Batched, Side::Library];
 
 /// Which mode a row measures.
 #[derive(Debug, Clone, Copy)]
@@ -73,32 +80,29 @@ impl Kind {
     }
 }
 
-/// One row of the case.
+/// One row of the case; figures in the order of [`SIDES`].
 #[derive(Debug, Clone)]
 pub struct HandwrittenRow {
     kind: Kind,
     messages: u64,
-    rates: [f64; 3],
-    paired: [f64; 3],
-    cpu: [CpuUse; 3],
+    rates: [f64; 4],
+    /// Medians of the per-round ratios: library / raw, library /
+    /// handwritten, handwritten / raw, batched / raw.
+    paired: [f64; 4],
+    cpu: [CpuUse; 4],
 }
 
 impl HandwrittenRow {
     /// The `RESULT` line.
     pub fn line(&self) -> String {
-        let [raw, handwritten, library] = self.rates;
-        let [library_vs_raw, library_vs_handwritten, handwritten_vs_raw] = self.paired;
-        let [c_raw, c_hand, c_lib] = self.cpu;
+        let [raw, handwritten, batched, library] = self.rates;
+        let [lib_raw, lib_hand, hand_raw, batched_raw] = self.paired;
+        let [c_raw, c_hand, c_batched, c_lib] = self.cpu.map(|c| c.client_us);
+        let [s_raw, s_hand, s_batched, s_lib] = self.cpu.map(|c| c.server_us);
         format!(
-            "RESULT mode=handwritten {} messages={} raw={raw:.0} handwritten={handwritten:.0} library={library:.0} library_vs_raw={library_vs_raw:.3} library_vs_handwritten={library_vs_handwritten:.3} handwritten_vs_raw={handwritten_vs_raw:.3} client_us_raw={:.2} client_us_handwritten={:.2} client_us_library={:.2} server_us_raw={:.2} server_us_handwritten={:.2} server_us_library={:.2}",
+            "RESULT mode=handwritten {} messages={} raw={raw:.0} handwritten={handwritten:.0} batched={batched:.0} library={library:.0} library_vs_raw={lib_raw:.3} library_vs_handwritten={lib_hand:.3} handwritten_vs_raw={hand_raw:.3} batched_vs_raw={batched_raw:.3} client_us_raw={c_raw:.2} client_us_handwritten={c_hand:.2} client_us_batched={c_batched:.2} client_us_library={c_lib:.2} server_us_raw={s_raw:.2} server_us_handwritten={s_hand:.2} server_us_batched={s_batched:.2} server_us_library={s_lib:.2}",
             self.kind.label(),
             self.messages,
-            c_raw.client_us,
-            c_hand.client_us,
-            c_lib.client_us,
-            c_raw.server_us,
-            c_hand.server_us,
-            c_lib.server_us,
         )
     }
 }
@@ -129,31 +133,32 @@ async fn row(
         Kind::Pull(batch) => options.messages_for(batch),
         _ => options.messages,
     };
-    let mut rates: [Vec<f64>; 3] = Default::default();
-    let mut cpus: [Vec<CpuUse>; 3] = Default::default();
-    let mut paired: [Vec<f64>; 3] = Default::default();
+    let mut rates: [Vec<f64>; 4] = Default::default();
+    let mut cpus: [Vec<CpuUse>; 4] = Default::default();
+    let mut paired: [Vec<f64>; 4] = Default::default();
     for round in 0..options.rounds {
-        let mut this = [0.0; 3];
-        for i in 0..3 {
-            let side = SIDES[(round + i) % 3];
+        let mut this = [0.0; 4];
+        for i in 0..SIDES.len() {
+            // The order rotates, so that a drift of the machine favours
+            // no side.
+            let at = (round + i) % SIDES.len();
+            let side = SIDES[at];
             let (rate, cpu) = tokio::time::timeout(RUN_LIMIT, run(js, options, kind, side, n))
                 .await
                 .map_err(|_| format!("{kind:?} {side:?}: not done within {RUN_LIMIT:?}"))??;
-            let at = SIDES.iter().position(|s| *s == side).unwrap_or(0);
             this[at] = rate;
             rates[at].push(rate);
             cpus[at].push(cpu);
         }
+        let [raw, handwritten, batched, library] = this;
         eprintln!(
-            "round: handwritten {} raw={:.0} handwritten={:.0} library={:.0}",
+            "round: handwritten {} raw={raw:.0} handwritten={handwritten:.0} batched={batched:.0} library={library:.0}",
             kind.label(),
-            this[0],
-            this[1],
-            this[2]
         );
-        paired[0].push(this[2] / this[0]);
-        paired[1].push(this[2] / this[1]);
-        paired[2].push(this[1] / this[0]);
+        paired[0].push(library / raw);
+        paired[1].push(library / handwritten);
+        paired[2].push(handwritten / raw);
+        paired[3].push(batched / raw);
     }
     Ok(HandwrittenRow {
         kind,
@@ -185,6 +190,7 @@ async fn run(
     let durable = if side == Side::Raw { "raw" } else { "hand" };
     let mut sink = match side {
         Side::Raw => Sink::Inline,
+        Side::Batched => Sink::batches().await?,
         _ => Sink::actor().await?,
     };
     let cpu = CpuMark::now(server);
@@ -244,14 +250,13 @@ async fn run(
     js.client().flush().await?;
     let elapsed = started.elapsed();
     let used = cpu.used(server, n);
-    if let Sink::Actor { actor, .. } = &sink {
-        actor.stop(None);
-    }
+    sink.stop();
     check_all_acked(js, durable, n).await?;
     Ok((n as f64 / elapsed.as_secs_f64(), used))
 }
 
-/// Where a loop's messages go: acked in place, or to an actor that acks.
+/// Where a loop's messages go: acked in place, or to an actor that acks
+/// them, one message or a batch at a time.
 enum Sink {
     Inline,
     Actor {
@@ -259,14 +264,32 @@ enum Sink {
         acked: Arc<AtomicU64>,
         notify: Arc<Notify>,
     },
+    Batches {
+        actor: ActorRef<Vec<jetstream::Message>>,
+        acked: Arc<AtomicU64>,
+        notify: Arc<Notify>,
+    },
 }
+
+/// What an acking actor shares with its loop: how many it acked, and a
+/// wake-up after each.
+type Count = (Arc<AtomicU64>, Arc<Notify>);
 
 impl Sink {
     async fn actor() -> Result<Self, BoxError> {
-        let acked = Arc::new(AtomicU64::new(0));
-        let notify = Arc::new(Notify::new());
+        let (acked, notify) = (Arc::new(AtomicU64::new(0)), Arc::new(Notify::new()));
         let (actor, _) = Actor::spawn(None, Acker, (acked.clone(), notify.clone())).await?;
         Ok(Sink::Actor {
+            actor,
+            acked,
+            notify,
+        })
+    }
+
+    async fn batches() -> Result<Self, BoxError> {
+        let (acked, notify) = (Arc::new(AtomicU64::new(0)), Arc::new(Notify::new()));
+        let (actor, _) = Actor::spawn(None, BatchAcker, (acked.clone(), notify.clone())).await?;
+        Ok(Sink::Batches {
             actor,
             acked,
             notify,
@@ -286,23 +309,48 @@ impl Sink {
                 break;
             };
             let message = message.map_err(Into::into)?;
+            taken += 1;
             match self {
                 Sink::Inline => message.ack().await?,
                 Sink::Actor { actor, .. } => actor
                     .send_message(message)
                     .map_err(|err| format!("the acking actor: {err}"))?,
+                Sink::Batches { actor, .. } => {
+                    // With it, whatever else is ready now.
+                    let mut batch = vec![message];
+                    while taken < max {
+                        match messages.next().now_or_never() {
+                            Some(Some(message)) => {
+                                batch.push(message.map_err(Into::into)?);
+                                taken += 1;
+                            }
+                            _ => break,
+                        }
+                    }
+                    actor
+                        .send_message(batch)
+                        .map_err(|err| format!("the acking actor: {err}"))?;
+                }
             }
-            taken += 1;
         }
         Ok(taken)
     }
 
     /// Waits until the actor has acked `count` messages in all.
     async fn settled(&self, count: u64) {
-        if let Sink::Actor { acked, notify, .. } = self {
-            while acked.load(Ordering::Acquire) < count {
-                notify.notified().await;
-            }
+        let (Sink::Actor { acked, notify, .. } | Sink::Batches { acked, notify, .. }) = self else {
+            return;
+        };
+        while acked.load(Ordering::Acquire) < count {
+            notify.notified().await;
+        }
+    }
+
+    fn stop(&self) {
+        match self {
+            Sink::Inline => {}
+            Sink::Actor { actor, .. } => actor.stop(None),
+            Sink::Batches { actor, .. } => actor.stop(None),
         }
     }
 }
@@ -312,25 +360,58 @@ struct Acker;
 
 impl Actor for Acker {
     type Msg = jetstream::Message;
-    type State = (Arc<AtomicU64>, Arc<Notify>);
-    type Arguments = (Arc<AtomicU64>, Arc<Notify>);
+    type State = Count;
+    type Arguments = Count;
 
     async fn pre_start(
         &self,
         _: ActorRef<Self::Msg>,
-        state: Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(state)
+        count: Count,
+    ) -> Result<Count, ActorProcessingErr> {
+        Ok(count)
     }
 
     async fn handle(
         &self,
         _: ActorRef<Self::Msg>,
         message: jetstream::Message,
-        (acked, notify): &mut Self::State,
+        (acked, notify): &mut Count,
     ) -> Result<(), ActorProcessingErr> {
         message.ack().await?;
         acked.fetch_add(1, Ordering::Release);
+        notify.notify_one();
+        Ok(())
+    }
+}
+
+/// The batched side's actor: acks each message of a batch in turn, and
+/// counts them.
+struct BatchAcker;
+
+impl Actor for BatchAcker {
+    type Msg = Vec<jetstream::Message>;
+    type State = Count;
+    type Arguments = Count;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<Self::Msg>,
+        count: Count,
+    ) -> Result<Count, ActorProcessingErr> {
+        Ok(count)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<Self::Msg>,
+        batch: Vec<jetstream::Message>,
+        (acked, notify): &mut Count,
+    ) -> Result<(), ActorProcessingErr> {
+        let n = batch.len() as u64;
+        for message in batch {
+            message.ack().await?;
+        }
+        acked.fetch_add(n, Ordering::Release);
         notify.notify_one();
         Ok(())
     }

@@ -33,6 +33,11 @@
 //!   supervisor, against async-nats' `consumer.stream()
 //!   .max_messages_per_batch(W).messages()` with `ack()` per message, `W`
 //!   being `--window`; see the `continuous` module.
+//! - handwritten (`--cases handwritten`, not in the default set): the
+//!   raw pull (each `--batches` size), push and continuous loops, the
+//!   same loops sending each message to a plain ractor actor that acks it
+//!   (what a ractor application writes without this library), and the
+//!   library, side by side in each round; see the `handwritten` module.
 //! - failover (`--cases failover`, not in the default set): how long the
 //!   partitions of a member of `examples/partitioned.rs` (3 processes, 6
 //!   partitions) go unprocessed when it is killed, and when it leaves on
@@ -102,7 +107,7 @@ pub struct Options {
     pub keyed_messages: u64,
     /// Rounds of each kind of stop in the failover case.
     pub failovers: usize,
-    /// Which cases: any of `pull`, `push`, `restart`, `keyed`,
+    /// Which cases: any of `pull`, `push`, `restart`, `keyed`, `handwritten`,
     /// `pipeline`, `metrics`, `continuous`, `failover`.
     pub cases: Vec<String>,
     /// Where the table and the plot go.
