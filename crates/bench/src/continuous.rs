@@ -105,13 +105,13 @@ pub(crate) async fn continuous_case(
     for round in 0..options.rounds {
         let ((raw_rate, raw_cpu), (library_rate, library_cpu)) = match options.side {
             Side::Raw => (raw_run(js, n, window, pid).await?, SKIPPED),
-            Side::Library => (SKIPPED, library_run(js, n, window, pid).await?),
+            Side::Library => (SKIPPED, library_run(js, options, n, window).await?),
             Side::Both if round % 2 == 0 => {
                 let raw_run = raw_run(js, n, window, pid).await?;
-                (raw_run, library_run(js, n, window, pid).await?)
+                (raw_run, library_run(js, options, n, window).await?)
             }
             Side::Both => {
-                let library_run = library_run(js, n, window, pid).await?;
+                let library_run = library_run(js, options, n, window).await?;
                 (raw_run(js, n, window, pid).await?, library_run)
             }
         };
@@ -229,10 +229,11 @@ async fn raw_run(
 /// bench's acking target. Returns its rate.
 pub(crate) async fn library_run(
     js: &jetstream::Context,
+    options: &Options,
     n: u64,
     window: usize,
-    server: Option<u32>,
 ) -> Result<(f64, CpuUse), BoxError> {
+    let server = options.server_pid;
     fill(js, n).await?;
     let (target, mut probe) = spawn_target(n).await?;
     let spec = ConsumerSpec::new(
@@ -242,7 +243,7 @@ pub(crate) async fn library_run(
         PullSpec::continuous().window(window as u64),
     );
     let args = SupervisorArgs::new(js.clone(), Topology::new().consumer(spec))
-        .target(TARGET, target.get_derived());
+        .target(TARGET, super::library_target(options, &target));
     let cpu = CpuMark::now(server);
     let sent = Sent::now(js);
     let started = Instant::now();

@@ -182,7 +182,9 @@ async fn run(
         return match kind {
             Kind::Pull(batch) => super::pull_library_run(js, options, n, batch).await,
             Kind::Push(window) => super::push_library_run(js, options, n, window).await,
-            Kind::Continuous(window) => super::continuous::library_run(js, n, window, server).await,
+            Kind::Continuous(window) => {
+                super::continuous::library_run(js, options, n, window).await
+            }
         };
     }
     fill(js, n).await?;

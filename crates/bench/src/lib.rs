@@ -73,8 +73,8 @@ use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_jetstream::{
-    ConsumerArgs, ConsumerMsg, ConsumerSpec, Delivery, JetStreamSupervisor, PullConsumer,
-    PushConsumer, PushSpec, RestartPolicy, SupervisorArgs, SupervisorMsg, Topology,
+    ConsumerArgs, ConsumerMsg, ConsumerSpec, Deliveries, Delivery, JetStreamSupervisor,
+    PullConsumer, PushConsumer, PushSpec, RestartPolicy, SupervisorArgs, SupervisorMsg, Topology,
 };
 use tokio::sync::oneshot;
 
@@ -118,6 +118,10 @@ pub struct Options {
     /// Where the cases run: on the `block_on` thread (`main`, the
     /// default) or in a spawned task (`task`); `--caller`.
     pub caller: Caller,
+    /// Whether the library's target in the pull, push, continuous and
+    /// handwritten cases takes one delivery per message (`each`, the
+    /// default) or batches (`batches`: `Target::batches`); `--target`.
+    pub batch_target: bool,
     /// The embedded nats-server's pid (set by [`run`], not a flag), for
     /// the CPU figures.
     pub server_pid: Option<u32>,
@@ -184,6 +188,7 @@ impl Options {
             server_pid: None,
             side: Side::Both,
             caller: Caller::Main,
+            batch_target: false,
         };
         let mut args = args.peekable();
         while let Some(flag) = args.next() {
@@ -216,6 +221,15 @@ impl Options {
                         "task" => Caller::Task,
                         other => {
                             return Err(format!("--caller takes main or task, got {other:?}"));
+                        }
+                    }
+                }
+                "--target" => {
+                    options.batch_target = match value(&flag)?.as_str() {
+                        "each" => false,
+                        "batches" => true,
+                        other => {
+                            return Err(format!("--target takes each or batches, got {other:?}"));
                         }
                     }
                 }
@@ -581,7 +595,7 @@ async fn pull_library(
     fill(js, n).await?;
     let (target, probe) = spawn_target(n).await?;
     let spec = ConsumerSpec::pull("BENCH", "actor", "bench");
-    let child = spawn_pull_child(js, spec, target.get_derived().into()).await?;
+    let child = spawn_pull_child(js, spec, library_target(options, &target)).await?;
     reset_peak_rss();
     let sampler = InFlightSampler::start(child.clone());
     let cpu = cpu::CpuMark::now(options.server_pid);
@@ -678,7 +692,7 @@ async fn push_library(
     reset_peak_rss();
     let cpu = cpu::CpuMark::now(options.server_pid);
     let started = Instant::now();
-    let child = spawn_push_child(js, "actor", window, &target).await?;
+    let child = spawn_push_child_to(js, "actor", window, library_target(options, &target)).await?;
     let sampler = InFlightSampler::start(child.clone());
     probe.wait_all().await?;
     js.client().flush().await?;
@@ -815,6 +829,16 @@ async fn spawn_pull_child(
     Ok(child)
 }
 
+/// The library's target in a run: the bench's target, taking one
+/// delivery per message or, with `--target batches`, batches.
+fn library_target(options: &Options, target: &ActorRef<TargetMsg>) -> ractor_jetstream::Target {
+    if options.batch_target {
+        ractor_jetstream::Target::batches(target.get_derived())
+    } else {
+        target.get_derived().into()
+    }
+}
+
 /// Spawns a push child of its own (no supervisor) on the durable
 /// `durable` with `window`, feeding `target`: it starts consuming at once.
 async fn spawn_push_child(
@@ -822,6 +846,16 @@ async fn spawn_push_child(
     durable: &str,
     window: usize,
     target: &ActorRef<TargetMsg>,
+) -> Result<ActorRef<ConsumerMsg>, BoxError> {
+    spawn_push_child_to(js, durable, window, target.get_derived().into()).await
+}
+
+/// [`spawn_push_child`] with any kind of target.
+async fn spawn_push_child_to(
+    js: &jetstream::Context,
+    durable: &str,
+    window: usize,
+    target: ractor_jetstream::Target,
 ) -> Result<ActorRef<ConsumerMsg>, BoxError> {
     let spec = ConsumerSpec::new(
         "BENCH",
@@ -835,7 +869,7 @@ async fn spawn_push_child(
         ConsumerArgs {
             connection: js.clone().into(),
             spec,
-            target: target.get_derived().into(),
+            target,
         },
     )
     .await?;
@@ -893,6 +927,8 @@ struct Target;
 pub enum TargetMsg {
     /// A delivery.
     Delivery(Delivery),
+    /// Deliveries, with `--target batches`.
+    Batch(Deliveries),
     /// Hand over the recorded latencies (µs).
     Latencies(RpcReplyPort<Vec<u32>>),
 }
@@ -900,6 +936,22 @@ pub enum TargetMsg {
 impl From<Delivery> for TargetMsg {
     fn from(delivery: Delivery) -> Self {
         TargetMsg::Delivery(delivery)
+    }
+}
+
+impl From<Deliveries> for TargetMsg {
+    fn from(batch: Deliveries) -> Self {
+        TargetMsg::Batch(batch)
+    }
+}
+
+impl TryFrom<TargetMsg> for Deliveries {
+    type Error = TargetMsg;
+    fn try_from(msg: TargetMsg) -> Result<Self, TargetMsg> {
+        match msg {
+            TargetMsg::Batch(batch) => Ok(batch),
+            other => Err(other),
+        }
     }
 }
 
@@ -922,6 +974,29 @@ struct TargetState {
     epoch: Instant,
 }
 
+impl TargetState {
+    /// Notes a delivery's latency, acks it, counts it.
+    fn take(&mut self, delivery: Delivery) {
+        let now = Instant::now();
+        let waited = now.saturating_duration_since(delivery.received_at());
+        if self.latencies.len() < 2_000_000 {
+            self.latencies
+                .push(waited.as_micros().min(u128::from(u32::MAX)) as u32);
+        }
+        self.last_received.store(
+            now.duration_since(self.epoch).as_nanos() as u64,
+            Ordering::Relaxed,
+        );
+        delivery.ack();
+        self.received += 1;
+        if self.received == self.expected
+            && let Some(done) = self.done.take()
+        {
+            let _ = done.send(());
+        }
+    }
+}
+
 impl Actor for Target {
     type Msg = TargetMsg;
     type State = TargetState;
@@ -942,24 +1017,10 @@ impl Actor for Target {
         state: &mut TargetState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            TargetMsg::Delivery(delivery) => {
-                let now = Instant::now();
-                let waited = now.saturating_duration_since(delivery.received_at());
-                if state.latencies.len() < 2_000_000 {
-                    state
-                        .latencies
-                        .push(waited.as_micros().min(u128::from(u32::MAX)) as u32);
-                }
-                state.last_received.store(
-                    now.duration_since(state.epoch).as_nanos() as u64,
-                    Ordering::Relaxed,
-                );
-                delivery.ack();
-                state.received += 1;
-                if state.received == state.expected
-                    && let Some(done) = state.done.take()
-                {
-                    let _ = done.send(());
+            TargetMsg::Delivery(delivery) => state.take(delivery),
+            TargetMsg::Batch(batch) => {
+                for delivery in batch {
+                    state.take(delivery);
                 }
             }
             TargetMsg::Latencies(reply) => {

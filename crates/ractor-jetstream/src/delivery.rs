@@ -59,8 +59,10 @@ use tokio::sync::mpsc;
 
 use crate::error::Error;
 
+mod batch;
 mod info;
 
+pub use batch::Deliveries;
 pub(crate) use info::AckMeta;
 pub use info::DeliveryInfo;
 

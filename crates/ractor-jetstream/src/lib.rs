@@ -185,6 +185,12 @@
 //! The type parameter of the last two is the actor's own message type
 //! (`Delivery`, or an enum that converts from and into it).
 //!
+//! A batch target ([`Target::batches`], [`Target::registered_batches`])
+//! gets [`Deliveries`] instead: what the child has ready at one moment,
+//! in one actor message, each delivery still settled on its own. It pays
+//! the cost of an actor message once per batch rather than once per
+//! delivery.
+//!
 //! So a target that its own supervisor restarts under the same name (or
 //! into the same group) gets the deliveries with no application code:
 //!
@@ -296,7 +302,7 @@ pub use consumer::{
     CONFIRM_WITHIN, ConsumerArgs, ConsumerMsg, ConsumerState, ConsumerStats, DrainReport, FetchEnd,
     FetchOutcome, MAX_FETCH_BATCH, MAX_FETCH_EXPIRES, MAX_QUEUED_FETCHES, ServerLag,
 };
-pub use delivery::{Decision, Delivery, DeliveryInfo};
+pub use delivery::{Decision, Deliveries, Delivery, DeliveryInfo};
 pub use ensure::{ConsumerAction, StreamAction, ensure_consumer, ensure_stream};
 pub use error::{
     ActorErrorKind, Error, ErrorKind, FieldError, ServerErrorKind, UnavailableReason,

@@ -38,13 +38,17 @@
 //!
 //! A message that finds no running target is handled as before (see the
 //! consumer docs): nak'ed or kept for the next target, never lost.
+//!
+//! A batch target ([`Target::batches`], [`Target::registered_batches`])
+//! gets [`Deliveries`]: what the child has ready at one moment, in one
+//! actor message, each delivery still settled on its own.
 
 use std::fmt;
 use std::sync::Arc;
 
-use ractor::{ActorRef, ActorStatus, DerivedActorRef, Message};
+use ractor::{ActorId, ActorRef, ActorStatus, DerivedActorRef, Message};
 
-use crate::delivery::Delivery;
+use crate::delivery::{Deliveries, Delivery};
 use crate::keyed::Workers;
 
 /// Where a consumer's deliveries go. Built from an actor
@@ -58,14 +62,38 @@ pub struct Target {
 
 #[derive(Clone)]
 enum Kind {
-    Actor(DerivedActorRef<Delivery>),
+    Actor(Recipient),
     /// Keyed workers, started by the child (see [`Workers`]).
     Workers(Workers),
     Lookup {
         /// What is looked up, for logs and `Debug`.
         label: String,
-        resolve: Arc<dyn Fn() -> Option<DerivedActorRef<Delivery>> + Send + Sync>,
+        resolve: Arc<dyn Fn() -> Option<Recipient> + Send + Sync>,
     },
+}
+
+/// The actor a child hands its deliveries to: one message per delivery,
+/// or one per batch.
+#[derive(Clone)]
+pub(crate) enum Recipient {
+    One(DerivedActorRef<Delivery>),
+    Batches(DerivedActorRef<Deliveries>),
+}
+
+impl Recipient {
+    pub fn id(&self) -> ActorId {
+        match self {
+            Recipient::One(actor) => actor.get_id(),
+            Recipient::Batches(actor) => actor.get_id(),
+        }
+    }
+
+    fn status(&self) -> ActorStatus {
+        match self {
+            Recipient::One(actor) => actor.get_status(),
+            Recipient::Batches(actor) => actor.get_status(),
+        }
+    }
 }
 
 impl Target {
@@ -73,8 +101,35 @@ impl Target {
     /// `SetTarget`.
     pub fn actor(actor: DerivedActorRef<Delivery>) -> Self {
         Self {
-            kind: Kind::Actor(actor),
+            kind: Kind::Actor(Recipient::One(actor)),
         }
+    }
+
+    /// This actor, and no other, taking [`Deliveries`]: what the child has
+    /// ready at one moment, in one message (see [`Deliveries`]). A
+    /// successor after a restart needs a `SetTarget`. (There is no `From`
+    /// for it: `get_derived().into()` would no longer know which kind of
+    /// target it makes.)
+    pub fn batches(actor: DerivedActorRef<Deliveries>) -> Self {
+        Self {
+            kind: Kind::Actor(Recipient::Batches(actor)),
+        }
+    }
+
+    /// The actor registered in ractor under `name`, whose message type is
+    /// `M`, taking [`Deliveries`]. Looked up when a child starts and again
+    /// whenever the actor in hand has stopped.
+    pub fn registered_batches<M>(name: impl Into<String>) -> Self
+    where
+        M: Message + From<Deliveries>,
+        Deliveries: TryFrom<M>,
+    {
+        let name = name.into();
+        let key = name.clone();
+        Self::lookup(format!("registered `{name}` (batches)"), move || {
+            ActorRef::<M>::where_is(key.clone())
+                .map(|actor| Recipient::Batches(actor.get_derived()))
+        })
     }
 
     /// The actor registered in ractor under `name`, whose message type is
@@ -88,7 +143,7 @@ impl Target {
         let name = name.into();
         let key = name.clone();
         Self::lookup(format!("registered `{name}`"), move || {
-            ActorRef::<M>::where_is(key.clone()).map(|actor| actor.get_derived())
+            ActorRef::<M>::where_is(key.clone()).map(|actor| Recipient::One(actor.get_derived()))
         })
     }
 
@@ -107,13 +162,13 @@ impl Target {
                 .into_iter()
                 .map(ActorRef::<M>::from)
                 .find(|actor| running(actor.get_status()))
-                .map(|actor| actor.get_derived())
+                .map(|actor| Recipient::One(actor.get_derived()))
         })
     }
 
     fn lookup(
         label: String,
-        resolve: impl Fn() -> Option<DerivedActorRef<Delivery>> + Send + Sync + 'static,
+        resolve: impl Fn() -> Option<Recipient> + Send + Sync + 'static,
     ) -> Self {
         Self {
             kind: Kind::Lookup {
@@ -123,9 +178,18 @@ impl Target {
         }
     }
 
-    /// The actor now, if one is found (`None` for [`Workers`], which the
-    /// consumer child starts itself).
+    /// The actor now, if one is found and it takes deliveries one at a
+    /// time (`None` for [`Workers`], which the consumer child starts
+    /// itself, and for a batch target).
     pub fn resolve(&self) -> Option<DerivedActorRef<Delivery>> {
+        match self.recipient()? {
+            Recipient::One(actor) => Some(actor),
+            Recipient::Batches(_) => None,
+        }
+    }
+
+    /// The actor now, if one is found.
+    pub(crate) fn recipient(&self) -> Option<Recipient> {
         match &self.kind {
             Kind::Actor(actor) => Some(actor.clone()),
             Kind::Lookup { resolve, .. } => resolve(),
@@ -162,19 +226,23 @@ impl From<ActorRef<Delivery>> for Target {
     }
 }
 
+
 impl fmt::Debug for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
-            Kind::Actor(actor) => write!(f, "Target::actor({})", actor.get_id()),
+            Kind::Actor(Recipient::One(actor)) => write!(f, "Target::actor({})", actor.get_id()),
+            Kind::Actor(Recipient::Batches(actor)) => {
+                write!(f, "Target::batches({})", actor.get_id())
+            }
             Kind::Lookup { label, .. } => write!(f, "Target({label})"),
             Kind::Workers(_) => write!(f, "Target::workers"),
         }
     }
 }
 
-/// Whether a target (or a keyed worker) can take deliveries.
-pub(crate) fn is_running(target: &DerivedActorRef<Delivery>) -> bool {
-    running(target.get_status())
+/// Whether a target can take deliveries.
+pub(crate) fn is_running(target: &Recipient) -> bool {
+    running(target.status())
 }
 
 fn running(status: ActorStatus) -> bool {
@@ -184,12 +252,12 @@ fn running(status: ActorStatus) -> bool {
 /// A worker's target: the actor in hand, looked up again when it stopped.
 pub(crate) struct TargetSlot {
     target: Target,
-    current: Option<DerivedActorRef<Delivery>>,
+    current: Option<Recipient>,
 }
 
 impl TargetSlot {
     pub fn new(target: Target) -> Self {
-        let current = target.resolve();
+        let current = target.recipient();
         Self { target, current }
     }
 
@@ -201,12 +269,12 @@ impl TargetSlot {
     /// The actor to deliver to: the one in hand while it runs; otherwise
     /// the one the target names now, if any. `None` when no actor was ever
     /// found (a name nobody registered yet).
-    pub fn get(&mut self) -> Option<&DerivedActorRef<Delivery>> {
+    pub fn get(&mut self) -> Option<&Recipient> {
         let stale = self
             .current
             .as_ref()
-            .is_none_or(|actor| !running(actor.get_status()));
-        if stale && let Some(found) = self.target.resolve() {
+            .is_none_or(|actor| !running(actor.status()));
+        if stale && let Some(found) = self.target.recipient() {
             self.current = Some(found);
         }
         self.current.as_ref()

@@ -45,7 +45,6 @@ use std::time::Duration;
 
 use async_nats::Subject;
 use bytes::Bytes;
-use ractor::DerivedActorRef;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -57,6 +56,7 @@ pub(crate) use super::guard::{GuardedSubscription, UnreadSink};
 use super::settle;
 use crate::delivery::{Decision, Delivery, Settlement, Token};
 use crate::keyed::{Router, Routing};
+use crate::target::Recipient;
 pub(crate) use crate::target::is_running;
 pub(crate) use outbox::ACK_LINGER;
 
@@ -123,7 +123,10 @@ pub(crate) struct InFlight {
     stream: Arc<str>,
     consumer: Arc<str>,
     /// The target of the latest forward.
-    target: Option<DerivedActorRef<Delivery>>,
+    target: Option<Recipient>,
+    /// For a batch target: what was forwarded and not yet handed over
+    /// (see [`hand_over`](Self::hand_over)).
+    batch: Vec<Delivery>,
     settle_tx: mpsc::UnboundedSender<Settlement>,
     settle_rx: mpsc::UnboundedReceiver<Settlement>,
     slots: Vec<Slot>,
@@ -180,6 +183,7 @@ impl InFlight {
             stream,
             consumer,
             target: None,
+            batch: Vec::new(),
             settle_tx,
             settle_rx,
             slots: Vec::new(),
@@ -225,13 +229,11 @@ impl InFlight {
         UnreadSink::new(self.settle_tx.clone())
     }
 
-    /// Points the registry at `target`, when it is another actor.
-    fn use_target(&mut self, target: &DerivedActorRef<Delivery>) {
-        if self
-            .target
-            .as_ref()
-            .is_none_or(|t| t.get_id() != target.get_id())
-        {
+    /// Points the registry at `target`, when it is another actor; what
+    /// waits for the previous one is handed to it first.
+    fn use_target(&mut self, target: &Recipient) {
+        if self.target.as_ref().is_none_or(|t| t.id() != target.id()) {
+            self.hand_over();
             self.target = Some(target.clone());
         }
     }

@@ -57,7 +57,7 @@ use std::time::Duration;
 
 use async_nats::{StatusCode, Subject};
 use bytes::Bytes;
-use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::time::Instant;
 
 use super::inflight::{ForwardError, GuardedSubscription, InFlight};
@@ -65,10 +65,10 @@ use super::{
     Alarm, ConsumerArgs, ConsumerMsg, ConsumerState, DrainReport, WorkerCtl, WorkerCtx,
     WorkerInbox, drain_in_flight, handle_child_msg, start_child,
 };
-use crate::delivery::Delivery;
 use crate::ensure::consumer_info;
 use crate::error::{Error, ServerErrorKind, UnavailableReason};
 use crate::spec::ConsumerMode;
+use crate::target::Recipient;
 use unread::Unread;
 
 /// The push consumer child. Its messages are [`ConsumerMsg`]; see the
@@ -277,7 +277,7 @@ impl Pump<'_> {
     async fn on_message(
         &mut self,
         message: async_nats::Message,
-        target: Option<&DerivedActorRef<Delivery>>,
+        target: Option<&Recipient>,
     ) -> Result<(), Error> {
         self.active = true;
         match message.status {
@@ -319,7 +319,7 @@ impl Pump<'_> {
     fn forward(
         &mut self,
         message: async_nats::Message,
-        target: Option<&DerivedActorRef<Delivery>>,
+        target: Option<&Recipient>,
     ) -> Result<(), Error> {
         let Some(target) = target else {
             return Err(self.target_not_running());

@@ -2,20 +2,25 @@
 //! when no target can take it, is nak'ed or kept for the next one.
 
 use bytes::Bytes;
-use ractor::{DerivedActorRef, MessagingErr};
+use ractor::MessagingErr;
 use tokio::time::Instant;
 
 use super::super::settle::{self, Plan, Seen};
 use super::{Entry, ForwardError, InFlight, Settled, Slot, Stage, split, token};
-use crate::delivery::{AckMeta, Decision, Delivery, Token};
+use crate::delivery::{AckMeta, Decision, Deliveries, Delivery, Token};
+use crate::target::Recipient;
 use async_nats::jetstream::AckKind;
+
+/// The most deliveries handed to a batch target in one message; a worker
+/// that forwards more before it waits hands them over in parts.
+const MAX_BATCH: usize = 256;
 
 impl InFlight {
     /// Forwards one message to the target, tracking it until it is settled.
     pub fn forward(
         &mut self,
         message: async_nats::Message,
-        target: &DerivedActorRef<Delivery>,
+        target: &Recipient,
     ) -> Result<u64, ForwardError> {
         self.use_target(target);
         let (token, info, now) = self.track(&message)?;
@@ -124,7 +129,7 @@ impl InFlight {
 
     /// Hands kept deliveries to the target, at most `max`. Returns how
     /// many reached it.
-    pub fn forward_kept(&mut self, max: usize, target: &DerivedActorRef<Delivery>) -> usize {
+    pub fn forward_kept(&mut self, max: usize, target: &Recipient) -> usize {
         self.use_target(target);
         let mut forwarded = 0;
         while forwarded < max && self.target_running() {
@@ -148,7 +153,37 @@ impl InFlight {
                 forwarded += 1;
             }
         }
+        self.hand_over();
         forwarded
+    }
+
+    /// Hands what waits for a batch target over to it, in one message.
+    /// Nothing to do for a per-delivery target (each went at once). When
+    /// the target is gone the batch is dropped, and each of its deliveries
+    /// reports itself abandoned through the settlement channel: nak'ed, or
+    /// kept for the next target, as one that found no target.
+    ///
+    /// Every wait of a worker goes through [`next_verdict`](Self::next_verdict),
+    /// which hands over first, so nothing waits here while the worker
+    /// sleeps.
+    pub fn hand_over(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        match &self.target {
+            Some(Recipient::Batches(actor)) => {
+                // On failure the batch comes back in the error, dropped here.
+                let _ = actor.send_message(Deliveries::new(batch));
+            }
+            Some(Recipient::One(actor)) => {
+                for delivery in batch {
+                    let _ = actor.send_message(delivery);
+                }
+            }
+            // Dropped: each delivery reports itself abandoned.
+            None => {}
+        }
     }
 
     fn send_to_target(
@@ -188,10 +223,18 @@ impl InFlight {
             router.dispatch();
             return Ok(stream_sequence);
         }
-        let Some(target) = self.target.as_ref() else {
-            return Err(ForwardError::TargetGone);
+        let actor = match self.target.as_ref() {
+            Some(Recipient::One(actor)) => actor,
+            Some(Recipient::Batches(_)) => {
+                self.batch.push(delivery);
+                if self.batch.len() >= MAX_BATCH {
+                    self.hand_over();
+                }
+                return Ok(stream_sequence);
+            }
+            None => return Err(ForwardError::TargetGone),
         };
-        match target.send_message(delivery) {
+        match actor.send_message(delivery) {
             Ok(()) => Ok(stream_sequence),
             Err(MessagingErr::SendErr(delivery)) => {
                 let message = delivery.into_message();

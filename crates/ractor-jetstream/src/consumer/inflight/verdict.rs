@@ -18,7 +18,10 @@ const GAVE_UP: &str = "the child had given up on the delivery (its hold ended, o
 
 impl InFlight {
     /// Waits for the next verdict. Never ends: the registry holds a sender.
+    /// Hands what waits for a batch target over first: every worker waits
+    /// through here.
     pub async fn next_verdict(&mut self) -> Settlement {
+        self.hand_over();
         match self.settle_rx.recv().await {
             Some(settlement) => settlement,
             // Unreachable while `self.settle_tx` lives; wait forever rather

@@ -182,6 +182,7 @@ impl Worker {
                 }
             }
             if forwarded == FORWARD_BURST {
+                self.in_flight.hand_over();
                 tokio::task::yield_now().await;
             }
             if let Err(err) = self.top_up(&mut stream, inbox).await {

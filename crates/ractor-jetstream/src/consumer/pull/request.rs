@@ -9,14 +9,14 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::StatusCode;
-use ractor::DerivedActorRef;
+
 use tokio::time::Instant;
 
 use super::{EXPIRY_GRACE, RECONNECT_CHECK, RETRY_FIRST, RETRY_MAX, Worker};
 use crate::consumer::inflight::ForwardError;
 use crate::consumer::{FetchEnd, FetchOutcome, WorkerInbox};
-use crate::delivery::Delivery;
 use crate::error::Error;
+use crate::target::Recipient;
 
 /// Where a fetch's pull request stands.
 pub(super) enum Request {
@@ -49,7 +49,7 @@ pub(super) struct Fetch {
     pub(super) end: FetchEnd,
     /// The target actor this fetch delivers to (a successor gets the next
     /// fetch).
-    pub(super) target: DerivedActorRef<Delivery>,
+    pub(super) target: Recipient,
     /// The target stopped during the fetch.
     pub(super) target_gone: bool,
     /// A failure that ends the child.

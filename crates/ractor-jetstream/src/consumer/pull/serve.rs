@@ -145,6 +145,7 @@ impl Worker {
             if forwarded == FORWARD_BURST {
                 // Let the target (often scheduled on this same thread) start
                 // on what it got, so that deciding overlaps forwarding.
+                self.in_flight.hand_over();
                 tokio::task::yield_now().await;
             }
             if matches!(fetch.request, Request::Closed) && self.in_flight.undecided() == 0 {
