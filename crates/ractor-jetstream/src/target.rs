@@ -226,7 +226,6 @@ impl From<ActorRef<Delivery>> for Target {
     }
 }
 
-
 impl fmt::Debug for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
