@@ -206,10 +206,13 @@ impl Pump<'_> {
                 };
                 self.forward(message, inbox.target.get())?;
             }
-            if !decision_alarm.is_armed()
-                && let Some(deadline) = self.in_flight.next_deadline()
-            {
-                decision_alarm.arm(deadline);
+            // Asked every time round, not only when the alarm is unarmed:
+            // asking drops the settled deliveries from the front of the
+            // registry's deadline queues, which otherwise grow by one entry
+            // per delivery until the alarm next goes off (a keep-alive
+            // period, 15 s by default, later).
+            if let Some(deadline) = self.in_flight.next_deadline() {
+                decision_alarm.arm_if_earlier(deadline);
             }
             if self.unread.len() > 0 && !keep_alive_alarm.is_armed() {
                 keep_alive_alarm.arm(Instant::now() + self.unread.period());
