@@ -180,8 +180,14 @@ async fn run(
     let server = options.server_pid;
     if side == Side::Library {
         return match kind {
-            Kind::Pull(batch) => super::pull_library_run(js, options, n, batch).await,
-            Kind::Push(window) => super::push_library_run(js, options, n, window).await,
+            Kind::Pull(batch) => {
+                let (elapsed, run) = super::pull_library(js, options, n, batch).await?;
+                run.finish(js, n, elapsed).await
+            }
+            Kind::Push(window) => {
+                let (elapsed, run) = super::push_library(js, options, n, window).await?;
+                run.finish(js, n, elapsed).await
+            }
             Kind::Continuous(window) => {
                 super::continuous::library_run(js, options, n, window).await
             }
@@ -192,20 +198,14 @@ async fn run(
     let durable = if side == Side::Raw { "raw" } else { "hand" };
     let mut sink = match side {
         Side::Raw => Sink::Inline,
-        Side::Batched => Sink::batches().await?,
-        _ => Sink::actor().await?,
+        Side::Batched => Sink::actor(true).await?,
+        _ => Sink::actor(false).await?,
     };
     let cpu = CpuMark::now(server);
     let started = Instant::now();
     match kind {
         Kind::Pull(batch) => {
-            let consumer: consumer::PullConsumer = stream
-                .create_consumer(consumer::pull::Config {
-                    durable_name: Some(durable.into()),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ..Default::default()
-                })
-                .await?;
+            let consumer = pull_durable(&stream, durable).await?;
             let mut done = 0;
             while done < n {
                 let messages = consumer
@@ -233,13 +233,7 @@ async fn run(
             sink.settled(n).await;
         }
         Kind::Continuous(window) => {
-            let consumer: consumer::PullConsumer = stream
-                .create_consumer(consumer::pull::Config {
-                    durable_name: Some(durable.into()),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ..Default::default()
-                })
-                .await?;
+            let consumer = pull_durable(&stream, durable).await?;
             let messages = consumer
                 .stream()
                 .max_messages_per_batch(window)
@@ -257,42 +251,50 @@ async fn run(
     Ok((n as f64 / elapsed.as_secs_f64(), used))
 }
 
+/// A fresh pull durable with explicit acks.
+async fn pull_durable(
+    stream: &jetstream::stream::Stream,
+    durable: &str,
+) -> Result<consumer::PullConsumer, BoxError> {
+    let config = consumer::pull::Config {
+        durable_name: Some(durable.into()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ..Default::default()
+    };
+    Ok(stream.create_consumer(config).await?)
+}
+
 /// Where a loop's messages go: acked in place, or to an actor that acks
 /// them, one message or a batch at a time.
 enum Sink {
     Inline,
     Actor {
-        actor: ActorRef<jetstream::Message>,
-        acked: Arc<AtomicU64>,
-        notify: Arc<Notify>,
-    },
-    Batches {
-        actor: ActorRef<Vec<jetstream::Message>>,
+        actor: ActorRef<ToAck>,
+        /// Whether what is ready goes in one message.
+        batched: bool,
         acked: Arc<AtomicU64>,
         notify: Arc<Notify>,
     },
 }
 
+/// What the acking actor gets: one message, or a batch.
+#[allow(clippy::large_enum_variant)] // ractor boxes every message anyway
+enum ToAck {
+    One(jetstream::Message),
+    Batch(Vec<jetstream::Message>),
+}
+
 /// What an acking actor shares with its loop: how many it acked, and a
-/// wake-up after each.
+/// wake-up after each message it handled.
 type Count = (Arc<AtomicU64>, Arc<Notify>);
 
 impl Sink {
-    async fn actor() -> Result<Self, BoxError> {
+    async fn actor(batched: bool) -> Result<Self, BoxError> {
         let (acked, notify) = (Arc::new(AtomicU64::new(0)), Arc::new(Notify::new()));
         let (actor, _) = Actor::spawn(None, Acker, (acked.clone(), notify.clone())).await?;
         Ok(Sink::Actor {
             actor,
-            acked,
-            notify,
-        })
-    }
-
-    async fn batches() -> Result<Self, BoxError> {
-        let (acked, notify) = (Arc::new(AtomicU64::new(0)), Arc::new(Notify::new()));
-        let (actor, _) = Actor::spawn(None, BatchAcker, (acked.clone(), notify.clone())).await?;
-        Ok(Sink::Batches {
-            actor,
+            batched,
             acked,
             notify,
         })
@@ -312,56 +314,58 @@ impl Sink {
             };
             let message = message.map_err(Into::into)?;
             taken += 1;
-            match self {
-                Sink::Inline => message.ack().await?,
-                Sink::Actor { actor, .. } => actor
-                    .send_message(message)
-                    .map_err(|err| format!("the acking actor: {err}"))?,
-                Sink::Batches { actor, .. } => {
-                    // With it, whatever else is ready now.
-                    let mut batch = vec![message];
-                    while taken < max {
-                        match messages.next().now_or_never() {
-                            Some(Some(message)) => {
-                                batch.push(message.map_err(Into::into)?);
-                                taken += 1;
-                            }
-                            _ => break,
-                        }
-                    }
-                    actor
-                        .send_message(batch)
-                        .map_err(|err| format!("the acking actor: {err}"))?;
+            let (actor, batched) = match self {
+                Sink::Inline => {
+                    message.ack().await?;
+                    continue;
                 }
-            }
+                Sink::Actor { actor, batched, .. } => (actor, *batched),
+            };
+            let to_ack = if batched {
+                // With it, whatever else is ready now.
+                let mut batch = vec![message];
+                while taken < max {
+                    match messages.next().now_or_never() {
+                        Some(Some(message)) => {
+                            batch.push(message.map_err(Into::into)?);
+                            taken += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                ToAck::Batch(batch)
+            } else {
+                ToAck::One(message)
+            };
+            actor
+                .send_message(to_ack)
+                .map_err(|_| "the acking actor is gone")?;
         }
         Ok(taken)
     }
 
     /// Waits until the actor has acked `count` messages in all.
     async fn settled(&self, count: u64) {
-        let (Sink::Actor { acked, notify, .. } | Sink::Batches { acked, notify, .. }) = self else {
-            return;
-        };
-        while acked.load(Ordering::Acquire) < count {
-            notify.notified().await;
+        if let Sink::Actor { acked, notify, .. } = self {
+            while acked.load(Ordering::Acquire) < count {
+                notify.notified().await;
+            }
         }
     }
 
     fn stop(&self) {
-        match self {
-            Sink::Inline => {}
-            Sink::Actor { actor, .. } => actor.stop(None),
-            Sink::Batches { actor, .. } => actor.stop(None),
+        if let Sink::Actor { actor, .. } = self {
+            actor.stop(None);
         }
     }
 }
 
-/// The handwritten side's actor: acks each message and counts it.
+/// The handwritten and batched sides' actor: acks each message it gets,
+/// in turn, and counts them.
 struct Acker;
 
 impl Actor for Acker {
-    type Msg = jetstream::Message;
+    type Msg = ToAck;
     type State = Count;
     type Arguments = Count;
 
@@ -376,43 +380,22 @@ impl Actor for Acker {
     async fn handle(
         &self,
         _: ActorRef<Self::Msg>,
-        message: jetstream::Message,
+        to_ack: ToAck,
         (acked, notify): &mut Count,
     ) -> Result<(), ActorProcessingErr> {
-        message.ack().await?;
-        acked.fetch_add(1, Ordering::Release);
-        notify.notify_one();
-        Ok(())
-    }
-}
-
-/// The batched side's actor: acks each message of a batch in turn, and
-/// counts them.
-struct BatchAcker;
-
-impl Actor for BatchAcker {
-    type Msg = Vec<jetstream::Message>;
-    type State = Count;
-    type Arguments = Count;
-
-    async fn pre_start(
-        &self,
-        _: ActorRef<Self::Msg>,
-        count: Count,
-    ) -> Result<Count, ActorProcessingErr> {
-        Ok(count)
-    }
-
-    async fn handle(
-        &self,
-        _: ActorRef<Self::Msg>,
-        batch: Vec<jetstream::Message>,
-        (acked, notify): &mut Count,
-    ) -> Result<(), ActorProcessingErr> {
-        let n = batch.len() as u64;
-        for message in batch {
-            message.ack().await?;
-        }
+        let n = match to_ack {
+            ToAck::One(message) => {
+                message.ack().await?;
+                1
+            }
+            ToAck::Batch(batch) => {
+                let n = batch.len() as u64;
+                for message in batch {
+                    message.ack().await?;
+                }
+                n
+            }
+        };
         acked.fetch_add(n, Ordering::Release);
         notify.notify_one();
         Ok(())

@@ -611,28 +611,6 @@ async fn pull_library(
     Ok((elapsed, run))
 }
 
-/// One library run of the pull case, for another case: its rate and CPU.
-async fn pull_library_run(
-    js: &jetstream::Context,
-    options: &Options,
-    n: u64,
-    batch: usize,
-) -> Result<(f64, cpu::CpuUse), BoxError> {
-    let (elapsed, run) = pull_library(js, options, n, batch).await?;
-    run.finish(js, n, elapsed).await
-}
-
-/// One library run of the push case, for another case: its rate and CPU.
-async fn push_library_run(
-    js: &jetstream::Context,
-    options: &Options,
-    n: u64,
-    window: usize,
-) -> Result<(f64, cpu::CpuUse), BoxError> {
-    let (elapsed, run) = push_library(js, options, n, window).await?;
-    run.finish(js, n, elapsed).await
-}
-
 async fn push_case(js: &jetstream::Context, options: &Options) -> Result<CaseResult, BoxError> {
     let n = options.messages;
     let mut rounds = Rounds::default();
