@@ -9,9 +9,11 @@ use super::Delivery;
 /// Each [`Delivery`] in it is still settled on its own (ack, nak, term),
 /// with the same guarantees as one that came alone: its hold runs from
 /// when the child received it, and one dropped unsettled is nak'ed. A
-/// batch holds the deliveries in the order the server sent them, never
-/// more than the child's window (`max_in_flight` for push, the fetch's or
-/// the continuous window for pull), and is never empty.
+/// batch holds the deliveries in the order the server sent them, and is
+/// never empty. It holds no more than the child has out at once (the push
+/// window, the fetch, or the continuous window), and at most 256; a pull
+/// child hands over what it has every 16 messages, so that the target
+/// starts while the rest arrive.
 ///
 /// What it saves: one actor message per delivery, which costs a ractor
 /// application more CPU than anything else on the way (see the README's
