@@ -101,7 +101,8 @@ async fn batch_target(
 }
 
 /// A batch target that acks after working `work` on each batch,
-/// registered as `name` (retried while a killed predecessor releases it).
+/// registered as `name` (retried while a killed predecessor releases it)
+/// and a member of the process group `{name}-group`.
 async fn slow_batch_target(name: &str, work: Duration) -> (ActorRef<Deliveries>, Batches) {
     let seen = Batches::default();
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -114,7 +115,10 @@ async fn slow_batch_target(name: &str, work: Duration) -> (ActorRef<Deliveries>,
         )
         .await
         {
-            Ok((target, _)) => return (target, seen),
+            Ok((target, _)) => {
+                ractor::pg::join(format!("{name}-group"), vec![target.get_cell()]);
+                return (target, seen);
+            }
             Err(err) => {
                 assert!(tokio::time::Instant::now() < deadline, "{err}");
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -287,9 +291,26 @@ async fn a_continuous_child_hands_a_registered_batch_target_its_window_at_most()
 }
 
 #[tokio::test]
-async fn a_batch_target_killed_with_batches_in_hand_loses_nothing() {
+async fn a_registered_batch_target_killed_with_batches_in_hand_loses_nothing() {
+    killed_with_batches_in_hand("batch-killed", |name| {
+        Target::registered_batches::<Deliveries>(name)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_process_group_batch_target_killed_with_batches_in_hand_loses_nothing() {
+    killed_with_batches_in_hand("batch-killed-pg", |name| {
+        Target::group_batches::<Deliveries>(format!("{name}-group"))
+    })
+    .await;
+}
+
+/// A push child feeding the batch target that `target` names: the target
+/// is killed while it works on a batch, with more in its mailbox, and its
+/// successor (under the same name, in the same group) gets what it held.
+async fn killed_with_batches_in_hand(name: &str, target: impl FnOnce(&str) -> Target) {
     let env = env().await;
-    let name = "batch-killed";
     let (first, first_seen) = slow_batch_target(name, Duration::from_millis(20)).await;
     let topology = Topology::new()
         .stream(StreamSpec::new("BT", ["bt.>"]))
@@ -299,8 +320,7 @@ async fn a_batch_target_killed_with_batches_in_hand_loses_nothing() {
             "t",
             PushSpec::default().window(32),
         ));
-    let args = SupervisorArgs::new(env.js.clone(), topology)
-        .target("t", Target::registered_batches::<Deliveries>(name));
+    let args = SupervisorArgs::new(env.js.clone(), topology).target("t", target(name));
     let (_supervisor, _) = SupervisorHandle::spawn(None, args)
         .await
         .expect("supervisor");

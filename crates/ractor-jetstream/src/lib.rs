@@ -185,7 +185,8 @@
 //! The type parameter of the last two is the actor's own message type
 //! (`Delivery`, or an enum that converts from and into it).
 //!
-//! A batch target ([`Target::batches`], [`Target::registered_batches`])
+//! A batch target ([`Target::batches`], [`Target::registered_batches`],
+//! [`Target::group_batches`])
 //! gets [`Deliveries`] instead: what the child has ready at one moment,
 //! in one actor message, each delivery still settled on its own. It pays
 //! the cost of an actor message once per batch rather than once per

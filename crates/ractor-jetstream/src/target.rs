@@ -39,8 +39,8 @@
 //! A message that finds no running target is handled as before (see the
 //! consumer docs): nak'ed or kept for the next target, never lost.
 //!
-//! A batch target ([`Target::batches`], [`Target::registered_batches`])
-//! gets [`Deliveries`]: what the child has ready at one moment, in one
+//! A batch target ([`Target::batches`], [`Target::registered_batches`],
+//! [`Target::group_batches`]) gets [`Deliveries`]: what the child has ready at one moment, in one
 //! actor message, each delivery still settled on its own.
 
 use std::fmt;
@@ -158,11 +158,22 @@ impl Target {
         let group = group.into();
         let key = group.clone();
         Self::lookup(format!("process group `{group}`"), move || {
-            ractor::pg::get_members(&key)
-                .into_iter()
-                .map(ActorRef::<M>::from)
-                .find(|actor| running(actor.get_status()))
-                .map(|actor| Recipient::One(actor.get_derived()))
+            running_member::<M>(&key).map(|actor| Recipient::One(actor.get_derived()))
+        })
+    }
+
+    /// A running member of the ractor process group `group`, whose message
+    /// type is `M`, taking [`Deliveries`]; chosen as [`Target::group`]
+    /// chooses.
+    pub fn group_batches<M>(group: impl Into<String>) -> Self
+    where
+        M: Message + From<Deliveries>,
+        Deliveries: TryFrom<M>,
+    {
+        let group = group.into();
+        let key = group.clone();
+        Self::lookup(format!("process group `{group}` (batches)"), move || {
+            running_member::<M>(&key).map(|actor| Recipient::Batches(actor.get_derived()))
         })
     }
 
@@ -237,6 +248,15 @@ impl fmt::Debug for Target {
             Kind::Workers(_) => write!(f, "Target::workers"),
         }
     }
+}
+
+/// A running member of the process group `group`, as an actor of message
+/// type `M`.
+fn running_member<M: Message>(group: &String) -> Option<ActorRef<M>> {
+    ractor::pg::get_members(group)
+        .into_iter()
+        .map(ActorRef::<M>::from)
+        .find(|actor| running(actor.get_status()))
 }
 
 /// Whether a target can take deliveries.
