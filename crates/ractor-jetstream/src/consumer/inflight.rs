@@ -58,6 +58,7 @@ use crate::delivery::{Decision, Delivery, Settlement, Token};
 use crate::keyed::{Router, Routing};
 use crate::target::Recipient;
 pub(crate) use crate::target::is_running;
+pub(crate) use forward::MAX_BATCH;
 pub(crate) use outbox::ACK_LINGER;
 
 /// What became of one delivery, for the tally of a fetch.

@@ -11,9 +11,9 @@ use super::Delivery;
 /// when the child received it, and one dropped unsettled is nak'ed. A
 /// batch holds the deliveries in the order the server sent them, and is
 /// never empty. It holds no more than the child has out at once (the push
-/// window, the fetch, or the continuous window), and at most 256; a pull
-/// child hands over what it has every 16 messages, so that the target
-/// starts while the rest arrive.
+/// window, the fetch, or the continuous window), and at most 256; a
+/// fetch-driven pull child hands over what it has every 16 messages, so
+/// that the target starts while the rest of the fetch arrives.
 ///
 /// What it saves: one actor message per delivery, which costs a ractor
 /// application more CPU than anything else on the way (see the README's

@@ -13,7 +13,7 @@ use async_nats::jetstream::AckKind;
 
 /// The most deliveries handed to a batch target in one message; a worker
 /// that forwards more before it waits hands them over in parts.
-const MAX_BATCH: usize = 256;
+pub(crate) const MAX_BATCH: usize = 256;
 
 impl InFlight {
     /// Forwards one message to the target, tracking it until it is settled.
@@ -155,6 +155,11 @@ impl InFlight {
         }
         self.hand_over();
         forwarded
+    }
+
+    /// Whether the target takes batches.
+    pub fn hands_over_batches(&self) -> bool {
+        matches!(self.target, Some(Recipient::Batches(_)))
     }
 
     /// Hands what waits for a batch target over to it, in one message.

@@ -51,7 +51,7 @@ use super::barrier::Barrier;
 use super::replies::Replies;
 use super::{EXPIRY_GRACE, FORWARD_BURST, RECONNECT_CHECK, RETRY_FIRST, RETRY_MAX, Served, Worker};
 use super::{next_reply, refused_for_good};
-use crate::consumer::inflight::{ForwardError, is_running};
+use crate::consumer::inflight::{ForwardError, MAX_BATCH, is_running};
 use crate::consumer::{DrainReport, WorkerCtl, WorkerInbox, drain_in_flight};
 use crate::error::{Error, ServerErrorKind};
 
@@ -161,8 +161,18 @@ impl Worker {
             while let Some(settlement) = self.in_flight.try_verdict() {
                 self.in_flight.apply(settlement).await;
             }
+            // A batch target gets what is ready in one message, up to a
+            // whole batch: in the throughput bench that took the library's
+            // client CPU per message from 1.36 times a raw `messages()`
+            // loop's to 1.02 and 1.13 (two runs of each, `--cases
+            // continuous --target batches`, bursts of 16 against 256).
+            let burst = if self.in_flight.hands_over_batches() {
+                MAX_BATCH
+            } else {
+                FORWARD_BURST
+            };
             let mut forwarded = 0;
-            while forwarded < FORWARD_BURST {
+            while forwarded < burst {
                 let Some(replies) = self.replies.as_mut() else {
                     break;
                 };
@@ -181,7 +191,7 @@ impl Worker {
                     None => break,
                 }
             }
-            if forwarded == FORWARD_BURST {
+            if forwarded == burst {
                 self.in_flight.hand_over();
                 tokio::task::yield_now().await;
             }
