@@ -18,6 +18,52 @@ use super::Delivery;
 /// What it saves: one actor message per delivery, which costs a ractor
 /// application more CPU than anything else on the way (see the README's
 /// Benchmarks).
+///
+/// ```no_run
+/// use ractor::{Actor, ActorProcessingErr, ActorRef};
+/// use ractor_jetstream::{Deliveries, SupervisorArgs, Target, Topology};
+///
+/// /// Stores each batch in one write, then acks it.
+/// struct Writer;
+///
+/// impl Actor for Writer {
+///     type Msg = Deliveries;
+///     type State = ();
+///     type Arguments = ();
+///
+///     async fn pre_start(
+///         &self,
+///         _: ActorRef<Deliveries>,
+///         _: (),
+///     ) -> Result<(), ActorProcessingErr> {
+///         Ok(())
+///     }
+///
+///     async fn handle(
+///         &self,
+///         _: ActorRef<Deliveries>,
+///         batch: Deliveries,
+///         _: &mut (),
+///     ) -> Result<(), ActorProcessingErr> {
+///         let payloads: Vec<_> = batch.iter().map(|d| d.payload().clone()).collect();
+///         // ... one write of `payloads` ...
+///         # drop(payloads);
+///         batch.ack_all();
+///         Ok(())
+///     }
+/// }
+///
+/// # async fn run(
+/// #     js: async_nats::jetstream::Context,
+/// #     topology: Topology,
+/// # ) -> Result<(), Box<dyn std::error::Error>> {
+/// let (writer, _) = Actor::spawn(None, Writer, ()).await?;
+/// let args = SupervisorArgs::new(js, topology)
+///     .target("writer", Target::batches(writer.get_derived()));
+/// # drop(args);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Default)]
 pub struct Deliveries {
     deliveries: Vec<Delivery>,
