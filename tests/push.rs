@@ -568,3 +568,54 @@ async fn idle_queue_group_members_notice_that_their_consumer_was_deleted() {
         "the first 10 again from the re-created consumer, the next 10 once"
     );
 }
+
+/// The child's registry drops the deadlines of settled deliveries as it
+/// goes, so what it holds stays bounded by its window, not by how many
+/// deliveries went through. (A push child used to keep every one until
+/// its keep-alive alarm went off, 15 s later: some 6,000 here.)
+#[tokio::test]
+async fn a_push_childs_deadlines_stay_bounded_by_its_window() {
+    let env = env().await;
+    create_stream(&env.js, "HELD", &["held.>"]).await;
+    let (total, window) = (3_000u64, 32u64);
+    let (_t, target, _record) = acking_target().await;
+    let spec = ConsumerSpec::new("HELD", "h", "t", PushSpec::default().window(window));
+    let (child, _) = Actor::spawn(
+        None,
+        PushConsumer,
+        ConsumerArgs {
+            connection: env.js.clone().into(),
+            spec,
+            target: target.into(),
+        },
+    )
+    .await
+    .expect("spawn push child");
+    publish_n(&env.js, "held.x", total as usize).await;
+    let deadline = Instant::now() + PATIENCE;
+    let mut most = 0;
+    let stats = loop {
+        let stats = child
+            .call(ConsumerMsg::Stats, None)
+            .await
+            .expect("stats")
+            .success_or_panic();
+        most = most.max(stats.deadlines_held);
+        if stats.acked == total && stats.in_flight == 0 {
+            break stats;
+        }
+        assert!(Instant::now() < deadline, "stuck: {stats:?}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    // A hold and a keep-alive per delivery out, for what one round of the
+    // worker's loop forwards on top of what is out: 4 × the window.
+    assert!(
+        most <= 4 * window,
+        "held {most} deadlines at most, for a window of {window}"
+    );
+    assert_eq!(stats.deadlines_held, 0, "none once everything is settled");
+    wait_for_consumer(&env.js, "HELD", "h", "all acked", |i| {
+        i.ack_floor.stream_sequence == total && i.num_ack_pending == 0
+    })
+    .await;
+}

@@ -46,6 +46,11 @@ pub struct ConsumerStats {
     pub dead_lettered: u64,
     /// `+WPI` sent to keep deliveries the target still holds alive.
     pub kept_alive: u64,
+    /// Deadlines the child's registry holds: a hold and a keep-alive for
+    /// each delivery out at the target, and those of settled deliveries
+    /// not dropped yet. About twice `in_flight` while the child works; a
+    /// figure that keeps growing is memory the child does not give back.
+    pub deadlines_held: u64,
     /// Acks the server confirmed (sent for confirmation: with
     /// `confirm_acks`, or by [`Delivery::ack_confirmed`](crate::Delivery::ack_confirmed)).
     pub acks_confirmed: u64,
@@ -103,6 +108,8 @@ pub(crate) struct Counters {
     pub resubscribes: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub kept_alive: AtomicU64,
+    /// Set by the registry as its deadline queues change.
+    pub deadlines_held: AtomicU64,
     pub acks_confirmed: AtomicU64,
     pub acks_unconfirmed: AtomicU64,
     pub late_decisions: AtomicU64,
@@ -231,6 +238,7 @@ impl Counters {
             resubscribes: get(&self.resubscribes),
             dead_lettered: get(&self.dead_lettered),
             kept_alive: get(&self.kept_alive),
+            deadlines_held: get(&self.deadlines_held),
             acks_confirmed: get(&self.acks_confirmed),
             acks_unconfirmed: get(&self.acks_unconfirmed),
             late_decisions: get(&self.late_decisions),

@@ -106,6 +106,7 @@ impl InFlight {
         }
         self.live += 1;
         self.renewals.push_back((now + self.keep_alive, token));
+        self.count_deadlines();
         self.counters.forwarded(delivered);
         Ok((token, info, now))
     }

@@ -23,10 +23,17 @@ impl InFlight {
     pub fn next_deadline(&mut self) -> Option<Instant> {
         let hold = self.next_hold();
         let renewal = self.next_renewal();
+        self.count_deadlines();
         [hold, renewal, self.outbox_due()]
             .into_iter()
             .flatten()
             .min()
+    }
+
+    /// Tells the stats how many deadlines the queues hold.
+    pub(super) fn count_deadlines(&self) {
+        let held = (self.deadlines.len() + self.renewals.len()) as u64;
+        self.counters.deadlines_held.store(held, Ordering::Relaxed);
     }
 
     /// When the oldest hold runs out, if any delivery is at the target.
