@@ -32,17 +32,7 @@ async fn push_forwards_everything_in_order_within_the_window() {
     let (_t, target, record) =
         spawn_target_with(Arc::new(|_| Action::Ack), Some(Duration::from_millis(20))).await;
     let spec = ConsumerSpec::new("PUSH", "p", "t", PushSpec::default().window(window as u64));
-    let (child, _) = Actor::spawn(
-        None,
-        PushConsumer,
-        ConsumerArgs {
-            connection: env.js.clone().into(),
-            spec,
-            target: target.into(),
-        },
-    )
-    .await
-    .expect("spawn push child");
+    let child = spawn_push(&env, spec, target).await;
     wait_until("all messages reach the target", PATIENCE, || {
         record.count() >= total
     })
@@ -580,17 +570,7 @@ async fn a_push_childs_deadlines_stay_bounded_by_its_window() {
     let (total, window) = (3_000u64, 32u64);
     let (_t, target, _record) = acking_target().await;
     let spec = ConsumerSpec::new("HELD", "h", "t", PushSpec::default().window(window));
-    let (child, _) = Actor::spawn(
-        None,
-        PushConsumer,
-        ConsumerArgs {
-            connection: env.js.clone().into(),
-            spec,
-            target: target.into(),
-        },
-    )
-    .await
-    .expect("spawn push child");
+    let child = spawn_push(&env, spec, target).await;
     publish_n(&env.js, "held.x", total as usize).await;
     let deadline = Instant::now() + PATIENCE;
     let mut most = 0;

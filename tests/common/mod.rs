@@ -505,9 +505,30 @@ pub async fn spawn_pull(
     spec: ractor_jetstream::ConsumerSpec,
     target: DerivedActorRef<Delivery>,
 ) -> ActorRef<ConsumerMsg> {
+    spawn_child(env, ractor_jetstream::PullConsumer, spec, target).await
+}
+
+/// Spawns a push child directly, without a supervisor: it consumes at once.
+pub async fn spawn_push(
+    env: &Env,
+    spec: ractor_jetstream::ConsumerSpec,
+    target: DerivedActorRef<Delivery>,
+) -> ActorRef<ConsumerMsg> {
+    spawn_child(env, ractor_jetstream::PushConsumer, spec, target).await
+}
+
+async fn spawn_child<A>(
+    env: &Env,
+    child: A,
+    spec: ractor_jetstream::ConsumerSpec,
+    target: DerivedActorRef<Delivery>,
+) -> ActorRef<ConsumerMsg>
+where
+    A: Actor<Msg = ConsumerMsg, Arguments = ractor_jetstream::ConsumerArgs>,
+{
     let (child, _) = Actor::spawn(
         None,
-        ractor_jetstream::PullConsumer,
+        child,
         ractor_jetstream::ConsumerArgs {
             connection: env.js.clone().into(),
             spec,
@@ -515,7 +536,7 @@ pub async fn spawn_pull(
         },
     )
     .await
-    .expect("spawn pull child");
+    .expect("spawn consumer child");
     child
 }
 
