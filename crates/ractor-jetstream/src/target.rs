@@ -40,8 +40,9 @@
 //! consumer docs): nak'ed or kept for the next target, never lost.
 //!
 //! A batch target ([`Target::batches`], [`Target::registered_batches`],
-//! [`Target::group_batches`]) gets [`Deliveries`]: what the child has ready at one moment, in one
-//! actor message, each delivery still settled on its own.
+//! [`Target::group_batches`]) gets [`Deliveries`]: what the child has
+//! ready at one moment, in one actor message, each delivery still settled
+//! on its own.
 
 use std::fmt;
 use std::sync::Arc;

@@ -164,10 +164,11 @@ impl InFlight {
     }
 
     /// Hands what waits for a batch target over to it, in one message.
-    /// Nothing to do for a per-delivery target (each went at once). When
-    /// the target is gone the batch is dropped, and each of its deliveries
-    /// reports itself abandoned through the settlement channel: nak'ed, or
-    /// kept for the next target, as one that found no target.
+    /// Only a batch target has anything waiting: a per-delivery target
+    /// gets each at once, and a change of target hands over to the old one
+    /// first. When the target is gone the batch is dropped, and each of its
+    /// deliveries reports itself abandoned through the settlement channel:
+    /// nak'ed, or kept for the next target, as one that found no target.
     ///
     /// Every wait of a worker goes through [`next_verdict`](Self::next_verdict),
     /// which hands over first, so nothing waits here while the worker
@@ -176,19 +177,10 @@ impl InFlight {
         if self.batch.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.batch);
-        match &self.target {
-            Some(Recipient::Batches(actor)) => {
-                // On failure the batch comes back in the error, dropped here.
-                let _ = actor.send_message(Deliveries::new(batch));
-            }
-            Some(Recipient::One(actor)) => {
-                for delivery in batch {
-                    let _ = actor.send_message(delivery);
-                }
-            }
-            // Dropped: each delivery reports itself abandoned.
-            None => {}
+        let batch = Deliveries::new(std::mem::take(&mut self.batch));
+        if let Some(Recipient::Batches(actor)) = &self.target {
+            // On failure the batch comes back in the error, dropped here.
+            let _ = actor.send_message(batch);
         }
     }
 

@@ -9,7 +9,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::StatusCode;
-
 use tokio::time::Instant;
 
 use super::{EXPIRY_GRACE, RECONNECT_CHECK, RETRY_FIRST, RETRY_MAX, Worker};
