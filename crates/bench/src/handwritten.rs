@@ -181,12 +181,10 @@ async fn run(
     if side == Side::Library {
         return match kind {
             Kind::Pull(batch) => {
-                let (elapsed, run) = super::pull_library(js, options, n, batch).await?;
-                run.finish(js, n, elapsed).await
+                finished(js, n, super::pull_library(js, options, n, batch).await?).await
             }
             Kind::Push(window) => {
-                let (elapsed, run) = super::push_library(js, options, n, window).await?;
-                run.finish(js, n, elapsed).await
+                finished(js, n, super::push_library(js, options, n, window).await?).await
             }
             Kind::Continuous(window) => {
                 super::continuous::library_run(js, options, n, window).await
@@ -249,6 +247,18 @@ async fn run(
     sink.stop();
     check_all_acked(js, durable, n).await?;
     Ok((n as f64 / elapsed.as_secs_f64(), used))
+}
+
+/// Ends a library run of `n` messages that took `elapsed`; returns its
+/// rate and CPU.
+async fn finished(
+    js: &jetstream::Context,
+    n: u64,
+    (elapsed, run): (Duration, super::ActorRun),
+) -> Result<(f64, CpuUse), BoxError> {
+    let cpu = run.cpu;
+    run.finish(js, n).await?;
+    Ok((n as f64 / elapsed.as_secs_f64(), cpu))
 }
 
 /// A fresh pull durable with explicit acks.

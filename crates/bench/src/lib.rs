@@ -438,19 +438,15 @@ struct ActorRun {
 }
 
 impl ActorRun {
-    /// Ends a run measured for another case: checks the server saw every
-    /// ack, stops the actors; returns the rate and CPU.
-    async fn finish(
-        self,
-        js: &jetstream::Context,
-        n: u64,
-        elapsed: Duration,
-    ) -> Result<(f64, cpu::CpuUse), BoxError> {
-        self.sampler.stop().await;
+    /// Ends a run: stops the sampler, checks the server saw every one of
+    /// the `n` acks, stops the actors. Returns the most deliveries the
+    /// sampler saw unsettled at once.
+    async fn finish(self, js: &jetstream::Context, n: u64) -> Result<u64, BoxError> {
+        let max_in_flight = self.sampler.stop().await;
         check_all_acked(js, "actor", n).await?;
         self.child.stop(None);
         self.target.stop(None);
-        Ok((n as f64 / elapsed.as_secs_f64(), self.cpu))
+        Ok(max_in_flight)
     }
 }
 
@@ -503,12 +499,9 @@ impl Rounds {
             actor.switches,
         );
         self.peak = self.peak.max(peak_rss_mib());
-        self.max_in_flight = self.max_in_flight.max(run.sampler.stop().await);
         self.latencies
             .extend(run.probe.latencies(&run.target).await?);
-        check_all_acked(js, "actor", n).await?;
-        run.child.stop(None);
-        run.target.stop(None);
+        self.max_in_flight = self.max_in_flight.max(run.finish(js, n).await?);
         Ok(())
     }
 
