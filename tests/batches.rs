@@ -347,3 +347,103 @@ async fn killed_with_batches_in_hand(name: &str, target: impl FnOnce(&str) -> Ta
         "the successor got what the first one held undecided"
     );
 }
+
+/// A batch target that settles each batch whole: nak'ed for `delay` the
+/// first time it sees it, termed with one reason the second.
+struct WholeBatches;
+
+impl Actor for WholeBatches {
+    type Msg = Deliveries;
+    type State = (Batches, Duration);
+    type Arguments = (Batches, Duration);
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<Deliveries>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<Deliveries>,
+        batch: Deliveries,
+        (seen, delay): &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let sequences: Vec<u64> = batch.iter().map(|d| d.stream_sequence()).collect();
+        seen.0.lock().expect("batches").push(sequences);
+        let first_time = batch.iter().all(|d| d.delivered() == 1);
+        if first_time {
+            batch.nak_all_after(*delay);
+        } else {
+            batch.term_all("the batch's write failed twice");
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_batch_is_nak_ed_after_a_delay_and_termed_whole() {
+    use futures::StreamExt;
+    let env = env().await;
+    let delay = Duration::from_secs(2);
+    let seen = Batches::default();
+    let (target, _) = Actor::spawn(None, WholeBatches, (seen.clone(), delay))
+        .await
+        .expect("batch target");
+    let mut advisories = env
+        .client
+        .subscribe("$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.BT.worker")
+        .await
+        .expect("subscribe to advisories");
+    env.client.flush().await.expect("flush");
+    let topology = Topology::new()
+        .stream(StreamSpec::new("BT", ["bt.>"]))
+        .consumer(ConsumerSpec::pull("BT", "worker", "t"));
+    let args = SupervisorArgs::new(env.js.clone(), topology)
+        .target("t", Target::batches(target.get_derived()));
+    let (supervisor, _) = SupervisorHandle::spawn(None, args)
+        .await
+        .expect("supervisor");
+    let pull = supervisor.pull("worker").await.expect("pull handle");
+    let published = publish_n(&env.js, "bt.x", 10).await;
+
+    let first = pull
+        .fetch(10, Some(Duration::from_secs(2)))
+        .await
+        .expect("fetch");
+    let naked_at = tokio::time::Instant::now();
+    assert_eq!((first.delivered, first.naked), (10, 10), "{first:?}");
+    // Not before the delay: a fetch that ends well within it gets nothing.
+    let early = pull
+        .fetch(10, Some(Duration::from_millis(500)))
+        .await
+        .expect("fetch");
+    assert_eq!(early.delivered, 0, "{early:?}");
+    let second = pull
+        .fetch(10, Some(Duration::from_secs(5)))
+        .await
+        .expect("fetch");
+    assert_eq!((second.delivered, second.termed), (10, 10), "{second:?}");
+    assert!(
+        naked_at.elapsed() >= delay - Duration::from_millis(200),
+        "came again after {:?}, before the delay of {delay:?}",
+        naked_at.elapsed()
+    );
+
+    let mut seen_twice = seen.sequences();
+    seen_twice.sort_unstable();
+    let twice: Vec<u64> = published.iter().flat_map(|s| [*s, *s]).collect();
+    assert_eq!(seen_twice, twice, "each seen twice: nak'ed, then termed");
+    for _ in &published {
+        let advisory = tokio::time::timeout(PATIENCE, advisories.next())
+            .await
+            .expect("an advisory in time")
+            .expect("the subscription is open");
+        let json: serde_json::Value =
+            serde_json::from_slice(&advisory.payload).expect("the advisory is JSON");
+        assert_eq!(json["reason"], "the batch's write failed twice");
+    }
+    wait_settled(&env, "BT", "worker", 10).await;
+}

@@ -1,5 +1,7 @@
 //! Deliveries handed to a batch target together.
 
+use std::time::Duration;
+
 use super::Delivery;
 
 /// The deliveries a consumer child had ready at one moment, handed to a
@@ -20,10 +22,12 @@ use super::Delivery;
 /// Benchmarks).
 ///
 /// ```no_run
+/// use std::time::Duration;
 /// use ractor::{Actor, ActorProcessingErr, ActorRef};
 /// use ractor_jetstream::{Deliveries, SupervisorArgs, Target, Topology};
 ///
-/// /// Stores each batch in one write, then acks it.
+/// /// Stores each batch in one write, then acks it; when the write
+/// /// fails, the whole batch comes again a second later.
 /// struct Writer;
 ///
 /// impl Actor for Writer {
@@ -48,7 +52,11 @@ use super::Delivery;
 ///         let payloads: Vec<_> = batch.iter().map(|d| d.payload().clone()).collect();
 ///         // ... one write of `payloads` ...
 ///         # drop(payloads);
-///         batch.ack_all();
+///         # let written: Result<(), std::io::Error> = Ok(());
+///         match written {
+///             Ok(()) => batch.ack_all(),
+///             Err(_) => batch.nak_all_after(Duration::from_secs(1)),
+///         }
 ///         Ok(())
 ///     }
 /// }
@@ -89,10 +97,36 @@ impl Deliveries {
         self.deliveries.iter()
     }
 
-    /// Acks every delivery in it.
+    /// Acks every delivery in it ([`Delivery::ack`]).
     pub fn ack_all(self) {
         for delivery in self {
             delivery.ack();
+        }
+    }
+
+    /// Nak's every delivery in it ([`Delivery::nak`]): each is delivered
+    /// again, as soon as the server gets to it (or after the consumer's
+    /// `backoff` step).
+    pub fn nak_all(self) {
+        for delivery in self {
+            delivery.nak();
+        }
+    }
+
+    /// Nak's every delivery in it, to be delivered again after `delay`
+    /// ([`Delivery::nak_after`]): for a batch whose one write failed.
+    pub fn nak_all_after(self, delay: Duration) {
+        for delivery in self {
+            delivery.nak_after(delay);
+        }
+    }
+
+    /// Terminates every delivery in it, each with `reason`
+    /// ([`Delivery::term`]): none is delivered again.
+    pub fn term_all(self, reason: impl Into<String>) {
+        let reason = reason.into();
+        for delivery in self {
+            delivery.term(reason.as_str());
         }
     }
 
