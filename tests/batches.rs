@@ -221,6 +221,13 @@ async fn fetches_reach_a_batch_target_in_batches_each_settled_on_its_own() {
     }
     let info = consumer_info(&env.js, "BT", "worker").await;
     assert_eq!((info.num_pending, info.num_redelivered), (0, 0));
+    // Every batch the target saw, and no other, is counted.
+    let stats = pull.stats().await.expect("stats");
+    assert_eq!(
+        (stats.batches, stats.delivered),
+        (batches.len() as u64, 202),
+        "{stats:?}"
+    );
 }
 
 /// A push or continuous child (`spec`) feeding a batch target registered

@@ -157,8 +157,8 @@ async fn a_continuous_child_delivers_every_message_once_without_a_fetch_and_refu
     );
     let stats = pull.stats().await.expect("stats");
     assert_eq!(
-        (stats.delivered, stats.acked, stats.fetches),
-        (500, 500, 0),
+        (stats.delivered, stats.acked, stats.fetches, stats.batches),
+        (500, 500, 0, 0),
         "{stats:?}"
     );
 }

@@ -20,6 +20,11 @@ pub struct ConsumerStats {
     pub mode: ConsumerMode,
     /// Messages forwarded to the target.
     pub delivered: u64,
+    /// Batches handed to a batch target
+    /// ([`Target::batches`](crate::Target::batches)), each one actor
+    /// message; `delivered / batches` is their mean size. 0 for any other
+    /// target.
+    pub batches: u64,
     /// Acknowledged.
     pub acked: u64,
     /// Nak'ed by the target.
@@ -97,6 +102,7 @@ pub struct ServerLag {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub delivered: AtomicU64,
+    pub batches: AtomicU64,
     pub acked: AtomicU64,
     pub naked: AtomicU64,
     pub termed: AtomicU64,
@@ -226,6 +232,7 @@ impl Counters {
             durable: spec.durable.clone(),
             mode: spec.mode(),
             delivered,
+            batches: get(&self.batches),
             acked: get(&self.acked),
             naked: get(&self.naked),
             termed: get(&self.termed),

@@ -1,6 +1,8 @@
 //! Forwarding: a message becomes a tracked [`Delivery`] at the target, or,
 //! when no target can take it, is nak'ed or kept for the next one.
 
+use std::sync::atomic::Ordering;
+
 use bytes::Bytes;
 use ractor::MessagingErr;
 use tokio::time::Instant;
@@ -180,7 +182,9 @@ impl InFlight {
         let batch = Deliveries::new(std::mem::take(&mut self.batch));
         if let Some(Recipient::Batches(actor)) = &self.target {
             // On failure the batch comes back in the error, dropped here.
-            let _ = actor.send_message(batch);
+            if actor.send_message(batch).is_ok() {
+                self.counters.batches.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
