@@ -109,7 +109,12 @@ impl Actor for PullConsumer {
 /// status before it considers the request lost.
 const EXPIRY_GRACE: Duration = Duration::from_secs(2);
 
-/// How many ready messages are forwarded before the worker yields.
+/// How many ready messages a fetch-driven child forwards before its worker
+/// yields, so that the target (often on the same thread) starts on them
+/// while the rest of the fetch arrives. At 64, pull batches 100 and 500
+/// measured within the noise of 16 on the throughput bench, with the time
+/// to the target (p99) at batch 500 up from about 40 µs to 640 to 810 µs.
+/// A continuous child takes more at once (`CONTINUOUS_BURST`).
 const FORWARD_BURST: usize = 16;
 
 /// How often an open fetch checks whether the connection was re-established
