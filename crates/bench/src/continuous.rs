@@ -25,11 +25,13 @@
 //! of the machine favours neither. It prints:
 //!
 //! ```text
-//! RESULT mode=continuous msgs_per_s=R ratio=X paired_ratio=Y messages=N window=W
+//! RESULT mode=continuous msgs_per_s=R ratio=X paired_ratio=Y messages=N window=W ... p50_us=P p99_us=Q
 //! ```
 //!
 //! `msgs_per_s` is the library's median rate, `ratio` that over the raw
 //! side's median, and `paired_ratio` the median of the per-round ratios.
+//! `p50_us` and `p99_us` are the time from a message's arrival at the
+//! child to the target receiving it, over every library run.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -73,13 +75,17 @@ pub struct ContinuousRow {
     pub raw_cpu: CpuUse,
     /// The same for the library runs.
     pub library_cpu: CpuUse,
+    /// Time from arrival at the child to the target, µs: median and 99th
+    /// percentile over every library run.
+    pub p50_us: f64,
+    pub p99_us: f64,
 }
 
 impl ContinuousRow {
     /// The `RESULT` line.
     pub fn line(&self) -> String {
         format!(
-            "RESULT mode=continuous msgs_per_s={:.0} ratio={:.3} paired_ratio={:.3} messages={} window={} client_us_raw={:.2} client_us_library={:.2} server_us_raw={:.2} server_us_library={:.2}",
+            "RESULT mode=continuous msgs_per_s={:.0} ratio={:.3} paired_ratio={:.3} messages={} window={} client_us_raw={:.2} client_us_library={:.2} server_us_raw={:.2} server_us_library={:.2} p50_us={:.1} p99_us={:.1}",
             self.library,
             self.library / self.raw,
             self.paired_ratio,
@@ -89,6 +95,8 @@ impl ContinuousRow {
             self.library_cpu.client_us,
             self.raw_cpu.server_us,
             self.library_cpu.server_us,
+            self.p50_us,
+            self.p99_us,
         )
     }
 }
@@ -101,17 +109,23 @@ pub(crate) async fn continuous_case(
     let (n, window) = (options.messages, options.window);
     let (mut raw, mut library, mut paired) = (Vec::new(), Vec::new(), Vec::new());
     let (mut raw_cpus, mut library_cpus) = (Vec::new(), Vec::new());
+    let mut latencies = Vec::new();
     let pid = options.server_pid;
     for round in 0..options.rounds {
+        let mut library_run = async || {
+            let (rate, cpu, mut waited) = library_run(js, options, n, window).await?;
+            latencies.append(&mut waited);
+            Ok::<_, BoxError>((rate, cpu))
+        };
         let ((raw_rate, raw_cpu), (library_rate, library_cpu)) = match options.side {
             Side::Raw => (raw_run(js, n, window, pid).await?, SKIPPED),
-            Side::Library => (SKIPPED, library_run(js, options, n, window).await?),
+            Side::Library => (SKIPPED, library_run().await?),
             Side::Both if round % 2 == 0 => {
                 let raw_run = raw_run(js, n, window, pid).await?;
-                (raw_run, library_run(js, options, n, window).await?)
+                (raw_run, library_run().await?)
             }
             Side::Both => {
-                let library_run = library_run(js, options, n, window).await?;
+                let library_run = library_run().await?;
                 (raw_run(js, n, window, pid).await?, library_run)
             }
         };
@@ -132,6 +146,7 @@ pub(crate) async fn continuous_case(
         raw_cpus.push(raw_cpu);
         library_cpus.push(library_cpu);
     }
+    let (p50_us, p99_us) = super::percentiles(&mut latencies);
     Ok(ContinuousRow {
         messages: n,
         window,
@@ -140,6 +155,8 @@ pub(crate) async fn continuous_case(
         paired_ratio: median(&mut paired),
         raw_cpu: CpuUse::median(&raw_cpus),
         library_cpu: CpuUse::median(&library_cpus),
+        p50_us,
+        p99_us,
     })
 }
 
@@ -226,13 +243,14 @@ async fn raw_run(
 }
 
 /// One library run: a supervisor with a continuous pull child and the
-/// bench's acking target. Returns its rate.
+/// bench's acking target. Returns its rate, its CPU use and each
+/// message's time to the target (µs).
 pub(crate) async fn library_run(
     js: &jetstream::Context,
     options: &Options,
     n: u64,
     window: usize,
-) -> Result<(f64, CpuUse), BoxError> {
+) -> Result<(f64, CpuUse, Vec<u32>), BoxError> {
     let server = options.server_pid;
     fill(js, n).await?;
     let (target, mut probe) = spawn_target(n).await?;
@@ -256,6 +274,7 @@ pub(crate) async fn library_run(
     let used = cpu.used(server, n);
     sent.report(js, "library", n);
     check_all_acked(js, LIBRARY, n).await?;
+    let latencies = probe.latencies(&target).await?;
     // Gone before the next run deletes the stream under it.
     supervisor
         .actor()
@@ -263,5 +282,5 @@ pub(crate) async fn library_run(
         .await
         .map_err(|err| format!("stopping the supervisor: {err}"))?;
     target.stop(None);
-    Ok((n as f64 / elapsed.as_secs_f64(), used))
+    Ok((n as f64 / elapsed.as_secs_f64(), used, latencies))
 }

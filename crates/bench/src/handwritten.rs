@@ -187,7 +187,8 @@ async fn run(
                 finished(js, n, super::push_library(js, options, n, window).await?).await
             }
             Kind::Continuous(window) => {
-                super::continuous::library_run(js, options, n, window).await
+                let (rate, cpu, _) = super::continuous::library_run(js, options, n, window).await?;
+                Ok((rate, cpu))
             }
         };
     }
