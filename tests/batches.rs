@@ -10,8 +10,8 @@ use std::time::Duration;
 use common::*;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_jetstream::{
-    ConsumerSpec, Deliveries, PullSpec, PushSpec, StreamSpec, SupervisorArgs, SupervisorHandle,
-    Target, Topology,
+    ConsumerSpec, Deliveries, PullHandle, PullSpec, PushSpec, StreamSpec, SupervisorArgs,
+    SupervisorHandle, Target, Topology,
 };
 
 /// What a batch target does with one delivery, given its stream sequence
@@ -127,6 +127,21 @@ async fn slow_batch_target(name: &str, work: Duration) -> (ActorRef<Deliveries>,
     }
 }
 
+/// A supervisor with a fetch-driven child of the durable `worker` on the
+/// stream `BT`, feeding `target` in batches, and a handle to fetch with.
+async fn fetch_driven(env: &Env, target: &ActorRef<Deliveries>) -> (SupervisorHandle, PullHandle) {
+    let topology = Topology::new()
+        .stream(StreamSpec::new("BT", ["bt.>"]))
+        .consumer(ConsumerSpec::pull("BT", "worker", "t"));
+    let args = SupervisorArgs::new(env.js.clone(), topology)
+        .target("t", Target::batches(target.get_derived()));
+    let (supervisor, _) = SupervisorHandle::spawn(None, args)
+        .await
+        .expect("supervisor");
+    let pull = supervisor.pull("worker").await.expect("pull handle");
+    (supervisor, pull)
+}
+
 /// Waits until the server shows every one of `n` messages settled.
 async fn wait_settled(env: &Env, stream: &str, durable: &str, n: u64) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -159,15 +174,7 @@ async fn fetches_reach_a_batch_target_in_batches_each_settled_on_its_own() {
         _ => Verdict::Ack,
     })
     .await;
-    let topology = Topology::new()
-        .stream(StreamSpec::new("BT", ["bt.>"]))
-        .consumer(ConsumerSpec::pull("BT", "worker", "t"));
-    let args = SupervisorArgs::new(env.js.clone(), topology)
-        .target("t", Target::batches(target.get_derived()));
-    let (supervisor, _) = SupervisorHandle::spawn(None, args)
-        .await
-        .expect("supervisor");
-    let pull = supervisor.pull("worker").await.expect("pull handle");
+    let (_supervisor, pull) = fetch_driven(&env, &target).await;
     let published = publish_n(&env.js, "bt.x", 200).await;
 
     let first = pull
@@ -405,15 +412,7 @@ async fn a_batch_is_nak_ed_after_a_delay_and_termed_whole() {
         .await
         .expect("subscribe to advisories");
     env.client.flush().await.expect("flush");
-    let topology = Topology::new()
-        .stream(StreamSpec::new("BT", ["bt.>"]))
-        .consumer(ConsumerSpec::pull("BT", "worker", "t"));
-    let args = SupervisorArgs::new(env.js.clone(), topology)
-        .target("t", Target::batches(target.get_derived()));
-    let (supervisor, _) = SupervisorHandle::spawn(None, args)
-        .await
-        .expect("supervisor");
-    let pull = supervisor.pull("worker").await.expect("pull handle");
+    let (_supervisor, pull) = fetch_driven(&env, &target).await;
     let published = publish_n(&env.js, "bt.x", 10).await;
 
     let first = pull
