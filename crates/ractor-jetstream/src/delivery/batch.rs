@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::Delivery;
+use super::{Decision, Delivery};
 
 /// The deliveries a consumer child had ready at one moment, handed to a
 /// batch target ([`Target::batches`](crate::Target::batches)) in one actor
@@ -99,34 +99,33 @@ impl Deliveries {
 
     /// Acks every delivery in it ([`Delivery::ack`]).
     pub fn ack_all(self) {
-        for delivery in self {
-            delivery.ack();
-        }
+        self.decide_all(Decision::Ack);
     }
 
     /// Nak's every delivery in it ([`Delivery::nak`]): each is delivered
     /// again, as soon as the server gets to it (or after the consumer's
     /// `backoff` step).
     pub fn nak_all(self) {
-        for delivery in self {
-            delivery.nak();
-        }
+        self.decide_all(Decision::Nak(None));
     }
 
     /// Nak's every delivery in it, to be delivered again after `delay`
     /// ([`Delivery::nak_after`]): for a batch whose one write failed.
     pub fn nak_all_after(self, delay: Duration) {
-        for delivery in self {
-            delivery.nak_after(delay);
-        }
+        self.decide_all(Decision::Nak(Some(delay)));
     }
 
     /// Terminates every delivery in it, each with `reason`
     /// ([`Delivery::term`]): none is delivered again.
     pub fn term_all(self, reason: impl Into<String>) {
         let reason = reason.into();
+        self.decide_all(Decision::Term((!reason.is_empty()).then_some(reason)));
+    }
+
+    /// Settles every delivery in it with `decision` ([`Delivery::decide`]).
+    fn decide_all(self, decision: Decision) {
         for delivery in self {
-            delivery.term(reason.as_str());
+            delivery.decide(decision.clone());
         }
     }
 
