@@ -179,7 +179,11 @@ impl InFlight {
         if self.batch.is_empty() {
             return;
         }
-        let batch = Deliveries::new(std::mem::take(&mut self.batch));
+        // The next batch starts with room for one this size: growing from
+        // empty costs a reallocation (and a copy of every delivery) at each
+        // doubling.
+        let room = self.batch.len();
+        let batch = Deliveries::new(std::mem::replace(&mut self.batch, Vec::with_capacity(room)));
         if let Some(Recipient::Batches(actor)) = &self.target {
             // On failure the batch comes back in the error, dropped here.
             if actor.send_message(batch).is_ok() {
