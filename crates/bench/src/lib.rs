@@ -962,7 +962,7 @@ impl TargetState {
     /// Notes the latency of every `sample_every`-th delivery, acks it,
     /// counts it.
     fn take(&mut self, delivery: Delivery) {
-        if self.received % self.sample_every == 0 {
+        if self.received.is_multiple_of(self.sample_every) {
             let now = Instant::now();
             let waited = now.saturating_duration_since(delivery.received_at());
             if self.latencies.len() < 2_000_000 {
