@@ -453,3 +453,101 @@ async fn a_batch_is_nak_ed_after_a_delay_and_termed_whole() {
     }
     wait_settled(&env, "BT", "worker", 10).await;
 }
+
+/// A batch target that acks each batch whole, after sleeping past the
+/// child's maximum hold on the first one it gets.
+struct AckAll;
+
+impl Actor for AckAll {
+    type Msg = Deliveries;
+    /// What it saw, and how long it sleeps on its first batch.
+    type State = (Batches, Duration);
+    type Arguments = (Batches, Duration);
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<Deliveries>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<Deliveries>,
+        batch: Deliveries,
+        (seen, first_sleep): &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let sequences: Vec<u64> = batch.iter().map(|d| d.stream_sequence()).collect();
+        let first = {
+            let mut seen = seen.0.lock().expect("batches");
+            seen.push(sequences);
+            seen.len() == 1
+        };
+        if first {
+            tokio::time::sleep(*first_sleep).await;
+        }
+        batch.ack_all();
+        Ok(())
+    }
+}
+
+/// `ack_all` settles a batch in one message to the child, which applies
+/// the decision to each delivery as if it had come alone: a batch acked
+/// after the child gave up on it counts as late decisions and is not
+/// applied, so it comes again; acked in time, every delivery is acked.
+#[tokio::test]
+async fn ack_all_acks_each_delivery_and_a_late_batch_is_not_applied() {
+    let env = env().await;
+    let seen = Batches::default();
+    let max_hold = Duration::from_millis(500);
+    let (target, _) = Actor::spawn(None, AckAll, (seen.clone(), max_hold * 3))
+        .await
+        .expect("batch target");
+    let topology = Topology::new()
+        .stream(StreamSpec::new("BT", ["bt.>"]))
+        .consumer(ConsumerSpec::pull("BT", "worker", "t").max_hold(max_hold));
+    let args = SupervisorArgs::new(env.js.clone(), topology)
+        .target("t", Target::batches(target.get_derived()));
+    let (supervisor, _) = SupervisorHandle::spawn(None, args)
+        .await
+        .expect("supervisor");
+    let pull = supervisor.pull("worker").await.expect("pull handle");
+    let published = publish_n(&env.js, "bt.x", 10).await;
+
+    // The target sleeps past the hold on this batch: the child gives up
+    // on all ten (nak'ed), and their acks come late.
+    let first = pull
+        .fetch(10, Some(Duration::from_secs(2)))
+        .await
+        .expect("fetch");
+    assert_eq!((first.delivered, first.timed_out), (10, 10), "{first:?}");
+    // The acks reach the child once the target wakes.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let stats = loop {
+        let stats = pull.stats().await.expect("stats");
+        if stats.late_decisions == 10 {
+            break stats;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "late acks not counted: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(stats.acked, 0, "{stats:?}");
+
+    let second = pull
+        .fetch(10, Some(Duration::from_secs(5)))
+        .await
+        .expect("fetch");
+    assert_eq!((second.delivered, second.acked), (10, 10), "{second:?}");
+    assert_eq!(
+        seen.all(),
+        vec![published.clone(), published.clone()],
+        "one batch of ten, twice"
+    );
+    let stats = pull.stats().await.expect("stats");
+    assert_eq!((stats.acked, stats.late_decisions), (10, 10), "{stats:?}");
+    wait_settled(&env, "BT", "worker", 10).await;
+}

@@ -85,6 +85,11 @@ pub enum Decision {
 pub(crate) enum Verdict {
     /// A final decision from the target.
     Decided(Decision),
+    /// One final decision on several deliveries of a batch
+    /// ([`Deliveries::ack_all`] and the like), each named by its token and
+    /// stream sequence: one settlement for the batch instead of one each.
+    /// The child takes it apart into one `Decided` per delivery.
+    DecidedAll(Decision, Vec<(Token, u64)>),
     /// An ack the target waits to see confirmed by the server.
     AckConfirmed(tokio::sync::oneshot::Sender<Result<(), Error>>),
     /// The target asked for more time.
@@ -394,6 +399,15 @@ impl Delivery {
     pub(crate) fn into_message(mut self) -> async_nats::Message {
         self.inner.settle = None;
         std::mem::replace(&mut self.inner.message, placeholder())
+    }
+
+    /// Takes the settlement channel out, so that this delivery is settled
+    /// by whoever holds it (a batch's one settlement): dropping it then
+    /// sends nothing. Returns the channel, the token and the stream
+    /// sequence; `None` when it was settled already.
+    pub(crate) fn claim(&mut self) -> Option<(SettleSender, Token, u64)> {
+        let tx = self.inner.settle.take()?;
+        Some((tx, self.inner.token, self.inner.info.stream_sequence))
     }
 
     fn send(&mut self, verdict: Verdict) {

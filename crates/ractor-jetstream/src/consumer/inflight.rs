@@ -130,6 +130,9 @@ pub(crate) struct InFlight {
     batch: Vec<Delivery>,
     settle_tx: mpsc::UnboundedSender<Settlement>,
     settle_rx: mpsc::UnboundedReceiver<Settlement>,
+    /// Settlements received and not yet applied: a batch's one decision,
+    /// taken apart into one per delivery (see `take_apart`).
+    taken_apart: VecDeque<Settlement>,
     slots: Vec<Slot>,
     free: Vec<u32>,
     live: usize,
@@ -187,6 +190,7 @@ impl InFlight {
             batch: Vec::new(),
             settle_tx,
             settle_rx,
+            taken_apart: VecDeque::new(),
             slots: Vec::new(),
             free: Vec::new(),
             live: 0,

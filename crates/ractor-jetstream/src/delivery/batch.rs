@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{Decision, Delivery};
+use super::{Decision, Delivery, ORPHAN, SettleSender, Settlement, Token, Verdict};
 
 /// The deliveries a consumer child had ready at one moment, handed to a
 /// batch target ([`Target::batches`](crate::Target::batches)) in one actor
@@ -122,10 +122,30 @@ impl Deliveries {
         self.decide_all(Decision::Term((!reason.is_empty()).then_some(reason)));
     }
 
-    /// Settles every delivery in it with `decision` ([`Delivery::decide`]).
+    /// Settles every delivery in it with `decision`, as
+    /// [`Delivery::decide`] on each would, in one settlement per child
+    /// instead of one per delivery (a batch comes from one child, so that
+    /// is one).
     fn decide_all(self, decision: Decision) {
-        for delivery in self {
-            delivery.decide(decision.clone());
+        let mut run: Option<(SettleSender, Vec<(Token, u64)>)> = None;
+        for mut delivery in self {
+            let Some((tx, token, stream_sequence)) = delivery.claim() else {
+                continue;
+            };
+            match &mut run {
+                Some((current, settled)) if current.same_channel(&tx) => {
+                    settled.push((token, stream_sequence));
+                }
+                _ => {
+                    let next = (tx, vec![(token, stream_sequence)]);
+                    if let Some((current, settled)) = run.replace(next) {
+                        send_all(&current, settled, decision.clone());
+                    }
+                }
+            }
+        }
+        if let Some((current, settled)) = run {
+            send_all(&current, settled, decision);
         }
     }
 
@@ -133,6 +153,24 @@ impl Deliveries {
     pub fn into_vec(self) -> Vec<Delivery> {
         self.deliveries
     }
+}
+
+/// Sends one decision on `settled` to their child. A closed channel means
+/// the child is gone and has nak'ed them already; they will come again.
+fn send_all(tx: &SettleSender, settled: Vec<(Token, u64)>, decision: Decision) {
+    let settlement = match settled.as_slice() {
+        [(token, stream_sequence)] => Settlement {
+            token: *token,
+            stream_sequence: *stream_sequence,
+            verdict: Verdict::Decided(decision),
+        },
+        _ => Settlement {
+            token: ORPHAN,
+            stream_sequence: 0,
+            verdict: Verdict::DecidedAll(decision, settled),
+        },
+    };
+    let _ = tx.send(settlement);
 }
 
 impl IntoIterator for Deliveries {

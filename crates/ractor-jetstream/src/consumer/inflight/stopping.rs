@@ -92,6 +92,9 @@ impl Drop for InFlight {
             publishes.push((sequence, reply, payload));
         }
         while let Ok(settlement) = self.settle_rx.try_recv() {
+            self.take_apart(settlement);
+        }
+        while let Some(settlement) = self.taken_apart.pop_front() {
             match settlement.verdict {
                 Verdict::Tail(held) => {
                     tail = Some(settle::AfterTail {

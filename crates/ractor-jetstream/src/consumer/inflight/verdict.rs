@@ -22,17 +22,45 @@ impl InFlight {
     /// through here.
     pub async fn next_verdict(&mut self) -> Settlement {
         self.hand_over();
-        match self.settle_rx.recv().await {
-            Some(settlement) => settlement,
-            // Unreachable while `self.settle_tx` lives; wait forever rather
-            // than spin.
-            None => std::future::pending().await,
+        loop {
+            if let Some(settlement) = self.taken_apart.pop_front() {
+                return settlement;
+            }
+            match self.settle_rx.recv().await {
+                Some(settlement) => self.take_apart(settlement),
+                // Unreachable while `self.settle_tx` lives; wait forever
+                // rather than spin.
+                None => std::future::pending().await,
+            }
         }
     }
 
     /// A verdict that is already waiting, if any.
     pub fn try_verdict(&mut self) -> Option<Settlement> {
-        self.settle_rx.try_recv().ok()
+        if self.taken_apart.is_empty() {
+            let settlement = self.settle_rx.try_recv().ok()?;
+            self.take_apart(settlement);
+        }
+        self.taken_apart.pop_front()
+    }
+
+    /// Queues a settlement as one per delivery: a batch's one decision
+    /// ([`Verdict::DecidedAll`]) becomes a `Decided` for each of its
+    /// deliveries, in order, so that each is applied as if it had come
+    /// alone.
+    pub(super) fn take_apart(&mut self, settlement: Settlement) {
+        match settlement.verdict {
+            Verdict::DecidedAll(decision, settled) => {
+                for (token, stream_sequence) in settled {
+                    self.taken_apart.push_back(Settlement {
+                        token,
+                        stream_sequence,
+                        verdict: Verdict::Decided(decision.clone()),
+                    });
+                }
+            }
+            _ => self.taken_apart.push_back(settlement),
+        }
     }
 
     /// Applies one verdict on the server. Returns what became of the
@@ -70,6 +98,16 @@ impl InFlight {
         let decided = matches!(verdict, Verdict::Decided(_));
         let (decision, settled) = match verdict {
             Verdict::Wake => return None,
+            // Taken apart before it is applied (`next_verdict`); one that
+            // came here anyway is queued to be, delivery by delivery.
+            verdict @ Verdict::DecidedAll(..) => {
+                self.take_apart(Settlement {
+                    token,
+                    stream_sequence,
+                    verdict,
+                });
+                return None;
+            }
             Verdict::Unread(reply) => {
                 self.publish(reply, Bytes::from(AckKind::Nak(None))).await;
                 return None;
