@@ -950,6 +950,8 @@ impl TryFrom<TargetMsg> for Delivery {
 struct TargetState {
     expected: u64,
     received: u64,
+    /// Deliveries seen, for the sampling.
+    noted: u64,
     /// Every how many deliveries the latency (a clock read) is noted.
     sample_every: u64,
     latencies: Vec<u32>,
@@ -962,21 +964,44 @@ impl TargetState {
     /// Notes the latency of every `sample_every`-th delivery, acks it,
     /// counts it.
     fn take(&mut self, delivery: Delivery) {
-        if self.received.is_multiple_of(self.sample_every) {
-            let now = Instant::now();
-            let waited = now.saturating_duration_since(delivery.received_at());
-            if self.latencies.len() < 2_000_000 {
-                self.latencies
-                    .push(waited.as_micros().min(u128::from(u32::MAX)) as u32);
-            }
-            self.last_received.store(
-                now.duration_since(self.epoch).as_nanos() as u64,
-                Ordering::Relaxed,
-            );
-        }
+        self.note(&delivery);
         delivery.ack();
-        self.received += 1;
-        if self.received == self.expected
+        self.count(1);
+    }
+
+    /// Notes the batch's latencies as `take` does, acks it whole (as a
+    /// batch target does), counts it.
+    fn take_batch(&mut self, batch: Deliveries) {
+        for delivery in batch.iter() {
+            self.note(delivery);
+        }
+        let n = batch.len() as u64;
+        batch.ack_all();
+        self.count(n);
+    }
+
+    /// Notes the latency of every `sample_every`-th delivery.
+    fn note(&mut self, delivery: &Delivery) {
+        self.noted += 1;
+        if !(self.noted - 1).is_multiple_of(self.sample_every) {
+            return;
+        }
+        let now = Instant::now();
+        let waited = now.saturating_duration_since(delivery.received_at());
+        if self.latencies.len() < 2_000_000 {
+            self.latencies
+                .push(waited.as_micros().min(u128::from(u32::MAX)) as u32);
+        }
+        self.last_received.store(
+            now.duration_since(self.epoch).as_nanos() as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Counts `n` acked deliveries; says so when all expected are.
+    fn count(&mut self, n: u64) {
+        self.received += n;
+        if self.received >= self.expected
             && let Some(done) = self.done.take()
         {
             let _ = done.send(());
@@ -1005,11 +1030,7 @@ impl Actor for Target {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             TargetMsg::Delivery(delivery) => state.take(delivery),
-            TargetMsg::Batch(batch) => {
-                for delivery in batch {
-                    state.take(delivery);
-                }
-            }
+            TargetMsg::Batch(batch) => state.take_batch(batch),
             TargetMsg::Latencies(reply) => {
                 let _ = reply.send(std::mem::take(&mut state.latencies));
             }
@@ -1084,6 +1105,7 @@ async fn spawn_target_noting(
     let state = TargetState {
         expected,
         received: 0,
+        noted: 0,
         sample_every: sample_every.max(1),
         latencies: Vec::with_capacity(expected.min(2_000_000) as usize),
         done: Some(tx),
