@@ -97,7 +97,10 @@ impl Deliveries {
         self.deliveries.iter()
     }
 
-    /// Acks every delivery in it ([`Delivery::ack`]).
+    /// Acks every delivery in it ([`Delivery::ack`]). This and the other
+    /// `_all` methods reach the child in one message for the batch, where
+    /// deciding each delivery sends one each: the cheaper way to settle a
+    /// batch whole.
     pub fn ack_all(self) {
         self.decide_all(Decision::Ack);
     }
