@@ -362,14 +362,23 @@ async fn killed_with_batches_in_hand(name: &str, target: impl FnOnce(&str) -> Ta
     );
 }
 
-/// A batch target that settles each batch whole: nak'ed for `delay` the
-/// first time it sees it, termed with one reason the second.
+/// How a [`WholeBatches`] target settles the batches it gets, each whole.
+#[derive(Clone, Copy)]
+enum Whole {
+    /// Nak'ed for the delay the first time a batch is seen, termed with
+    /// one reason the second.
+    NakAfterThenTerm(Duration),
+    /// Acked, after sleeping this long on the first batch.
+    AckSleepingOnFirst(Duration),
+}
+
+/// A batch target that settles each batch whole, as `Whole` says.
 struct WholeBatches;
 
 impl Actor for WholeBatches {
     type Msg = Deliveries;
-    type State = (Batches, Duration);
-    type Arguments = (Batches, Duration);
+    type State = (Batches, Whole);
+    type Arguments = (Batches, Whole);
 
     async fn pre_start(
         &self,
@@ -383,15 +392,28 @@ impl Actor for WholeBatches {
         &self,
         _: ActorRef<Deliveries>,
         batch: Deliveries,
-        (seen, delay): &mut Self::State,
+        (seen, whole): &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let sequences: Vec<u64> = batch.iter().map(|d| d.stream_sequence()).collect();
-        seen.0.lock().expect("batches").push(sequences);
-        let first_time = batch.iter().all(|d| d.delivered() == 1);
-        if first_time {
-            batch.nak_all_after(*delay);
-        } else {
-            batch.term_all("the batch's write failed twice");
+        let first_batch = {
+            let mut seen = seen.0.lock().expect("batches");
+            seen.push(sequences);
+            seen.len() == 1
+        };
+        match *whole {
+            Whole::NakAfterThenTerm(delay) => {
+                if batch.iter().all(|d| d.delivered() == 1) {
+                    batch.nak_all_after(delay);
+                } else {
+                    batch.term_all("the batch's write failed twice");
+                }
+            }
+            Whole::AckSleepingOnFirst(sleep) => {
+                if first_batch {
+                    tokio::time::sleep(sleep).await;
+                }
+                batch.ack_all();
+            }
         }
         Ok(())
     }
@@ -403,7 +425,8 @@ async fn a_batch_is_nak_ed_after_a_delay_and_termed_whole() {
     let env = env().await;
     let delay = Duration::from_secs(2);
     let seen = Batches::default();
-    let (target, _) = Actor::spawn(None, WholeBatches, (seen.clone(), delay))
+    let whole = Whole::NakAfterThenTerm(delay);
+    let (target, _) = Actor::spawn(None, WholeBatches, (seen.clone(), whole))
         .await
         .expect("batch target");
     let mut advisories = env
@@ -454,44 +477,6 @@ async fn a_batch_is_nak_ed_after_a_delay_and_termed_whole() {
     wait_settled(&env, "BT", "worker", 10).await;
 }
 
-/// A batch target that acks each batch whole, after sleeping past the
-/// child's maximum hold on the first one it gets.
-struct AckAll;
-
-impl Actor for AckAll {
-    type Msg = Deliveries;
-    /// What it saw, and how long it sleeps on its first batch.
-    type State = (Batches, Duration);
-    type Arguments = (Batches, Duration);
-
-    async fn pre_start(
-        &self,
-        _: ActorRef<Deliveries>,
-        args: Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(args)
-    }
-
-    async fn handle(
-        &self,
-        _: ActorRef<Deliveries>,
-        batch: Deliveries,
-        (seen, first_sleep): &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        let sequences: Vec<u64> = batch.iter().map(|d| d.stream_sequence()).collect();
-        let first = {
-            let mut seen = seen.0.lock().expect("batches");
-            seen.push(sequences);
-            seen.len() == 1
-        };
-        if first {
-            tokio::time::sleep(*first_sleep).await;
-        }
-        batch.ack_all();
-        Ok(())
-    }
-}
-
 /// `ack_all` settles a batch in one message to the child, which applies
 /// the decision to each delivery as if it had come alone: a batch acked
 /// after the child gave up on it counts as late decisions and is not
@@ -501,7 +486,8 @@ async fn ack_all_acks_each_delivery_and_a_late_batch_is_not_applied() {
     let env = env().await;
     let seen = Batches::default();
     let max_hold = Duration::from_millis(500);
-    let (target, _) = Actor::spawn(None, AckAll, (seen.clone(), max_hold * 3))
+    let whole = Whole::AckSleepingOnFirst(max_hold * 3);
+    let (target, _) = Actor::spawn(None, WholeBatches, (seen.clone(), whole))
         .await
         .expect("batch target");
     let topology = Topology::new()
