@@ -128,6 +128,9 @@ pub(crate) struct InFlight {
     /// For a batch target: what was forwarded and not yet handed over
     /// (see [`hand_over`](Self::hand_over)).
     batch: Vec<Delivery>,
+    /// The largest batch handed over so far: the room the next one starts
+    /// with.
+    batch_room: usize,
     settle_tx: mpsc::UnboundedSender<Settlement>,
     settle_rx: mpsc::UnboundedReceiver<Settlement>,
     /// Settlements received and not yet applied: a batch's one decision,
@@ -188,6 +191,7 @@ impl InFlight {
             consumer,
             target: None,
             batch: Vec::new(),
+            batch_room: 0,
             settle_tx,
             settle_rx,
             taken_apart: VecDeque::new(),

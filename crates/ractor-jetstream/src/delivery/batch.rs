@@ -130,6 +130,7 @@ impl Deliveries {
     /// instead of one per delivery (a batch comes from one child, so that
     /// is one).
     fn decide_all(self, decision: Decision) {
+        let len = self.deliveries.len();
         let mut run: Option<(SettleSender, Vec<(Token, u64)>)> = None;
         for mut delivery in self {
             let Some((tx, token, stream_sequence)) = delivery.claim() else {
@@ -140,7 +141,9 @@ impl Deliveries {
                     settled.push((token, stream_sequence));
                 }
                 _ => {
-                    let next = (tx, vec![(token, stream_sequence)]);
+                    let mut settled = Vec::with_capacity(len);
+                    settled.push((token, stream_sequence));
+                    let next = (tx, settled);
                     if let Some((current, settled)) = run.replace(next) {
                         send_all(&current, settled, decision.clone());
                     }

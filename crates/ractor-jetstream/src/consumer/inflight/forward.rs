@@ -179,11 +179,13 @@ impl InFlight {
         if self.batch.is_empty() {
             return;
         }
-        // The next batch starts with room for one this size: growing from
-        // empty costs a reallocation (and a copy of every delivery) at each
-        // doubling.
-        let room = self.batch.len();
-        let batch = Deliveries::new(std::mem::replace(&mut self.batch, Vec::with_capacity(room)));
+        // The next batch starts with room for the largest so far: growing
+        // from empty costs a reallocation (and a copy of every delivery so
+        // far) at each doubling. A delivery is a pointer, so that is at
+        // most 2 KiB.
+        self.batch_room = self.batch_room.max(self.batch.len());
+        let room = Vec::with_capacity(self.batch_room);
+        let batch = Deliveries::new(std::mem::replace(&mut self.batch, room));
         if let Some(Recipient::Batches(actor)) = &self.target {
             // On failure the batch comes back in the error, dropped here.
             if actor.send_message(batch).is_ok() {
