@@ -27,6 +27,11 @@ enum Verdict {
     Drop,
 }
 
+/// Each of `sequences` twice, in order.
+fn twice(sequences: &[u64]) -> Vec<u64> {
+    sequences.iter().flat_map(|s| [*s, *s]).collect()
+}
+
 /// What a batch target saw: each batch's stream sequences, in order.
 #[derive(Clone, Default)]
 struct Batches(Arc<Mutex<Vec<Vec<u64>>>>);
@@ -38,6 +43,13 @@ impl Batches {
 
     fn sequences(&self) -> Vec<u64> {
         self.all().into_iter().flatten().collect()
+    }
+
+    /// Every sequence seen, in order of sequence.
+    fn sorted(&self) -> Vec<u64> {
+        let mut sequences = self.sequences();
+        sequences.sort_unstable();
+        sequences
     }
 
     fn count(&self, sequence: u64) -> usize {
@@ -130,9 +142,18 @@ async fn slow_batch_target(name: &str, work: Duration) -> (ActorRef<Deliveries>,
 /// A supervisor with a fetch-driven child of the durable `worker` on the
 /// stream `BT`, feeding `target` in batches, and a handle to fetch with.
 async fn fetch_driven(env: &Env, target: &ActorRef<Deliveries>) -> (SupervisorHandle, PullHandle) {
+    fetch_driven_with(env, target, ConsumerSpec::pull("BT", "worker", "t")).await
+}
+
+/// [`fetch_driven`], with `spec` for the durable `worker` (target `t`).
+async fn fetch_driven_with(
+    env: &Env,
+    target: &ActorRef<Deliveries>,
+    spec: ConsumerSpec,
+) -> (SupervisorHandle, PullHandle) {
     let topology = Topology::new()
         .stream(StreamSpec::new("BT", ["bt.>"]))
-        .consumer(ConsumerSpec::pull("BT", "worker", "t"));
+        .consumer(spec);
     let args = SupervisorArgs::new(env.js.clone(), topology)
         .target("t", Target::batches(target.get_derived()));
     let (supervisor, _) = SupervisorHandle::spawn(None, args)
@@ -461,10 +482,11 @@ async fn a_batch_is_nak_ed_after_a_delay_and_termed_whole() {
         naked_at.elapsed()
     );
 
-    let mut seen_twice = seen.sequences();
-    seen_twice.sort_unstable();
-    let twice: Vec<u64> = published.iter().flat_map(|s| [*s, *s]).collect();
-    assert_eq!(seen_twice, twice, "each seen twice: nak'ed, then termed");
+    assert_eq!(
+        seen.sorted(),
+        twice(&published),
+        "each seen twice: nak'ed, then termed"
+    );
     for _ in &published {
         let advisory = tokio::time::timeout(PATIENCE, advisories.next())
             .await
@@ -490,15 +512,8 @@ async fn ack_all_acks_each_delivery_and_a_late_batch_is_not_applied() {
     let (target, _) = Actor::spawn(None, WholeBatches, (seen.clone(), whole))
         .await
         .expect("batch target");
-    let topology = Topology::new()
-        .stream(StreamSpec::new("BT", ["bt.>"]))
-        .consumer(ConsumerSpec::pull("BT", "worker", "t").max_hold(max_hold));
-    let args = SupervisorArgs::new(env.js.clone(), topology)
-        .target("t", Target::batches(target.get_derived()));
-    let (supervisor, _) = SupervisorHandle::spawn(None, args)
-        .await
-        .expect("supervisor");
-    let pull = supervisor.pull("worker").await.expect("pull handle");
+    let spec = ConsumerSpec::pull("BT", "worker", "t").max_hold(max_hold);
+    let (_supervisor, pull) = fetch_driven_with(&env, &target, spec).await;
     let published = publish_n(&env.js, "bt.x", 10).await;
 
     // The target sleeps past the hold on this batch: the child gives up
@@ -509,18 +524,10 @@ async fn ack_all_acks_each_delivery_and_a_late_batch_is_not_applied() {
         .expect("fetch");
     assert_eq!((first.delivered, first.timed_out), (10, 10), "{first:?}");
     // The acks reach the child once the target wakes.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let stats = loop {
-        let stats = pull.stats().await.expect("stats");
-        if stats.late_decisions == 10 {
-            break stats;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "late acks not counted: {stats:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let stats = wait_for_stats(pull.consumer(), "late acks counted", |s| {
+        s.late_decisions == 10
+    })
+    .await;
     assert_eq!(stats.acked, 0, "{stats:?}");
 
     let second = pull
@@ -530,10 +537,7 @@ async fn ack_all_acks_each_delivery_and_a_late_batch_is_not_applied() {
     assert_eq!((second.delivered, second.acked), (10, 10), "{second:?}");
     // Each seen twice (in one batch or more: a fetch's messages can reach
     // the child in parts).
-    let mut twice = seen.sequences();
-    twice.sort_unstable();
-    let expected: Vec<u64> = published.iter().flat_map(|s| [*s, *s]).collect();
-    assert_eq!(twice, expected, "{:?}", seen.all());
+    assert_eq!(seen.sorted(), twice(&published), "{:?}", seen.all());
     let stats = pull.stats().await.expect("stats");
     assert_eq!((stats.acked, stats.late_decisions), (10, 10), "{stats:?}");
     wait_settled(&env, "BT", "worker", 10).await;
@@ -577,8 +581,7 @@ async fn a_drain_counts_and_applies_whole_batch_acks() {
         .drain(Duration::from_secs(10))
         .await
         .expect("drain");
-    let mut acked = seen.sequences();
-    acked.sort_unstable();
+    let acked = seen.sorted();
     let forwarded = acked.len() as u64;
     assert!(forwarded > 0 && forwarded <= 32, "{acked:?}");
     assert_eq!(

@@ -281,18 +281,10 @@ async fn between_fetches_served_by_callers_the_worker_still_hears_late_decisions
     // hear them (its channels were handed back when the caller left).
     first.ack();
     second.ack();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let stats = loop {
-        let stats = pull.stats().await.expect("stats");
-        if stats.late_decisions == 2 {
-            break stats;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the late decisions were not heard: {stats:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let stats = wait_for_stats(pull.consumer(), "the late decisions were not heard", |s| {
+        s.late_decisions == 2
+    })
+    .await;
     assert_eq!(
         (stats.fetches, stats.fetches_in_caller),
         (1, 1),

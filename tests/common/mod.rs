@@ -136,6 +136,27 @@ pub async fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -
     }
 }
 
+/// Polls a child's stats until `check` holds, or panics after
+/// [`PATIENCE`] naming `what`. Returns the stats that passed.
+pub async fn wait_for_stats(
+    consumer: &ractor_jetstream::ConsumerHandle,
+    what: &str,
+    check: impl Fn(&ractor_jetstream::ConsumerStats) -> bool,
+) -> ractor_jetstream::ConsumerStats {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let stats = consumer.stats().await.expect("stats");
+        if check(&stats) {
+            return stats;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {PATIENCE:?}; stats {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Fetches through a child.
 pub async fn fetch(
     child: &ActorRef<ConsumerMsg>,
