@@ -1102,12 +1102,13 @@ async fn spawn_target_noting(
     let (tx, rx) = oneshot::channel();
     let last_received = Arc::new(AtomicU64::new(0));
     let epoch = Instant::now();
+    let sample_every = sample_every.max(1);
     let state = TargetState {
         expected,
         received: 0,
         noted: 0,
-        sample_every: sample_every.max(1),
-        latencies: Vec::with_capacity(expected.min(2_000_000) as usize),
+        sample_every,
+        latencies: Vec::with_capacity((expected / sample_every + 1).min(2_000_000) as usize),
         done: Some(tx),
         last_received: last_received.clone(),
         epoch,
